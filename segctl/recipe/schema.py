@@ -1,0 +1,243 @@
+"""The recipe schema: a closed pydantic v2 model tree, one section per concern.
+
+A recipe file states what differs from the presets; :func:`segctl.recipe.resolve` fills every
+optional field from the dataset and model presets, so the resolved recipe (written as JSON into
+the run directory, and read by the job) is complete and needs no further lookups.
+
+Conventions: sizes are ``[height, width]`` in pixels (``crop_size``, ``stride``); scales are
+``[long edge, short edge]`` in pixels with the aspect ratio kept (mmsegmentation's
+``img_scale`` with ``keep_ratio=True``); learning rates are per parameter step; iterations count
+optimizer steps.
+
+Defaults for the optimizer and schedule are those of the mmsegmentation SegFormer configs
+(``configs/segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py``: AdamW lr 6e-5,
+weight decay 0.01, head lr x10, no decay on norms and position blocks, poly power 1.0 with a
+1500-iteration linear warm-up from ratio 1e-6).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from segctl.recipe.datasets import DATASET_PRESETS
+from segctl.recipe.models import MODEL_PRESETS
+
+Size2 = tuple[int, int]
+
+#: The mmsegmentation multi-scale test ratios (with flip: 12 views).
+MS_FLIP_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _positive_pair(value: Size2 | None, field: str) -> Size2 | None:
+    if value is not None and (value[0] <= 0 or value[1] <= 0):
+        raise ValueError(f"{field} must be two positive integers, got {list(value)}")
+    return value
+
+
+class DataConfig(Section):
+    """Which dataset, where it lives, and how training crops are made."""
+
+    dataset: str = Field(description="Dataset preset name (see `segctl recipes presets`).")
+    root: str = Field(description="Dataset root: a local path or any fsspec URL.")
+    crop_size: Size2 = Field(description="Training crop [height, width] in pixels.")
+    train_split: str | None = Field(None, description="Split to train on (preset default).")
+    val_split: str | None = Field(None, description="Split to evaluate on (preset default).")
+    train_scale: Size2 | None = Field(
+        None, description="[long, short] edge in pixels scaled by the random resize ratio."
+    )
+    ratio_range: tuple[float, float] = Field(
+        (0.5, 2.0), description="Random resize ratio range applied to train_scale."
+    )
+    cat_max_ratio: float = Field(
+        0.75, gt=0, le=1, description="Largest share of a random crop one class may take."
+    )
+    num_workers: int = Field(2, ge=0, description="Data loader worker processes per rank.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASET_PRESETS:
+            known = ", ".join(sorted(DATASET_PRESETS))
+            raise ValueError(f"unknown dataset preset {value!r}; known: {known}")
+        return value
+
+    @field_validator("crop_size", "train_scale")
+    @classmethod
+    def _positive(cls, value: Size2 | None, info) -> Size2 | None:
+        return _positive_pair(value, info.field_name)
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(value)}")
+        return value
+
+
+class ModelConfig(Section):
+    """Which architecture, and which weights to start from."""
+
+    name: str = Field(description="Model preset name (see `segctl recipes presets`).")
+    init_checkpoint: str | None = Field(
+        None, description="Pretrained weights (backbone or full model): a path or fsspec URL."
+    )
+    drop_path_rate: float | None = Field(
+        None, ge=0, lt=1, description="Stochastic depth rate (architecture default if unset)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_PRESETS:
+            known = ", ".join(sorted(MODEL_PRESETS))
+            raise ValueError(f"unknown model preset {value!r}; known: {known}")
+        return value
+
+
+class OptimConfig(Section):
+    """Optimizer and its parameter groups."""
+
+    type: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd (with momentum).")
+    lr: float = Field(6e-5, gt=0, description="Base learning rate.")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    head_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the heads.")
+    no_decay_norm_and_pos: bool = Field(
+        True, description="No weight decay on normalisation and position-block parameters."
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="Clip the global gradient norm to this value (off if unset)."
+    )
+
+
+class ScheduleConfig(Section):
+    """Iteration-based schedule: poly learning rate with linear warm-up."""
+
+    max_iters: int = Field(gt=0, description="Optimizer steps to train.")
+    val_interval: int = Field(gt=0, description="Evaluate every this many iterations.")
+    checkpoint_interval: int = Field(gt=0, description="Checkpoint every this many iterations.")
+    warmup_iters: int = Field(1500, ge=0, description="Linear warm-up length in iterations.")
+    warmup_ratio: float = Field(1e-6, gt=0, le=1, description="Warm-up starts at lr * this.")
+    poly_power: float = Field(1.0, gt=0, description="Power of the poly decay.")
+    min_lr: float = Field(0.0, ge=0, description="Learning rate at the last iteration.")
+    log_interval: int = Field(50, gt=0, description="Log loss and lr every this many iterations.")
+
+
+class TrainConfig(Section):
+    """Batch, seed and numerics."""
+
+    batch_size: int = Field(gt=0, description="Images per GPU (per process on CPU).")
+    seed: int = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    deterministic: bool = Field(False, description="Deterministic algorithms (slower).")
+
+
+class EvalConfig(Section):
+    """How the validation split is scored."""
+
+    mode: Literal["whole", "slide"] = Field("whole", description="Whole-image or sliding window.")
+    crop_size: Size2 | None = Field(None, description="Sliding-window crop [height, width].")
+    stride: Size2 | None = Field(None, description="Sliding-window stride [height, width].")
+    test_scale: Size2 | None = Field(
+        None, description="[long, short] edge the image is resized to (preset default)."
+    )
+    ms_flip: bool = Field(False, description="Multi-scale + flip test-time augmentation.")
+    scales: tuple[float, ...] = Field(
+        MS_FLIP_RATIOS, description="Ratios of test_scale used when ms_flip is on."
+    )
+
+    @field_validator("crop_size", "stride", "test_scale")
+    @classmethod
+    def _positive(cls, value: Size2 | None, info) -> Size2 | None:
+        return _positive_pair(value, info.field_name)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(s <= 0 for s in value):
+            raise ValueError("scales must be a non-empty list of positive ratios")
+        return value
+
+    @model_validator(mode="after")
+    def _slide_needs_window(self) -> EvalConfig:
+        if self.mode == "slide" and (self.crop_size is None or self.stride is None):
+            raise ValueError(
+                "mode 'slide' needs crop_size and stride, e.g. crop_size: [1024, 1024] and "
+                "stride: [768, 768]"
+            )
+        return self
+
+
+class ClusterConfig(Section):
+    """Where the job runs. None of these change results."""
+
+    executor: Literal["auto", "local", "slurm"] = Field(
+        "auto", description="auto: Slurm when sbatch is on PATH, else local."
+    )
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(1, ge=0, description="GPUs (one task each) per node.")
+    cpus_per_task: int = Field(2, gt=0)
+    mem_gb: float | None = Field(None, gt=0, description="Memory per node in GiB.")
+    timeout_min: int = Field(24 * 60, gt=0, description="Time limit of one job in minutes.")
+    partition: str | None = None
+
+
+class TrackingConfig(Section):
+    """Where metrics go."""
+
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else an embedded SQLite "
+        "store ./mlflow.db in the submitting directory.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment (default: dataset name).")
+
+
+class ReferenceConfig(Section):
+    """The published result this recipe reproduces."""
+
+    miou_ss: float | None = Field(None, ge=0, le=100, description="Single-scale mIoU, percent.")
+    miou_ms_flip: float | None = Field(
+        None, ge=0, le=100, description="Multi-scale + flip mIoU, percent."
+    )
+    source: str = Field(description="Table and config the numbers come from.")
+
+
+class Recipe(Section):
+    """A complete description of one training run and its evaluation."""
+
+    name: str = Field(description="Run name prefix: letters, digits, '.', '_' and '-'.")
+    description: str = ""
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig
+    train: TrainConfig
+    eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    reference: ReferenceConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                "name must start with a letter or digit and use only letters, digits, '.', '_' "
+                f"and '-' (at most 100 characters), got {value!r}"
+            )
+        return value
