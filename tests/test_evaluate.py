@@ -1,0 +1,278 @@
+"""Test-time inference (whole, slide, multi-scale + flip) and sharded dataset evaluation."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from trainer.evaluate import (
+    MS_FLIP_RATIOS,
+    InferenceSettings,
+    evaluate_dataset,
+    predict_probs,
+    rescale_size,
+    slide_inference,
+    whole_inference,
+)
+from trainer.metrics import ConfusionMatrix
+
+NUM_CLASSES = 5
+
+
+class ScaleDependentConvModel(torch.nn.Module):
+    """A fixed random 3x3 conv whose logits also depend on the input size and on the column.
+
+    The size factor makes each scale give a different answer, the horizontal ramp makes the
+    flipped view differ from the plain one.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, num_classes, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen))
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=gen))
+        self.ramp_weight = torch.randn(num_classes, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        out = self.conv(x) * (h * w) ** 0.25 / 6.0
+        ramp = torch.linspace(-1.0, 1.0, w)
+        return out + self.ramp_weight.view(1, -1, 1, 1) * ramp.view(1, 1, 1, w)
+
+
+def pointwise_model(num_classes: int = NUM_CLASSES) -> torch.nn.Module:
+    """A 1x1 conv: translation-equivariant, so every window sees the same per-pixel logits."""
+    gen = torch.Generator().manual_seed(1)
+    conv = torch.nn.Conv2d(3, num_classes, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen))
+    return conv.eval()
+
+
+def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- rescale_size
+
+
+def test_rescale_size_examples():
+    assert rescale_size(1024, 2048, (2048, 1024), 0.5) == (512, 1024)
+    assert rescale_size(512, 683, (2048, 512), 1.0) == (512, 683)
+    assert rescale_size(1024, 2048, (2048, 1024), 0.75) == (768, 1536)
+    # ADE20K at 0.75: bounds (1536, 384); the short edge limits: 683 * 0.75 = 512.25 -> 512
+    assert rescale_size(512, 683, (2048, 512), 0.75) == (384, 512)
+    # bound order does not matter
+    assert rescale_size(512, 683, (512, 2048), 0.75) == (384, 512)
+    with pytest.raises(ValueError):
+        rescale_size(512, 683, (2048, 512), 0.0)
+
+
+# ---------------------------------------------------------------- whole and slide
+
+
+def test_slide_with_crop_covering_image_equals_whole():
+    model = ScaleDependentConvModel().eval()
+    image = _image(21, 30)
+    whole = whole_inference(model, image)
+    slide = slide_inference(model, image, (32, 32), (16, 16), NUM_CLASSES)
+    assert whole.shape == (1, NUM_CLASSES, 21, 30) and whole.dtype == torch.float32
+    torch.testing.assert_close(slide, whole, rtol=0, atol=0)
+
+
+def test_slide_with_overlapping_windows_equals_whole_for_pointwise_model():
+    model = pointwise_model()
+    image = _image(37, 50)
+    slide = slide_inference(model, image, (16, 20), (10, 12), NUM_CLASSES)
+    torch.testing.assert_close(slide, whole_inference(model, image), rtol=1e-6, atol=1e-6)
+
+
+class _RecordingModel:
+    def __init__(self, inner):
+        self.inner = inner
+        self.shapes: list[tuple[int, int]] = []
+
+    def __call__(self, x):
+        self.shapes.append(tuple(x.shape[2:]))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    "size, crop, stride",
+    [((37, 50), (16, 20), (10, 12)), ((10, 50), (16, 20), (10, 15)), ((64, 64), (32, 32), (32, 32))],
+)
+def test_slide_window_count_follows_mmseg_grid(size, crop, stride):
+    (h, w), (hc, wc), (hs, ws) = size, crop, stride
+    model = _RecordingModel(pointwise_model())
+    slide_inference(model, _image(h, w), crop, stride, NUM_CLASSES)
+    h_grids = max(h - hc + hs - 1, 0) // hs + 1
+    w_grids = max(w - wc + ws - 1, 0) // ws + 1
+    assert len(model.shapes) == h_grids * w_grids
+    # windows are clamped to the image: never larger than the crop nor the image
+    assert set(model.shapes) == {(min(h, hc), min(w, wc))}
+
+
+def test_model_output_of_wrong_size_is_rejected():
+    with pytest.raises(ValueError, match="input size"):
+        whole_inference(lambda x: x[:, :, ::2], _image(8, 8))
+
+
+# ---------------------------------------------------------------- multi-scale + flip
+
+
+def test_ms_flip_equals_hand_computed_mean_of_twelve_views():
+    model = ScaleDependentConvModel().eval()
+    h, w = 20, 36
+    image = _image(h, w, seed=3)
+    test_scale = (80, 30)
+    # keep-ratio sizes worked out by hand: bounds (int(80 r), int(30 r)),
+    # factor = min(long / 36, short / 20), size = round-half-up(20 f, 36 f)
+    expected_sizes = [(15, 27), (22, 40), (30, 54), (37, 67), (45, 81), (52, 94)]
+    assert [rescale_size(h, w, test_scale, r) for r in MS_FLIP_RATIOS] == expected_sizes
+
+    total = torch.zeros(1, NUM_CLASSES, h, w)
+    n_views = 0
+    with torch.no_grad():
+        for size in expected_sizes:
+            for do_flip in [False, True]:
+                x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+                if do_flip:
+                    x = torch.flip(x, dims=[3])
+                logits = model(x)
+                if do_flip:
+                    logits = torch.flip(logits, dims=[3])
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                total = total + torch.softmax(logits, dim=1)
+                n_views += 1
+    expected = total / n_views
+    assert n_views == 12
+
+    got = predict_probs(
+        model, image, test_scale=test_scale, scales=MS_FLIP_RATIOS, flip=True,
+        mode="whole", num_classes=NUM_CLASSES,
+    )
+    assert got.shape == (1, NUM_CLASSES, h, w) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(1, h, w))
+    # the views really differ, so the test would catch a missing scale or flip
+    single = predict_probs(model, image, test_scale=test_scale, num_classes=NUM_CLASSES)
+    assert not torch.allclose(single, got, atol=1e-3)
+
+
+def test_single_scale_without_test_scale_is_softmax_of_whole():
+    model = ScaleDependentConvModel().eval()
+    image = _image(19, 26)
+    probs = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES)
+    torch.testing.assert_close(probs, whole_inference(model, image).softmax(dim=1))
+
+
+def test_slide_mode_ms_flip_runs_and_matches_whole_for_pointwise_model():
+    model = pointwise_model()
+    image = _image(24, 33)
+    kwargs = dict(test_scale=None, scales=(0.75, 1.0, 1.5), flip=True, num_classes=NUM_CLASSES)
+    slide = predict_probs(model, image, mode="slide", crop_size=(16, 16), stride=(8, 8), **kwargs)
+    whole = predict_probs(model, image, mode="whole", **kwargs)
+    torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_bf16_returns_float32_probabilities():
+    model = ScaleDependentConvModel().eval()
+    image = _image(16, 16)
+    probs = predict_probs(
+        model, image, test_scale=None, num_classes=NUM_CLASSES, autocast_dtype=torch.bfloat16
+    )
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 16, 16))
+
+
+def test_invalid_settings_report_every_problem():
+    with pytest.raises(ValueError) as err:
+        InferenceSettings(mode="slide", scales=())
+    message = str(err.value)
+    assert "crop_size" in message and "stride" in message and "scales" in message
+    with pytest.raises(ValueError, match="mode"):
+        predict_probs(pointwise_model(), _image(8, 8), test_scale=None, mode="tile",
+                      num_classes=NUM_CLASSES)
+
+
+# ---------------------------------------------------------------- dataset evaluation
+
+
+def _dataset(n: int = 5) -> list[dict]:
+    gen = torch.Generator().manual_seed(7)
+    samples = []
+    for i in range(n):
+        h, w = 12 + i, 18 - i  # different sizes per sample
+        label = torch.randint(0, NUM_CLASSES, (h, w), generator=gen)
+        label[torch.rand(h, w, generator=gen) < 0.1] = 255
+        samples.append({"image": torch.randn(3, h, w, generator=gen), "label": label})
+    return samples
+
+
+SETTINGS = InferenceSettings(mode="whole", test_scale=None, scales=(0.75, 1.0), flip=True)
+
+
+def _evaluate(rank: int = 0, world_size: int = 1, progress=None):
+    return evaluate_dataset(
+        ScaleDependentConvModel().eval(), _dataset(), num_classes=NUM_CLASSES,
+        ignore_index=255, settings=SETTINGS, device="cpu", rank=rank, world_size=world_size,
+        progress=progress,
+    )
+
+
+def test_evaluate_dataset_matches_manual_loop():
+    calls = []
+    metrics, cm = _evaluate(progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 5) for i in range(1, 6)]
+
+    model = ScaleDependentConvModel().eval()
+    manual = ConfusionMatrix(NUM_CLASSES)
+    for sample in _dataset():
+        probs = predict_probs(
+            model, sample["image"][None], test_scale=None, scales=(0.75, 1.0), flip=True,
+            num_classes=NUM_CLASSES,
+        )
+        manual.update(probs.argmax(1)[0], sample["label"])
+    assert torch.equal(cm.matrix, manual.matrix)
+    assert metrics.to_dict() == pytest.approx(manual.compute().to_dict(), nan_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        _, cm = _evaluate(rank=rank, world_size=world_size)
+        torch.save(cm.matrix, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_reduce_to_single_process_matrix(tmp_path):
+    _, single = _evaluate()
+    world_size = 2
+    mp.spawn(
+        _distributed_worker, args=(world_size, _free_port(), str(tmp_path)),
+        nprocs=world_size, join=True,
+    )
+    for rank in range(world_size):
+        reduced = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(reduced, single.matrix)
+    # without a process group a rank keeps only its own shard's counts
+    _, shard = _evaluate(rank=0, world_size=world_size)
+    assert 0 < int(shard.matrix.sum()) < int(single.matrix.sum())

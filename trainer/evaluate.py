@@ -1,0 +1,376 @@
+"""Test-time inference (whole image, sliding window, multi-scale + flip) and dataset evaluation.
+
+Everything here is a pure function of (model, image, settings) and runs on CPU as well as GPU.
+``model`` is any callable mapping float32 images (N, 3, h, w) to class logits (N, C, h, w) at
+the input size; the segmentor's ``encode_decode`` has that contract. The caller puts the model
+in eval mode.
+
+The numerics follow mmsegmentation 0.x ``mmseg/models/segmentors/encoder_decoder.py``
+(``slide_inference``, ``whole_inference``, ``inference``, ``aug_test``) and the multi-scale
+pipeline ``mmseg/datasets/pipelines/test_time_aug.py`` with mmcv's keep-ratio
+``rescale_size`` (``mmcv/image/geometric.py``): each view's logits are resized to the original
+resolution, turned into probabilities with a softmax, and the probabilities of all views are
+averaged.
+
+One known difference: mmseg resizes the uint8 image with OpenCV before normalising, we resize
+the normalised float image with ``torch.nn.functional.interpolate`` (bilinear,
+``align_corners=False``). Normalisation is per-channel affine, so the two agree up to the
+uint8 rounding of the resized image.
+
+Glossary: a *scale* is one resize ratio, a *view* one (ratio, flip) pair; mmseg's standard
+multi-scale + flip test uses the six :data:`MS_FLIP_RATIOS`, each with and without horizontal
+flip (12 views).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from trainer.metrics import ConfusionMatrix, SegMetrics
+
+__all__ = [
+    "MS_FLIP_RATIOS",
+    "InferenceSettings",
+    "whole_inference",
+    "slide_inference",
+    "rescale_size",
+    "predict_probs",
+    "evaluate_dataset",
+]
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+#: Ratios of mmsegmentation's multi-scale test; with flip they give 12 views.
+MS_FLIP_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to predict one image at test time.
+
+    Attributes:
+        mode: ``"whole"`` runs the model on the full (resized) image; ``"slide"`` on
+            overlapping windows of ``crop_size`` moved by ``stride``.
+        test_scale: mmseg ``img_scale`` (long, short) edge bounds in pixels, e.g.
+            (2048, 1024) for Cityscapes, (2048, 512) for ADE20K; the image is resized with kept
+            aspect ratio to fit ``test_scale * ratio``. None resizes the original size by the
+            ratio.
+        scales: resize ratios, e.g. ``(1.0,)`` for single scale or :data:`MS_FLIP_RATIOS`.
+        flip: also run every scale on the horizontally flipped image.
+        crop_size: (height, width) of a sliding window in pixels; required for ``"slide"``.
+        stride: (height, width) step between windows in pixels; required for ``"slide"``.
+
+    Raises:
+        ValueError: listing every invalid field at once.
+    """
+
+    mode: Literal["whole", "slide"] = "whole"
+    test_scale: tuple[int, int] | None = None
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        errors = []
+        if self.mode not in ("whole", "slide"):
+            errors.append(f"mode must be 'whole' or 'slide', got {self.mode!r}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            errors.append(f"scales must be a non-empty list of positive ratios, got {self.scales}")
+        if self.test_scale is not None and (
+            len(self.test_scale) != 2 or min(self.test_scale) <= 0
+        ):
+            errors.append(f"test_scale must be two positive ints, got {self.test_scale}")
+        if self.mode == "slide":
+            for field in ("crop_size", "stride"):
+                value = getattr(self, field)
+                if value is None or len(value) != 2 or min(value) <= 0:
+                    errors.append(
+                        f"mode 'slide' needs {field} as two positive ints (h, w), got {value}"
+                    )
+        if errors:
+            raise ValueError("invalid inference settings:\n  " + "\n  ".join(errors))
+
+
+def whole_inference(
+    model: Model, image: torch.Tensor, *, autocast_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Run the model on the full image.
+
+    Args:
+        model: callable, float32 (N, 3, H, W) -> logits (N, C, H, W).
+        image: float32 (N, 3, H, W), normalised.
+        autocast_dtype: run the model under ``torch.autocast`` with this dtype (e.g.
+            ``torch.bfloat16`` on CUDA); None runs in the input dtype.
+
+    Returns:
+        float32 logits (N, C, H, W).
+
+    Raises:
+        ValueError: if the model's output is not (N, C, H, W) at the input size.
+    """
+    with torch.no_grad():
+        return _run(model, image, autocast_dtype)
+
+
+def slide_inference(
+    model: Model,
+    image: torch.Tensor,
+    crop_size: tuple[int, int],
+    stride: tuple[int, int],
+    num_classes: int,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Run the model on overlapping windows and average the logits where windows overlap.
+
+    The grid is mmseg's: ``h_grids = max(H - hc + hs - 1, 0) // hs + 1`` (likewise for the
+    width); a window starting past the border is shifted back to end at the border, and where
+    the image is smaller than the window the crop is the whole extent (no padding).
+
+    Args:
+        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w).
+        image: float32 (N, 3, H, W), normalised.
+        crop_size: window (hc, wc) in pixels.
+        stride: step (hs, ws) in pixels.
+        num_classes: C, the number of logit channels.
+        autocast_dtype: as in :func:`whole_inference`.
+
+    Returns:
+        float32 logits (N, C, H, W).
+
+    Raises:
+        ValueError: on non-positive crop or stride, or a model output of the wrong shape.
+    """
+    hc, wc = crop_size
+    hs, ws = stride
+    if min(hc, wc, hs, ws) <= 0:
+        raise ValueError(f"crop_size {crop_size} and stride {stride} must be positive")
+    n, _, h, w = image.shape
+    h_grids = max(h - hc + hs - 1, 0) // hs + 1
+    w_grids = max(w - wc + ws - 1, 0) // ws + 1
+    logits = image.new_zeros((n, num_classes, h, w), dtype=torch.float32)
+    count = image.new_zeros((1, 1, h, w), dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(h_grids):
+            for j in range(w_grids):
+                y2 = min(i * hs + hc, h)
+                x2 = min(j * ws + wc, w)
+                y1 = max(y2 - hc, 0)
+                x1 = max(x2 - wc, 0)
+                crop_logits = _run(model, image[:, :, y1:y2, x1:x2], autocast_dtype)
+                if crop_logits.shape[1] != num_classes:
+                    raise ValueError(
+                        f"model returned {crop_logits.shape[1]} channels, expected {num_classes}"
+                    )
+                logits[:, :, y1:y2, x1:x2] += crop_logits
+                count[:, :, y1:y2, x1:x2] += 1
+    return logits / count
+
+
+def rescale_size(
+    h: int, w: int, scale: tuple[int, int], ratio: float = 1.0
+) -> tuple[int, int]:
+    """Size of an (h, w) image after mmseg 0.x's keep-ratio test resize, in pixels.
+
+    mmseg's ``MultiScaleFlipAug`` turns ``img_scale`` and a ratio into the target
+    ``(int(scale[0] * ratio), int(scale[1] * ratio))``; ``Resize(keep_ratio=True)`` then calls
+    mmcv ``rescale_size``, which treats the target as bounds on the long and the short edge
+    (its order does not matter) and scales the image as large as fits both::
+
+        factor = min(long_target / max(h, w), short_target / min(h, w))
+        new    = (int(h * factor + 0.5), int(w * factor + 0.5))
+
+    Examples: Cityscapes (1024, 2048) with (2048, 1024) and ratio 0.5 -> (512, 1024); an ADE20K
+    image (512, 683) with (2048, 512) and ratio 1.0 -> (512, 683), with ratio 0.75 -> (384, 512).
+
+    Args:
+        h, w: image height and width in pixels.
+        scale: the test scale, two edge bounds in pixels, e.g. (2048, 1024).
+        ratio: multiplier applied to ``scale`` first.
+
+    Returns:
+        (new_h, new_w) in pixels.
+
+    Raises:
+        ValueError: if a size, a bound or the ratio is not positive, or the result is empty.
+    """
+    if h <= 0 or w <= 0 or ratio <= 0 or len(scale) != 2 or min(scale) <= 0:
+        raise ValueError(
+            f"need positive h, w, scale and ratio; got h={h}, w={w}, scale={scale}, ratio={ratio}"
+        )
+    target = (int(scale[0] * ratio), int(scale[1] * ratio))
+    factor = min(max(target) / max(h, w), min(target) / min(h, w))
+    new_h, new_w = int(h * factor + 0.5), int(w * factor + 0.5)
+    if new_h <= 0 or new_w <= 0:
+        raise ValueError(f"resizing ({h}, {w}) to scale {scale} x {ratio} gives an empty image")
+    return new_h, new_w
+
+
+def predict_probs(
+    model: Model,
+    image: torch.Tensor,
+    *,
+    test_scale: tuple[int, int] | None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    mode: Literal["whole", "slide"] = "whole",
+    crop_size: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    num_classes: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Class probabilities at the original resolution, averaged over all test-time views.
+
+    For each ratio in ``scales`` the image is resized (bilinear, ``align_corners=False``) to
+    ``rescale_size(H, W, test_scale, ratio)`` (or, with ``test_scale`` None, to
+    ``rescale_size(H, W, (W, H), ratio)``, i.e. the original size times the ratio, as mmseg
+    does without ``img_scale``); for each flip variant the input is flipped horizontally and
+    the logits flipped back; the logits are resized bilinearly to (H, W), softmaxed over
+    classes in float32, and the mean over views is returned (mmseg 0.x ``aug_test``).
+
+    Args:
+        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w).
+        image: float32 (1, 3, H, W), normalised, at the original resolution.
+        test_scale: (long, short) edge bounds in pixels, or None.
+        scales: resize ratios.
+        flip: add the horizontally flipped view of every scale.
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size, stride: (h, w) window and step in pixels, for ``"slide"``.
+        num_classes: C.
+        autocast_dtype: run the model under ``torch.autocast`` with this dtype; resizing,
+            softmax and averaging stay in float32.
+
+    Returns:
+        float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images).
+
+    Raises:
+        ValueError: on invalid settings (see :class:`InferenceSettings`) or a model output of
+            the wrong shape.
+    """
+    settings = InferenceSettings(
+        mode=mode,
+        test_scale=test_scale,
+        scales=tuple(scales),
+        flip=flip,
+        crop_size=crop_size,
+        stride=stride,
+    )
+    n, _, h, w = image.shape
+    bounds = settings.test_scale if settings.test_scale is not None else (w, h)
+    probs = torch.zeros((n, num_classes, h, w), dtype=torch.float32, device=image.device)
+    views = 0
+    with torch.no_grad():
+        for ratio in settings.scales:
+            size = rescale_size(h, w, bounds, ratio)
+            resized = image
+            if size != (h, w):
+                resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            for flipped in (False, True) if settings.flip else (False,):
+                x = resized.flip(-1) if flipped else resized
+                if settings.mode == "slide":
+                    logits = slide_inference(
+                        model, x, settings.crop_size, settings.stride, num_classes,
+                        autocast_dtype=autocast_dtype,
+                    )
+                else:
+                    logits = _run(model, x, autocast_dtype)
+                if flipped:
+                    logits = logits.flip(-1)
+                if size != (h, w):
+                    logits = F.interpolate(
+                        logits, size=(h, w), mode="bilinear", align_corners=False
+                    )
+                probs += logits.softmax(dim=1)
+                views += 1
+    return probs / views
+
+
+def evaluate_dataset(
+    model: Model,
+    dataset,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    settings: InferenceSettings,
+    device: torch.device | str,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[SegMetrics, ConfusionMatrix]:
+    """Evaluate this rank's shard of a dataset and reduce the confusion matrix over ranks.
+
+    Rank ``r`` of ``world_size`` evaluates indices ``r, r + world_size, ...``. With
+    ``world_size > 1`` the matrix is summed over the initialised process group (see
+    :meth:`ConfusionMatrix.all_reduce`), so every rank returns the metrics of the whole split;
+    with ``world_size == 1`` no collective is called.
+
+    Args:
+        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w), already on ``device``.
+        dataset: supports ``len`` and indexing; each sample is a dict with ``image`` float32
+            (3, H, W) normalised at the original resolution and ``label`` int64 (H, W).
+        num_classes: C.
+        ignore_index: label value excluded from the metrics.
+        settings: test-time inference settings.
+        device: where images are predicted and the confusion matrix is accumulated.
+        rank, world_size: this process's shard.
+        progress: called as ``progress(done, total)`` after each sample of this rank's shard.
+        autocast_dtype: as in :func:`predict_probs`.
+
+    Returns:
+        (metrics, confusion matrix), both over all ranks.
+
+    Raises:
+        ValueError: if ``rank`` is outside ``[0, world_size)``, or from :func:`predict_probs`
+            and :meth:`ConfusionMatrix.update`.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside [0, {world_size})")
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    indices = range(rank, len(dataset), world_size)
+    for done, index in enumerate(indices, start=1):
+        sample = dataset[index]
+        image = sample["image"].to(device=device, dtype=torch.float32).unsqueeze(0)
+        probs = predict_probs(
+            model,
+            image,
+            test_scale=settings.test_scale,
+            scales=settings.scales,
+            flip=settings.flip,
+            mode=settings.mode,
+            crop_size=settings.crop_size,
+            stride=settings.stride,
+            num_classes=num_classes,
+            autocast_dtype=autocast_dtype,
+        )
+        cm.update(probs.argmax(dim=1)[0], sample["label"])
+        if progress is not None:
+            progress(done, len(indices))
+    if world_size > 1:
+        cm.all_reduce()
+    return cm.compute(), cm
+
+
+def _run(model: Model, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Call the model (under autocast when asked) and return float32 logits of x's size."""
+    ctx = (
+        torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with ctx:
+        logits = model(x)
+    if logits.dim() != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"model output {tuple(logits.shape)} is not (N, C, H, W) at input size "
+            f"{tuple(x.shape[2:])}"
+        )
+    return logits.float()
