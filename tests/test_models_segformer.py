@@ -209,10 +209,13 @@ def test_loss_ignores_255_and_matches_cross_entropy() -> None:
     total, parts = segmentation_loss({"decode": logits}, labels)
 
     kept = [(0, 0, 0), (1, 0, 2), (1, 1, 1)]  # (row, col, class) of non-ignored pixels
-    by_hand = sum(-torch.log_softmax(logits[0, :, r, c], 0)[k] for r, c, k in kept) / 3
-    torch.testing.assert_close(total, by_hand)
-    torch.testing.assert_close(total, F.cross_entropy(logits, labels, ignore_index=255))
+    summed = sum(-torch.log_softmax(logits[0, :, r, c], 0)[k] for r, c, k in kept)
+    # mmseg's default (avg_non_ignore=False): divide by all 4 pixels, the ignored one included.
+    torch.testing.assert_close(total, summed / 4)
     assert set(parts) == {"decode"}
+    non_ignore, _ = segmentation_loss({"decode": logits}, labels, avg_non_ignore=True)
+    torch.testing.assert_close(non_ignore, summed / 3)
+    torch.testing.assert_close(non_ignore, F.cross_entropy(logits, labels, ignore_index=255))
 
     total.backward()
     assert torch.all(logits.grad[0, :, 0, 1] == 0)  # the ignored pixel gets no gradient
@@ -223,7 +226,9 @@ def test_loss_upsamples_weights_heads_and_survives_all_ignore() -> None:
     small = torch.randn(2, 4, 3, 5, requires_grad=True)
     labels = torch.randint(0, 4, (2, 12, 20))
     labels[0, :4] = 255
-    total, parts = segmentation_loss({"decode": small, "aux": small}, labels, weights={"aux": 0.4})
+    total, parts = segmentation_loss(
+        {"decode": small, "aux": small}, labels, weights={"aux": 0.4}, avg_non_ignore=True
+    )
     up = F.interpolate(small, size=(12, 20), mode="bilinear", align_corners=False)
     expected = F.cross_entropy(up, labels, ignore_index=255)
     torch.testing.assert_close(parts["decode"], expected)

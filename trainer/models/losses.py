@@ -18,7 +18,7 @@ def pixel_cross_entropy(
     logits: Tensor,
     labels: Tensor,
     ignore_index: int = 255,
-    avg_non_ignore: bool = True,
+    avg_non_ignore: bool = False,
     align_corners: bool = False,
 ) -> Tensor:
     """Mean per-pixel cross-entropy of ``logits`` against ``labels``.
@@ -27,9 +27,10 @@ def pixel_cross_entropy(
         logits: float (N, C, h, w); resized bilinearly to (H, W) when the sizes differ.
         labels: int64 (N, H, W) class indices in [0, C) or ``ignore_index``.
         ignore_index: label value that contributes neither loss nor gradient.
-        avg_non_ignore: divide the summed loss by the number of non-ignored pixels (clamped to
-            at least 1, so an all-ignored batch gives 0, not NaN). False divides by all N*H*W
-            pixels, which is mmseg's ``CrossEntropyLoss`` default (``avg_non_ignore=False``).
+        avg_non_ignore: True divides the summed loss by the number of non-ignored pixels
+            (clamped to at least 1, so an all-ignored batch gives 0, not NaN). The default,
+            False, divides by all N*H*W pixels, as mmseg's ``CrossEntropyLoss`` does by default
+            and as the published SegFormer/HRNet configs train.
         align_corners: passed to the bilinear resize.
 
     Returns:
@@ -59,7 +60,7 @@ def segmentation_loss(
     labels: Tensor,
     ignore_index: int = 255,
     weights: Mapping[str, float] | None = None,
-    avg_non_ignore: bool = True,
+    avg_non_ignore: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of :func:`pixel_cross_entropy` over a segmentor's outputs.
 
