@@ -1,0 +1,5 @@
+"""``python -m segctl``."""
+
+from segctl.cli import main
+
+main()

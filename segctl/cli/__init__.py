@@ -1,0 +1,29 @@
+"""The ``segctl`` command: registers one sub-app or command per noun, nothing else."""
+
+from __future__ import annotations
+
+import typer
+
+from segctl.cli import data, recipes
+from segctl.cli.evaluate import evaluate
+from segctl.cli.status import logs, status
+from segctl.cli.submit import submit
+
+app = typer.Typer(
+    name="segctl",
+    help="Reproduce semantic-segmentation results: recipes, submission, status, evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(recipes.app, name="recipes")
+app.add_typer(data.app, name="data")
+app.command("submit")(submit)
+app.command("status")(status)
+app.command("logs")(logs)
+app.command("eval")(evaluate)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

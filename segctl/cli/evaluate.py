@@ -1,0 +1,77 @@
+"""``segctl eval``: score a run's (or any) checkpoint on the validation split, as a job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segctl.cli.common import UserError, find_run, looks_like_recipe, registry, user_errors
+from segctl.cli.submit import Executor, finish
+
+
+@user_errors
+def evaluate(
+    target: Annotated[str, typer.Argument(help="Run id (or prefix, or name), or a recipe file.")],
+    checkpoint: Annotated[
+        str | None,
+        typer.Option("--checkpoint", help="Weights to score: a path or fsspec URL (default: the run's final)."),
+    ] = None,
+    ms_flip: Annotated[
+        bool | None,
+        typer.Option("--ms-flip/--single-scale", help="Multi-scale + flip (default: the recipe's eval.ms_flip)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field (recipe targets only).")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Block, then print the per-class table.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
+    executor: Executor = None,
+) -> None:
+    """Evaluate a run (or a recipe with --checkpoint) as a job of its own.
+
+    The per-class table is printed in the job log, logged to MLflow and written to
+    RUN_DIR/eval/LABEL.txt; with --wait it is printed here too.
+    """
+    from segctl.runs import create_run_dir, read_recipe
+    from segctl.submission import apply, plan_evaluation
+
+    if looks_like_recipe(target):
+        run_dir, recipe, source = _from_recipe(Path(target), overrides or [], checkpoint)
+    else:
+        if overrides:
+            raise UserError("--set applies to recipe targets only; a run's recipe is fixed")
+        record = find_run(target)
+        run_dir, source = Path(record.run_dir), record.source
+        recipe = read_recipe(run_dir)
+        if checkpoint is None and not (run_dir / "checkpoints").is_dir():
+            raise UserError(f"run {record.run_id} has no checkpoints yet: pass --checkpoint")
+    plan = plan_evaluation(run_dir, recipe, source, checkpoint, ms_flip, executor)
+    if dry_run:
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    if not run_dir.exists():
+        create_run_dir(run_dir, plan.recipe)
+    submitted = apply(plan, registry())
+    typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
+    if wait:
+        finish(submitted)
+        table = run_dir / "eval" / f"{plan.label}.txt"
+        typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
+
+
+def _from_recipe(path: Path, overrides: list[str], checkpoint: str | None):
+    from segctl.paths import runs_dir
+    from segctl.recipe import load_recipe, run_id
+
+    loaded = load_recipe(path, overrides)
+    rid = run_id(loaded.recipe)
+    run_dir = runs_dir() / rid
+    if checkpoint is None and not (run_dir / "checkpoints").is_dir():
+        raise UserError(
+            f"recipe {path} has no trained run here ({run_dir} has no checkpoints): "
+            "pass --checkpoint PATH_OR_URL"
+        )
+    return run_dir, loaded.recipe, str(path)

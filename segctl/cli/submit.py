@@ -1,0 +1,65 @@
+"""``segctl submit``: train a recipe as a job (local executor by default, Slurm where found)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from segctl.cli.common import user_errors
+
+Executor = Annotated[
+    str | None,
+    typer.Option("--executor", help="local or slurm (default: the recipe's cluster.executor)."),
+]
+
+
+@user_errors
+def submit(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Block until the job ends.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
+    executor: Executor = None,
+) -> None:
+    """Validate RECIPE, create its run directory and submit its training job.
+
+    Re-submitting the same recipe finds the same run (same id) and resumes it.
+    """
+    from segctl.cli.common import registry
+    from segctl.recipe import RecipeError, load_recipe
+    from segctl.submission import apply, plan_training, preflight
+
+    loaded = load_recipe(recipe, overrides or [])
+    plan = plan_training(loaded, executor)
+    if dry_run:
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    issues = preflight(loaded, plan.recipe)
+    if issues:
+        raise RecipeError(issues)
+    submitted = apply(plan, registry())
+    typer.echo(f"submitted {plan.run_id} ({plan.executor} job {submitted.job_id})")
+    typer.echo(f"  run dir: {plan.run_dir}")
+    if wait:
+        finish(submitted)
+
+
+def finish(submitted) -> None:
+    """Wait for a submitted job; exit 1 (with the log's last lines) unless it COMPLETED."""
+    from segctl.cli.common import registry
+    from segctl.executors import job_log_paths
+    from segctl.submission import wait
+
+    state = wait(registry(), submitted)
+    typer.echo(f"{submitted.plan.run_id}: {state}")
+    if state != "COMPLETED":
+        _, stderr = job_log_paths(str(submitted.plan.run_dir / "jobs"), submitted.job_id)
+        if stderr.exists():
+            tail = stderr.read_text(errors="replace").splitlines()[-20:]
+            typer.echo("\n".join(tail), err=True)
+        raise typer.Exit(1)

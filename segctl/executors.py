@@ -1,0 +1,142 @@
+"""The one place that turns a recipe's cluster section into submitit executors, and asks them
+about jobs.
+
+``local`` runs the job on this machine through submitit's local executor (the default where no
+Slurm is found); ``slurm`` submits with sbatch through submitit's Slurm executor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+from segctl.recipe.schema import ClusterConfig
+
+ExecutorKind = Literal["local", "slurm"]
+
+#: Seconds before the time limit at which a job is signalled to checkpoint and requeue.
+SIGNAL_DELAY_S = 120
+
+
+def choose_executor(cluster: ClusterConfig, override: str | None = None) -> ExecutorKind:
+    """``override`` or the recipe's choice; ``auto`` is ``slurm`` when ``sbatch`` is on PATH."""
+    choice = override or cluster.executor
+    if choice == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if choice not in ("local", "slurm"):
+        raise ValueError(f"unknown executor {choice!r}: use local or slurm")
+    return choice  # type: ignore[return-value]
+
+
+def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: str) -> dict[str, Any]:
+    """submitit ``update_parameters`` keywords for ``kind`` (a pure function of its inputs).
+
+    Local jobs run one process on this machine with the GPUs it has (none on a CPU machine).
+    Slurm jobs get one task per GPU (one per node on CPU-only placements).
+    """
+    if kind == "local":
+        return {
+            "timeout_min": cluster.timeout_min,
+            "gpus_per_node": min(cluster.gpus_per_node, local_gpu_count()),
+            "tasks_per_node": 1,
+            "signal_delay_s": SIGNAL_DELAY_S,
+        }
+    tasks = max(cluster.gpus_per_node, 1)
+    params: dict[str, Any] = {
+        "slurm_job_name": job_name,
+        "nodes": cluster.nodes,
+        "tasks_per_node": tasks,
+        "cpus_per_task": cluster.cpus_per_task,
+        "timeout_min": cluster.timeout_min,
+        "slurm_signal_delay_s": SIGNAL_DELAY_S,
+    }
+    if cluster.gpus_per_node:
+        params["gpus_per_node"] = cluster.gpus_per_node
+    if cluster.mem_gb:
+        params["mem_gb"] = cluster.mem_gb
+    if cluster.partition:
+        params["slurm_partition"] = cluster.partition
+    return params
+
+
+def make_executor(kind: ExecutorKind, folder: Path, parameters: dict[str, Any]):
+    """A configured submitit executor writing its files under ``folder``."""
+    import submitit
+
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+    else:
+        executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def local_gpu_count() -> int:
+    """GPUs visible to a local job: ``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidia[0-9]*``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+# --- asking about jobs ------------------------------------------------------------------------
+
+
+def job_state(kind: str, folder: str, job_id: str) -> str:
+    """The job's state in Slurm's vocabulary (RUNNING, COMPLETED, FAILED, CANCELLED, ...).
+
+    Local jobs are judged from their result file and whether their controller process lives,
+    so this works from any process, not only the one that submitted.
+    """
+    if kind == "local":
+        return _local_state(Path(folder), job_id)
+    import submitit
+
+    state = submitit.SlurmJob(folder=folder, job_id=job_id).state
+    return state.split()[0] if state else "UNKNOWN"
+
+
+def cancel_job(kind: str, folder: str, job_id: str) -> None:
+    """Cancel a job: scancel on Slurm; SIGINT to a local controller that is still ours."""
+    if kind == "local":
+        if _local_controller_alive(job_id):
+            os.kill(int(job_id), signal.SIGINT)
+        return
+    import submitit
+
+    submitit.SlurmJob(folder=folder, job_id=job_id).cancel(check=False)
+
+
+def job_log_paths(folder: str, job_id: str, task: int = 0) -> tuple[Path, Path]:
+    """(stdout, stderr) log files of one task of a job."""
+    from submitit.core.utils import JobPaths
+
+    paths = JobPaths(folder, job_id=job_id, task_id=task)
+    return paths.stdout, paths.stderr
+
+
+def _local_state(folder: Path, job_id: str) -> str:
+    from submitit.core.utils import JobPaths, pickle_load
+
+    result = JobPaths(folder, job_id=job_id, task_id=0).result_pickle
+    if result.exists():
+        try:
+            outcome, _ = pickle_load(result)
+        except Exception:  # a result being written right now
+            return "RUNNING"
+        return "COMPLETED" if outcome == "success" else "FAILED"
+    return "RUNNING" if _local_controller_alive(job_id) else "FAILED"
+
+
+def _local_controller_alive(job_id: str) -> bool:
+    """True if ``job_id`` is a live submitit local controller (guards against reused pids)."""
+    try:
+        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+        status = Path(f"/proc/{int(job_id)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    zombie = status.rsplit(")", 1)[-1].split()[0] == "Z"
+    return b"submitit.local._local" in cmdline and not zombie

@@ -1,0 +1,173 @@
+"""The job registry: a small SQLite database of runs and the jobs submitted for them.
+
+One row per run (``runs``) and one per submitted job (``jobs``). A job row is written with state
+``SUBMITTING`` *before* the executor is called and completed with the job id after, so a crash
+between submission and record leaves a visible marker instead of an unknown job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    recipe_hash TEXT NOT NULL,
+    run_dir     TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    kind         TEXT NOT NULL,
+    executor     TEXT NOT NULL,
+    job_id       TEXT,
+    folder       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    finished_at  REAL,
+    label        TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run_id, id);
+"""
+
+#: Job states after which nothing changes any more.
+TERMINAL_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A row of ``runs``."""
+
+    run_id: str
+    name: str
+    recipe_hash: str
+    run_dir: str
+    source: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of ``jobs``. ``kind`` is ``train`` or ``eval``; ``label`` names an eval result."""
+
+    id: int
+    run_id: str
+    kind: str
+    executor: str
+    job_id: str | None
+    folder: str
+    state: str
+    submitted_at: float
+    finished_at: float | None
+    label: str | None
+
+
+class Registry:
+    """Access to ``registry.db`` in a state directory (created if missing).
+
+    Every method opens a short transaction, so several segctl processes may use it at once.
+
+    Raises:
+        sqlite3.Error: the database cannot be opened or written.
+    """
+
+    def __init__(self, home: Path):
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = home / "registry.db"
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # runs -------------------------------------------------------------------------------------
+
+    def add_run(self, run: RunRecord) -> None:
+        """Insert a run; an existing row with the same id is kept as it is."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.name, run.recipe_hash, run.run_dir, run.source, run.created_at),
+            )
+
+    def runs(self) -> list[RunRecord]:
+        """All runs, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
+        return [RunRecord(*row) for row in rows]
+
+    def find_runs(self, key: str) -> list[RunRecord]:
+        """Runs whose id equals ``key``, else whose id starts with it, else whose name equals it."""
+        with self._connect() as db:
+            for query, arg in (
+                ("SELECT * FROM runs WHERE run_id = ?", key),
+                ("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\'", _like_prefix(key)),
+                ("SELECT * FROM runs WHERE name = ? ORDER BY created_at", key),
+            ):
+                rows = db.execute(query, (arg,)).fetchall()
+                if rows:
+                    return [RunRecord(*row) for row in rows]
+        return []
+
+    # jobs -------------------------------------------------------------------------------------
+
+    def begin_job(self, run_id: str, kind: str, executor: str, folder: str, label: str | None) -> int:
+        """Write the ``SUBMITTING`` marker for a job about to be submitted; returns its row id."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (run_id, kind, executor, folder, state, submitted_at, label) "
+                "VALUES (?, ?, ?, ?, 'SUBMITTING', ?, ?)",
+                (run_id, kind, executor, folder, time.time(), label),
+            )
+            return int(cursor.lastrowid)
+
+    def submitted(self, row: int, job_id: str) -> None:
+        """Record the executor's job id for the marker ``row``."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET job_id = ?, state = 'SUBMITTED' WHERE id = ?", (job_id, row))
+
+    def set_state(self, row: int, state: str) -> None:
+        """Record an observed state; terminal states also set ``finished_at`` (once)."""
+        with self._connect() as db:
+            if state in TERMINAL_STATES:
+                db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                    (state, time.time(), row),
+                )
+            else:
+                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state, row))
+
+    def forget_job(self, row: int) -> None:
+        """Delete a marker whose submission failed before any job existed."""
+        with self._connect() as db:
+            db.execute("DELETE FROM jobs WHERE id = ? AND job_id IS NULL", (row,))
+
+    def jobs(self, run_id: str | None = None) -> list[JobRecord]:
+        """Jobs of one run (or all), oldest first."""
+        with self._connect() as db:
+            if run_id is None:
+                rows = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+            else:
+                rows = db.execute("SELECT * FROM jobs WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [JobRecord(*row) for row in rows]
+
+
+def _like_prefix(key: str) -> str:
+    escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"

@@ -1,0 +1,236 @@
+"""Plan, then apply: turning a loaded recipe into a submitted job.
+
+:func:`plan_training` and :func:`plan_evaluation` have no side effects: they resolve the run id,
+the run directory, the executor and its parameters. ``--dry-run`` prints the plan. :func:`apply`
+creates the run directory, writes the registry marker, submits, and records the job id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segctl import executors
+from segctl.paths import default_tracking_uri, is_url, runs_dir
+from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
+from segctl.registry import TERMINAL_STATES, Registry, RunRecord
+from segctl.runs import create_run_dir, jobs_folder
+
+
+class SubmitError(RuntimeError):
+    """Submission cannot go ahead (e.g. the run already has a job running)."""
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """Everything :func:`apply` will do, decided up front.
+
+    Attributes:
+        kind: ``train`` or ``eval``.
+        run_id: ``<name>-<hash8>``.
+        run_dir: the run directory (created by apply if missing).
+        recipe: the resolved recipe with absolute local paths and a concrete tracking URI.
+        source: the recipe file it came from.
+        executor: ``local`` or ``slurm``.
+        parameters: the submitit parameters.
+        args: positional arguments of the job callable after ``run_dir``.
+        label: for eval jobs, the name of the result files under ``eval/``.
+    """
+
+    kind: str
+    run_id: str
+    run_dir: Path
+    recipe: Recipe
+    source: str
+    executor: str
+    parameters: dict[str, Any]
+    args: tuple = ()
+    label: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what ``--dry-run`` prints)."""
+        return {
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "executor": self.executor,
+            "parameters": self.parameters,
+            "label": self.label,
+            "data_root": self.recipe.data.root,
+            "tracking_uri": self.recipe.tracking.uri,
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job that was submitted: its registry row, executor job id and submitit handle."""
+
+    row: int
+    job_id: str
+    plan: SubmitPlan
+    handle: Any
+
+
+def concretise(recipe: Recipe) -> Recipe:
+    """Make a recipe's local data root absolute and its tracking URI concrete (both are left
+    out of the run hash, so this does not change the run id)."""
+    root = recipe.data.root
+    if not is_url(root):
+        root = str(Path(root).expanduser().resolve())
+    return recipe.model_copy(
+        update={
+            "data": recipe.data.model_copy(update={"root": root}),
+            "tracking": recipe.tracking.model_copy(
+                update={"uri": recipe.tracking.uri or default_tracking_uri()}
+            ),
+        }
+    )
+
+
+def plan_training(loaded: LoadedRecipe, executor: str | None = None) -> SubmitPlan:
+    """The plan for training ``loaded`` (no side effects)."""
+    recipe = concretise(loaded.recipe)
+    rid = run_id(recipe)
+    kind = executors.choose_executor(recipe.cluster, executor)
+    return SubmitPlan(
+        kind="train",
+        run_id=rid,
+        run_dir=runs_dir() / rid,
+        recipe=recipe,
+        source=loaded.source,
+        executor=kind,
+        parameters=executors.executor_parameters(kind, recipe.cluster, rid),
+    )
+
+
+def plan_evaluation(
+    run_dir: Path,
+    recipe: Recipe,
+    source: str,
+    checkpoint: str | None,
+    ms_flip: bool | None,
+    executor: str | None = None,
+) -> SubmitPlan:
+    """The plan for evaluating a run (no side effects)."""
+    recipe = concretise(recipe)
+    use_ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
+    label = f"{'ms_flip' if use_ms_flip else 'ss'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    kind = executors.choose_executor(recipe.cluster, executor)
+    return SubmitPlan(
+        kind="eval",
+        run_id=run_dir.name,
+        run_dir=run_dir,
+        recipe=recipe,
+        source=source,
+        executor=kind,
+        parameters=executors.executor_parameters(kind, recipe.cluster, f"eval-{run_dir.name}"),
+        args=(checkpoint, ms_flip, label),
+        label=label,
+    )
+
+
+def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
+    """Cheap checks before submitting: the dataset root and its splits exist in the layout.
+
+    Remote (fsspec URL) roots are left to the job. Returns the problems found (empty if none).
+    """
+    root = recipe.data.root
+    if is_url(root):
+        return []
+    if not Path(root).is_dir():
+        return [
+            loaded.issue(
+                "data.root",
+                f"dataset folder {root} does not exist: point data.root at the dataset, or create "
+                "it (e.g. `segctl data synthesize DIR` for a small synthetic Cityscapes set)",
+            )
+        ]
+    from trainer.data import DatasetLayoutError, build_dataset  # imports torch: only here
+
+    from segctl.recipe import dataset_preset
+
+    preset = dataset_preset(recipe)
+    issues = []
+    for split in dict.fromkeys((recipe.data.train_split, recipe.data.val_split)):
+        try:
+            build_dataset(
+                preset.layout,
+                root,
+                split,
+                reduce_zero_label=preset.reduce_zero_label,
+                ignore_index=preset.ignore_index,
+            )
+        except DatasetLayoutError as exc:
+            issues.append(loaded.issue("data.root", f"split {split!r}: {exc}"))
+    return issues
+
+
+def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
+    """Carry out ``plan``: run directory, registry marker, submission, job id.
+
+    Raises:
+        SubmitError: the run already has an unfinished job of the same kind.
+        segctl.runs.RunDirError: the run directory belongs to something else.
+    """
+    from segctl.jobs import EvalJob, TrainJob
+
+    active = [
+        job
+        for job in registry.jobs(plan.run_id)
+        if job.kind == plan.kind and job.job_id and refresh_state(registry, job) not in TERMINAL_STATES
+    ]
+    if active:
+        raise SubmitError(
+            f"run {plan.run_id} already has a {plan.kind} job in progress (job {active[0].job_id}); "
+            f"see `segctl status {plan.run_id}` or cancel it first"
+        )
+    if plan.kind == "train":
+        create_run_dir(plan.run_dir, plan.recipe)
+    registry.add_run(
+        RunRecord(
+            run_id=plan.run_id,
+            name=plan.recipe.name,
+            recipe_hash=recipe_hash(plan.recipe),
+            run_dir=str(plan.run_dir),
+            source=plan.source,
+            created_at=time.time(),
+        )
+    )
+    folder = jobs_folder(plan.run_dir)
+    row = registry.begin_job(plan.run_id, plan.kind, plan.executor, str(folder), plan.label)
+    try:
+        executor = executors.make_executor(plan.executor, folder, plan.parameters)
+        callable_ = TrainJob() if plan.kind == "train" else EvalJob()
+        handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
+    except Exception:
+        registry.forget_job(row)
+        raise
+    registry.submitted(row, str(handle.job_id))
+    return SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle)
+
+
+def refresh_state(registry: Registry, job) -> str:
+    """Ask the executor for a job's state and record it (terminal states are never re-asked)."""
+    if job.state in TERMINAL_STATES or not job.job_id:
+        return job.state
+    try:
+        state = executors.job_state(job.executor, job.folder, job.job_id)
+    except Exception:  # scheduler unreachable: keep what we knew
+        return job.state
+    if state != job.state:
+        registry.set_state(job.id, state)
+    return state
+
+
+def wait(registry: Registry, submitted: SubmittedJob, poll_s: float = 2.0) -> str:
+    """Block until the job reaches a terminal state; returns that state."""
+    while True:
+        job = next(j for j in registry.jobs(submitted.plan.run_id) if j.id == submitted.row)
+        state = refresh_state(registry, job)
+        if state in TERMINAL_STATES:
+            return state
+        time.sleep(poll_s)
