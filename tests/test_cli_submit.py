@@ -1,0 +1,117 @@
+"""``segctl submit`` planning, bad input and the registry, through the real Typer app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from segctl.cli import app
+from segctl.paths import segctl_home
+from segctl.registry import Registry
+
+runner = CliRunner()
+
+RECIPE = """\
+# segctl submit {path} --wait
+name: frame
+data:
+  dataset: cityscapes
+  root: {root}
+  crop_size: [128, 256]
+  train_scale: [256, 128]
+  num_workers: 0
+model:
+  name: segformer_mit_b0
+schedule:
+  max_iters: 4
+  warmup_iters: 0
+  val_interval: 4
+  checkpoint_interval: 2
+  log_interval: 1
+train:
+  batch_size: 1
+eval:
+  test_scale: [256, 128]
+"""
+
+
+def write_recipe(tmp_path: Path, root: Path | str) -> Path:
+    path = tmp_path / "frame.yaml"
+    path.write_text(RECIPE.format(path=path, root=root))
+    return path
+
+
+def test_dry_run_plans_without_side_effects(segctl_env, cityscapes_frame_root):
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    result = runner.invoke(app, ["submit", str(recipe), "--dry-run", "--set", "train.seed=3"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["kind"] == "train" and plan["executor"] == "local"
+    assert plan["run_id"].startswith("frame-")
+    assert plan["parameters"]["timeout_min"] == 24 * 60
+    assert plan["data_root"] == str(cityscapes_frame_root)
+    assert plan["tracking_uri"] == f"sqlite:///{segctl_env / 'mlflow.db'}"
+    assert not (segctl_env / "runs").exists()
+    assert not (segctl_env / "home").exists()
+
+
+def test_missing_dataset_folder_exits_2_and_leaves_nothing(segctl_env):
+    recipe = write_recipe(segctl_env, segctl_env / "no-such-dataset")
+    result = runner.invoke(app, ["submit", str(recipe)])
+    assert result.exit_code == 2
+    assert f"{recipe}:5: data.root: dataset folder" in result.output
+    assert "Traceback" not in result.output
+    assert not (segctl_env / "runs").exists()
+    assert Registry(segctl_home()).jobs() == []
+
+
+def test_dataset_without_the_split_exits_2(segctl_env, cityscapes_frame_root, tmp_path):
+    empty = segctl_env / "empty-root"
+    (empty / "leftImg8bit" / "train").mkdir(parents=True)
+    recipe = write_recipe(segctl_env, empty)
+    result = runner.invoke(app, ["submit", str(recipe)])
+    assert result.exit_code == 2
+    assert "data.root: split 'train'" in result.output
+    assert not (segctl_env / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("train.batch_size=zero", "train.batch_size"), ("nope=1", "nope: unknown key")],
+)
+def test_bad_overrides_exit_2(segctl_env, cityscapes_frame_root, override, needle):
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    result = runner.invoke(app, ["submit", str(recipe), "--set", override])
+    assert result.exit_code == 2
+    assert f"--set {override}" in result.output and needle in result.output
+    assert not (segctl_env / "runs").exists()
+
+
+def test_unknown_run_is_a_clear_error(segctl_env):
+    for args in (["status", "nope"], ["logs", "nope"], ["eval", "nope"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, args
+        assert "no run matches 'nope'" in result.output
+
+
+def test_status_without_runs(segctl_env):
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0 and "no runs yet" in result.output
+    assert json.loads(runner.invoke(app, ["status", "--json"]).output) == []
+
+
+def test_registry_marker_then_job_id(tmp_path):
+    registry = Registry(tmp_path)
+    row = registry.begin_job("r-1", "train", "local", "/f", None)
+    (job,) = registry.jobs("r-1")
+    assert job.state == "SUBMITTING" and job.job_id is None
+    registry.submitted(row, "123")
+    registry.set_state(row, "COMPLETED")
+    (job,) = registry.jobs("r-1")
+    assert (job.job_id, job.state) == ("123", "COMPLETED") and job.finished_at is not None
+    other = registry.begin_job("r-1", "eval", "local", "/f", "ss-x")
+    registry.forget_job(other)
+    assert [j.id for j in registry.jobs("r-1")] == [row]
