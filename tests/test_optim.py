@@ -1,0 +1,118 @@
+"""Parameter groups (mmcv custom-keys rule) and the poly + linear warm-up schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from segctl.recipe.schema import OptimConfig, ScheduleConfig
+from trainer.models import build_segmentor
+from trainer.optim import (
+    build_optimizer,
+    custom_keys,
+    match_custom_key,
+    param_groups,
+    poly_lr,
+    set_learning_rates,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_segmentor("segformer_mit_b0", num_classes=19)
+
+
+def _group_of(groups, name):
+    return next(g for g in groups if name in g["names"])
+
+
+def test_custom_key_order_longest_then_alphabetical():
+    keys = {"norm": {}, "head": {}, "pos_block": {}, "ab": {}, "aa": {}}
+    assert match_custom_key("decode_head.norm.weight", keys) == "head"  # same length: 'head' < 'norm'
+    assert match_custom_key("backbone.pos_block.0.norm", keys) == "pos_block"  # longest first
+    assert match_custom_key("x.aab", keys) == "aa"
+    assert match_custom_key("backbone.layers.0.2.weight", keys) is None
+
+
+def test_param_groups_follow_segformer_custom_keys(model):
+    optim = OptimConfig(lr=6e-5, weight_decay=0.01)
+    assert custom_keys(optim) == {
+        "pos_block": {"decay_mult": 0.0},
+        "norm": {"decay_mult": 0.0},
+        "head": {"lr_mult": 10.0},
+    }
+    groups = param_groups(model, optim)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(n for g in groups for n in g["names"]) == sorted(names)
+
+    expected_no_decay = [n for n in names if "norm" in n and "head" not in n]
+    expected_head = [n for n in names if "head" in n]
+    no_decay = [n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]]
+    head = [n for g in groups if g["lr"] == pytest.approx(6e-4) for n in g["names"]]
+    assert sorted(no_decay) == sorted(expected_no_decay)
+    assert sorted(head) == sorted(expected_head)
+    # MiT-B0: per stage, patch-embed norm (2), per block norm1/norm2/attn.norm (2 blocks x 6);
+    # attn.norm exists where sr_ratio > 1 (stages 0..2).
+    assert len(no_decay) == 4 * 2 + 4 * 2 * 4 + 3 * 2 * 2
+    assert len(head) == 17
+
+    stage_norm = _group_of(groups, "backbone.layers.0.2.weight")  # its name has no 'norm'
+    assert stage_norm["weight_decay"] == pytest.approx(0.01)
+    assert stage_norm["lr"] == pytest.approx(6e-5)
+    block_norm = _group_of(groups, "backbone.layers.0.1.0.norm1.weight")
+    assert block_norm["weight_decay"] == 0.0 and block_norm["lr"] == pytest.approx(6e-5)
+    head_bn = _group_of(groups, "decode_head.fusion_conv.bn.weight")
+    assert head_bn["weight_decay"] == pytest.approx(0.01) and head_bn["lr"] == pytest.approx(6e-4)
+
+
+def test_param_groups_without_custom_rules(model):
+    optim = OptimConfig(lr=1e-3, head_lr_mult=1.0, no_decay_norm_and_pos=False)
+    groups = param_groups(model, optim)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+
+
+def test_optimizer_types(model):
+    adamw = build_optimizer(model, OptimConfig(type="adamw", betas=(0.8, 0.9)))
+    assert adamw.__class__.__name__ == "AdamW" and adamw.param_groups[0]["betas"] == (0.8, 0.9)
+    sgd = build_optimizer(model, OptimConfig(type="sgd", lr=0.01, momentum=0.8))
+    assert sgd.__class__.__name__ == "SGD" and sgd.param_groups[0]["momentum"] == 0.8
+
+
+def _mmcv_lr(base, it, max_iters, power, min_lr, warmup_iters, warmup_ratio):
+    """mmcv PolyLrUpdaterHook.get_lr + LrUpdaterHook.get_warmup_lr('linear'), written out."""
+    regular = (base - min_lr) * (1 - it / max_iters) ** power + min_lr
+    if it < warmup_iters:
+        k = (1 - it / warmup_iters) * (1 - warmup_ratio)
+        return regular * (1 - k)
+    return regular
+
+
+@pytest.mark.parametrize("power,min_lr", [(1.0, 0.0), (0.9, 1e-4)])
+def test_poly_schedule_matches_mmcv(power, min_lr):
+    sched = ScheduleConfig(
+        max_iters=1000, val_interval=100, checkpoint_interval=100, warmup_iters=100,
+        warmup_ratio=1e-6, poly_power=power, min_lr=min_lr,
+    )
+    base = 6e-4
+    for it in (0, 50, 100, 500, 999):
+        want = _mmcv_lr(base, it, 1000, power, min_lr, 100, 1e-6)
+        assert math.isclose(poly_lr(base, it, sched), want, rel_tol=1e-12)
+    # first step: the regular rate at iteration 0 is the base rate, times warmup_ratio
+    assert poly_lr(base, 0, sched) == pytest.approx(base * 1e-6)
+    # end of warm-up: the regular poly rate
+    assert poly_lr(base, 100, sched) == pytest.approx((base - min_lr) * 0.9**power + min_lr)
+    # middle of warm-up, power 1, no min_lr: regular * (1 - 0.5 * (1 - 1e-6))
+    if min_lr == 0.0 and power == 1.0:
+        assert poly_lr(base, 50, sched) == pytest.approx(base * 0.95 * (0.5 + 0.5e-6))
+        assert poly_lr(base, 999, sched) == pytest.approx(base * 0.001)
+
+
+def test_set_learning_rates_per_group(model):
+    optim = OptimConfig(lr=6e-5)
+    sched = ScheduleConfig(max_iters=100, val_interval=10, checkpoint_interval=10, warmup_iters=0)
+    opt = build_optimizer(model, optim)
+    lr = set_learning_rates(opt, 50, sched)
+    assert lr == pytest.approx(3e-5)
+    for group in opt.param_groups:
+        assert group["lr"] == pytest.approx(group["lr_mult"] * 3e-5)
