@@ -1,0 +1,65 @@
+"""Helpers for trainer tests: a one-frame Cityscapes root and run directories with a recipe."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from segctl.recipe import Recipe, resolve
+
+CITY = "frankfurt"
+
+
+def one_frame_cityscapes(real_cityscapes: Path, root: Path) -> Path:
+    """A Cityscapes root whose train and val splits both hold the real sample frame (copied)."""
+    for kind in ("leftImg8bit", "gtFine"):
+        source = real_cityscapes / kind / "val" / CITY
+        for split in ("train", "val"):
+            target = root / kind / split / CITY
+            target.mkdir(parents=True, exist_ok=True)
+            for file in source.iterdir():
+                shutil.copy2(file, target / file.name)
+    return root
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
+
+
+def small_recipe(data_root: Path, tracking_uri: str, **sections: Any) -> Recipe:
+    """A resolved CPU-sized MiT-B0 recipe on ``data_root``; ``sections`` override fields."""
+    base = {
+        "name": "trainer-test",
+        "data": {
+            "dataset": "cityscapes",
+            "root": str(data_root),
+            "crop_size": [128, 256],
+            "train_scale": [256, 128],
+            "ratio_range": [1.0, 1.0],
+            "num_workers": 0,
+        },
+        "model": {"name": "segformer_mit_b0"},
+        "optim": {"lr": 1e-3},
+        "schedule": {
+            "max_iters": 12,
+            "val_interval": 1000,
+            "checkpoint_interval": 4,
+            "warmup_iters": 0,
+            "log_interval": 4,
+        },
+        "train": {"batch_size": 2, "seed": 0, "deterministic": True},
+        "eval": {"mode": "whole", "test_scale": [256, 128]},
+        "tracking": {"uri": tracking_uri, "experiment": "trainer-tests"},
+    }
+    return resolve(Recipe.model_validate(_merge(base, sections)))
+
+
+def make_run_dir(run_dir: Path, recipe: Recipe) -> Path:
+    """Create ``run_dir`` with ``recipe.json``, as the control plane does."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2), encoding="utf-8")
+    return run_dir

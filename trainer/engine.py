@@ -1,0 +1,504 @@
+"""The training loop: plain PyTorch under Accelerate, iteration-based.
+
+:func:`train` reads top to bottom: build the model, optimizer and data; resume from the
+latest checkpoint; then for each iteration set the scheduled learning rates, take one batch,
+step, and on their intervals log, evaluate and checkpoint. The only framework calls are
+``accelerator.prepare`` (model, optimizer), ``backward``, ``autocast``, ``reduce``,
+``gather_object`` and ``wait_for_everyone``; process groups and precision come from
+:mod:`trainer.distributed`.
+
+Data order: sample ``k`` of the stream a rank reads is a pure function of (seed, iteration,
+rank), see :class:`DataOrder`, and each sample's augmentation draws come from a generator seeded
+by (seed, epoch, position), so a resumed run continues exactly and results do not depend on the
+number of loader workers. The loader is therefore built here with its own sampler instead of
+being passed through ``accelerator.prepare``, which would re-shard it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segctl.recipe import Recipe, dataset_preset
+from trainer import checkpoint as ckpt
+from trainer.data.layouts import build_dataset
+from trainer.data.transforms import Compose, eval_pipeline, seed_worker, train_pipeline
+from trainer.distributed import autocast_dtype, convert_sync_batchnorm
+from trainer.evaluate import InferenceSettings, evaluate_dataset
+from trainer.metrics import SegMetrics, format_metrics_table
+from trainer.models import build_segmentor
+from trainer.models.losses import segmentation_loss
+from trainer.models.weights import load_segmentor_weights
+from trainer.optim import build_optimizer, set_learning_rates
+from trainer.progress import Progress
+from trainer.tracking import Tracker, metrics_in_percent
+
+log = logging.getLogger(__name__)
+
+
+# --- data order ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DataOrder:
+    """Which sample, with which augmentation seed, each rank reads at each iteration.
+
+    The global stream is the concatenation of per-epoch permutations of the dataset, epoch
+    ``e`` permuted by ``numpy.random.default_rng([seed, e])``. Iteration ``i`` gives rank ``r``
+    the stream positions ``(i * world_size + r) * batch_size + j`` for ``j < batch_size``; the
+    position's epoch and offset fix the dataset index and the augmentation seed
+    ``SeedSequence([seed, epoch, offset])``. Nothing here has state beyond a cache.
+
+    Attributes:
+        dataset_size: number of training samples (> 0).
+        batch_size: samples per rank and iteration.
+        world_size: number of ranks.
+        seed: the recipe's ``train.seed``.
+    """
+
+    dataset_size: int
+    batch_size: int
+    world_size: int
+    seed: int
+    _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The dataset indices of ``epoch`` in reading order."""
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(
+                self.dataset_size
+            )
+        return self._cache[epoch]
+
+    def sample(self, iteration: int, rank: int, slot: int) -> tuple[int, int]:
+        """``(dataset index, augmentation seed)`` of ``slot`` in rank's batch at ``iteration``."""
+        position = (iteration * self.world_size + rank) * self.batch_size + slot
+        epoch, offset = divmod(position, self.dataset_size)
+        index = int(self.permutation(epoch)[offset])
+        aug_seed = int(np.random.SeedSequence([self.seed, epoch, offset]).generate_state(1)[0])
+        return index, aug_seed
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint stores to check that a resume reads the same order."""
+        return {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "dataset_size": self.dataset_size,
+        }
+
+
+class IterationSampler(Sampler):
+    """Yields ``(index, aug_seed)`` for one rank, iterations ``start`` to ``stop`` (exclusive)."""
+
+    def __init__(self, order: DataOrder, rank: int, start: int, stop: int) -> None:
+        self.order, self.rank, self.start, self.stop = order, rank, start, stop
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for iteration in range(self.start, self.stop):
+            for slot in range(self.order.batch_size):
+                yield self.order.sample(iteration, self.rank, slot)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.order.batch_size
+
+
+class AugmentedDataset(Dataset):
+    """Indexed by ``(index, aug_seed)``: load sample ``index``, apply ``pipeline`` with a
+    generator seeded by ``aug_seed``. Items: ``image`` float32 (3, h, w), ``label`` int64
+    (h, w)."""
+
+    def __init__(self, dataset, pipeline: Compose) -> None:
+        self.dataset = dataset
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, aug_seed = key
+        sample = self.pipeline(self.dataset.load(index), np.random.default_rng(aug_seed))
+        return {"image": sample["image"], "label": sample["label"]}
+
+
+def build_train_dataset(recipe: Recipe) -> AugmentedDataset:
+    """The training split with the standard mmseg augmentations of the recipe."""
+    preset = dataset_preset(recipe)
+    data = recipe.data
+    base = build_dataset(
+        preset.layout,
+        data.root,
+        data.train_split or preset.train_split,
+        reduce_zero_label=preset.reduce_zero_label,
+        ignore_index=preset.ignore_index,
+    )
+    pipeline = train_pipeline(
+        scale=tuple(data.train_scale or preset.train_scale),
+        crop_size=tuple(data.crop_size),
+        mean=preset.mean,
+        std=preset.std,
+        ratio_range=tuple(data.ratio_range),
+        cat_max_ratio=data.cat_max_ratio,
+        ignore_index=preset.ignore_index,
+    )
+    return AugmentedDataset(base, pipeline)
+
+
+def build_val_dataset(recipe: Recipe):
+    """The validation split, normalised, at the original resolution."""
+    preset = dataset_preset(recipe)
+    return build_dataset(
+        preset.layout,
+        recipe.data.root,
+        recipe.data.val_split or preset.val_split,
+        transform=eval_pipeline(preset.mean, preset.std),
+        reduce_zero_label=preset.reduce_zero_label,
+        ignore_index=preset.ignore_index,
+    )
+
+
+def build_train_loader(
+    dataset: AugmentedDataset, order: DataOrder, *, rank: int, start: int, stop: int,
+    num_workers: int, pin_memory: bool,
+) -> DataLoader:
+    """One batch per iteration in ``[start, stop)`` for ``rank``, in :class:`DataOrder`."""
+    return DataLoader(
+        dataset,
+        batch_size=order.batch_size,
+        sampler=IterationSampler(order, rank, start, stop),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        # A private generator: creating the loader's iterator leaves the global RNG untouched.
+        generator=torch.Generator().manual_seed(order.seed),
+    )
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def build_model(recipe: Recipe, *, load_init: bool = True) -> nn.Module:
+    """The recipe's segmentor; with ``load_init``, filled from ``model.init_checkpoint``.
+
+    An init checkpoint holding a full segmentor (``backbone.*``, ``decode_head.*``) loads with
+    ``strict=True``; otherwise it is loaded into the backbone alone, non-strictly (ImageNet
+    checkpoints carry a classifier the segmentor lacks).
+
+    Raises:
+        ValueError: the checkpoint fits neither the model nor its backbone.
+    """
+    num_classes = dataset_preset(recipe).num_classes
+    kwargs: dict[str, Any] = {}
+    if recipe.model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = recipe.model.drop_path_rate
+    model = build_segmentor(recipe.model.name, num_classes, **kwargs)
+    if load_init and recipe.model.init_checkpoint:
+        load_init_weights(model, recipe.model.init_checkpoint)
+    return model
+
+
+def load_init_weights(model: nn.Module, path_or_url: str) -> str:
+    """Load pretrained weights (see :func:`build_model`); returns ``"model"`` or ``"backbone"``."""
+    state = ckpt.load_model_weights(path_or_url)
+    try:
+        load_segmentor_weights(model, state, strict=True)
+        return "model"
+    except ValueError as full_error:
+        missing, unexpected = load_segmentor_weights(model.backbone, state, strict=False)
+        if len(missing) == len(model.backbone.state_dict()):
+            raise ValueError(
+                f"{path_or_url} fits neither the model nor its backbone: {full_error}"
+            ) from None
+        log.info(
+            "loaded %s into the backbone (%d keys missing, %d unexpected)",
+            path_or_url, len(missing), len(unexpected),
+        )
+        return "backbone"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally demand deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
+    """The recipe's test-time settings: single scale, or ``eval.scales`` with flip."""
+    ev = recipe.eval
+    return InferenceSettings(
+        mode=ev.mode,
+        test_scale=tuple(ev.test_scale) if ev.test_scale else None,
+        scales=tuple(ev.scales) if ms_flip else (1.0,),
+        flip=ms_flip,
+        crop_size=tuple(ev.crop_size) if ev.crop_size else None,
+        stride=tuple(ev.stride) if ev.stride else None,
+    )
+
+
+def evaluate(model: nn.Module, dataset, recipe: Recipe, accelerator, *, ms_flip: bool) -> SegMetrics:
+    """Score the whole ``dataset`` (sharded over ranks, reduced) with the recipe's settings."""
+    preset = dataset_preset(recipe)
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    try:
+        metrics, _ = evaluate_dataset(
+            net.encode_decode,
+            dataset,
+            num_classes=preset.num_classes,
+            ignore_index=preset.ignore_index,
+            settings=inference_settings(recipe, ms_flip),
+            device=accelerator.device,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            autocast_dtype=autocast_dtype(accelerator),
+        )
+    finally:
+        net.train(was_training)
+    return metrics
+
+
+def reference_for(recipe: Recipe, ms_flip: bool) -> dict[str, Any] | None:
+    """The published mIoU matching the evaluation mode, for :func:`format_metrics_table`."""
+    ref = recipe.reference
+    miou = None if ref is None else (ref.miou_ms_flip if ms_flip else ref.miou_ss)
+    if miou is None:
+        return None
+    label = "multi-scale + flip" if ms_flip else "single-scale"
+    return {"miou": miou, "label": label, "source": ref.source}
+
+
+# --- one step, checkpoints ------------------------------------------------------------------------
+
+
+def train_step(model, optimizer, batch, accelerator, recipe: Recipe) -> torch.Tensor:
+    """Forward, loss, backward, optional clipping, optimizer step. Returns the detached loss.
+
+    The loss is mmseg's SegFormer loss: cross-entropy on the decode head (plus auxiliary heads
+    at weight 1) averaged over all pixels (``avg_non_ignore=False``, the mmseg default the
+    published configs ran with).
+    """
+    images = batch["image"].to(accelerator.device, non_blocking=True)
+    labels = batch["label"].to(accelerator.device, non_blocking=True)
+    with accelerator.autocast():
+        outputs = model(images)
+        loss, _ = segmentation_loss(
+            outputs, labels, ignore_index=dataset_preset(recipe).ignore_index,
+            avg_non_ignore=False,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if recipe.optim.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int, order: DataOrder) -> None:
+    """Gather every rank's RNG state; rank 0 writes ``iter_{iteration:07d}.pt`` and prunes."""
+    from accelerate.utils import gather_object
+
+    rng = [ckpt.capture_rng_state()]
+    if accelerator.num_processes > 1:
+        rng = gather_object(rng)
+    if accelerator.is_main_process:
+        state = ckpt.training_state(
+            model_state=accelerator.unwrap_model(model).state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            iteration=iteration,
+            rng_states=rng,
+            data_state=order.state(),
+        )
+        ckpt.save_training_state(run_dir, state)
+    accelerator.wait_for_everyone()
+
+
+def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder) -> int:
+    """Restore the latest checkpoint (model, optimizer, RNG) and return its iteration (0 if none).
+
+    The learning rates need no state: the schedule is a function of the iteration. A change of
+    world size keeps the weights and optimizer but cannot replay the per-rank RNG streams; it
+    then reseeds from (seed, rank, iteration) and logs a warning.
+    """
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        return 0
+    state = ckpt.load_training_state(path)
+    accelerator.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rank = accelerator.process_index
+    rngs = state["rng"]
+    if state["data"] != order.state() or len(rngs) != accelerator.num_processes:
+        log.warning(
+            "resuming %s with a different data setup (%s, now %s); the data order and random "
+            "streams will differ from an uninterrupted run",
+            path.name, state["data"], order.state(),
+        )
+        seed_everything(order.seed + 1000 * rank + int(state["iteration"]), False)
+    else:
+        ckpt.restore_rng_state(rngs[rank])
+    log.info("resumed from %s at iteration %d", path, state["iteration"])
+    return int(state["iteration"])
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        iteration: optimizer steps completed.
+        max_iters: the schedule's length.
+        finished: whether ``iteration == max_iters`` (``final.pt`` written).
+        loss: the last logged training loss (mean over the last logging window), or None.
+        metrics: the last evaluation's ``SegMetrics.to_dict`` in percent, or None.
+        seconds_per_iter: moving average of training seconds per iteration, or None.
+    """
+
+    iteration: int
+    max_iters: int
+    finished: bool
+    loss: float | None
+    metrics: dict[str, float] | None
+    seconds_per_iter: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict of the fields."""
+        return dict(self.__dict__)
+
+
+def train(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    accelerator,
+    tracker: Tracker,
+    progress: Progress,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or continue training) the recipe's model in ``run_dir``.
+
+    Args:
+        recipe: the resolved recipe.
+        run_dir: the run directory (checkpoints are read from and written to
+            ``RUN_DIR/checkpoints``).
+        accelerator: from :func:`trainer.distributed.build_accelerator`.
+        tracker: where params and metrics go (a disabled tracker on ranks other than 0).
+        progress: the run's ``progress.json`` writer.
+        stop_after: stop once this many iterations (counted from 0, not from the resume point)
+            are done, after writing a checkpoint, as preemption does; None trains to
+            ``schedule.max_iters``.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    run_dir = Path(run_dir)
+    sched, preset = recipe.schedule, dataset_preset(recipe)
+    class_names = list(preset.classes)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed_everything(recipe.train.seed + rank, recipe.train.deterministic)
+
+    model = convert_sync_batchnorm(build_model(recipe), accelerator)
+    optimizer = build_optimizer(model, recipe.optim)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_set, val_set = build_train_dataset(recipe), build_val_dataset(recipe)
+    order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed)
+    start = resume(run_dir, model, optimizer, accelerator, order)
+    stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
+
+    loader = build_train_loader(
+        train_set, order, rank=rank, start=start, stop=stop,
+        num_workers=recipe.data.num_workers, pin_memory=accelerator.device.type == "cuda",
+    )
+    progress.update(phase="training", iteration=start)
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    window, last_loss, metrics, lr = 0, None, None, 0.0
+    iteration = start
+    for iteration, batch in enumerate(loader, start=start + 1):  # iteration = steps done after
+        lr = set_learning_rates(optimizer, iteration - 1, sched)
+        loss_sum += train_step(model, optimizer, batch, accelerator, recipe)
+        window += 1
+
+        if iteration % sched.log_interval == 0 or iteration == stop:
+            last_loss = float(accelerator.reduce(loss_sum / window, reduction="mean"))
+            loss_sum.zero_()
+            window = 0
+            log_training(tracker, progress, iteration, sched.max_iters, last_loss, lr)
+        if iteration % sched.val_interval == 0 or iteration == sched.max_iters:
+            metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
+                                     iteration, class_names)
+        if (iteration % sched.checkpoint_interval == 0 or iteration == stop):
+            save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order)
+    del loader
+
+    finished = iteration >= sched.max_iters
+    if finished:
+        if metrics is None:  # resumed after the last checkpoint, before the final evaluation
+            metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
+                                     iteration, class_names)
+        if accelerator.is_main_process:
+            ckpt.save_final_weights(run_dir, accelerator.unwrap_model(model).state_dict())
+        accelerator.wait_for_everyone()
+        progress.update(phase="done", iteration=iteration)
+    return TrainResult(
+        iteration=iteration,
+        max_iters=sched.max_iters,
+        finished=finished,
+        loss=last_loss,
+        metrics=metrics,
+        seconds_per_iter=progress.state["seconds_per_iter"],
+    )
+
+
+def log_training(tracker: Tracker, progress: Progress, iteration: int, max_iters: int,
+                 loss: float, lr: float) -> None:
+    """Record one logging window: the log line, MLflow ``loss``/``lr`` and progress."""
+    progress.update(phase="training", iteration=iteration, loss=loss, lr=lr)
+    spi = progress.state["seconds_per_iter"]
+    if progress.enabled:
+        log.info(
+            "iter %d/%d  loss %.4f  lr %.3e  %s",
+            iteration, max_iters, loss, lr, f"{spi:.3f} s/iter" if spi else "",
+        )
+    tracker.log_metrics({"loss": loss, "lr": lr}, step=iteration)
+
+
+def run_validation(model, val_set, recipe: Recipe, accelerator, tracker: Tracker,
+                   progress: Progress, iteration: int, class_names: list[str]) -> dict[str, float]:
+    """Evaluate on the validation split, log the metrics and table; returns them in percent."""
+    progress.update(phase="evaluating")
+    ms_flip = recipe.eval.ms_flip
+    metrics = evaluate(model, val_set, recipe, accelerator, ms_flip=ms_flip)
+    percent = metrics_in_percent(metrics.to_dict(class_names))
+    table = format_metrics_table(metrics, class_names, reference_for(recipe, ms_flip))
+    if accelerator.is_main_process:
+        log.info("evaluation at iteration %d:\n%s", iteration, table)
+    tracker.log_metrics(percent, step=iteration)
+    tracker.log_text(table, f"tables/iter_{iteration:07d}.txt")
+    progress.update(phase="training", miou=percent["mIoU"])
+    full = {k: v * 100.0 for k, v in metrics.to_dict(class_names).items()}
+    return full

@@ -1,0 +1,127 @@
+"""``RUN_DIR/progress.json``: the run's live state, rewritten atomically by rank 0.
+
+``segctl status`` reads this file (it works with MLflow down). Fields:
+
+- ``phase``: ``"starting" | "training" | "evaluating" | "done" | "failed"``;
+- ``iteration``, ``max_iters``: optimizer steps done and planned;
+- ``loss``: the latest logged training loss (None before the first);
+- ``lr``: the latest learning rate of the base parameter group;
+- ``miou``: the latest evaluation mIoU in percent (None before the first);
+- ``seconds_per_iter``: moving average of wall seconds per iteration;
+- ``eta_seconds``: ``seconds_per_iter * (max_iters - iteration)`` (None until measured);
+- ``updated_at``: unix seconds of the write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic import atomic_write_json
+
+PROGRESS_FILE = "progress.json"
+PHASES = ("starting", "training", "evaluating", "done", "failed")
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Progress:
+    """Keeps the run's state and rewrites ``progress.json`` on every :meth:`update`.
+
+    Args:
+        run_dir: the run directory (created if missing).
+        max_iters: planned optimizer steps.
+        enabled: False on ranks other than 0: updates are then kept in memory only.
+        smoothing: weight of the newest measurement in the seconds-per-iteration moving average
+            (exponential, in (0, 1]).
+        clock: source of wall seconds (``time.monotonic``); ``updated_at`` uses ``time.time``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        max_iters: int,
+        *,
+        enabled: bool = True,
+        smoothing: float = 0.1,
+        clock=time.monotonic,
+    ) -> None:
+        self.path = Path(run_dir) / PROGRESS_FILE
+        self.enabled = enabled
+        self.smoothing = smoothing
+        self.clock = clock
+        self.state: dict[str, Any] = {
+            "phase": "starting",
+            "iteration": 0,
+            "max_iters": int(max_iters),
+            "loss": None,
+            "lr": None,
+            "miou": None,
+            "seconds_per_iter": None,
+            "eta_seconds": None,
+            "updated_at": None,
+        }
+        self._mark: tuple[int, float] | None = None
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` (any of the documented keys except the derived ones) and write.
+
+        Passing ``iteration`` also updates ``seconds_per_iter`` and ``eta_seconds`` from the
+        time since the previous ``iteration`` given. Passing ``phase`` other than
+        ``"training"`` restarts that timing, so evaluation time is not counted per iteration.
+
+        Raises:
+            ValueError: unknown field or phase.
+        """
+        unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou"}
+        if unknown:
+            raise ValueError(f"unknown progress fields {sorted(unknown)}")
+        phase = fields.get("phase")
+        if phase is not None and phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if "iteration" in fields:
+            self._time_iteration(int(fields["iteration"]))
+        for key in ("loss", "lr", "miou"):
+            if key in fields:
+                fields[key] = _finite(fields[key])
+        self.state.update(fields)
+        if phase is not None and phase != "training":
+            self._mark = None
+        self.write()
+
+    def _time_iteration(self, iteration: int) -> None:
+        now = self.clock()
+        if self._mark is not None and iteration > self._mark[0]:
+            per_iter = (now - self._mark[1]) / (iteration - self._mark[0])
+            old = self.state["seconds_per_iter"]
+            self.state["seconds_per_iter"] = (
+                per_iter if old is None else old + self.smoothing * (per_iter - old)
+            )
+        self._mark = (iteration, now)
+        spi = self.state["seconds_per_iter"]
+        remaining = max(self.state["max_iters"] - iteration, 0)
+        self.state["eta_seconds"] = None if spi is None else spi * remaining
+
+    def write(self) -> None:
+        """Rewrite ``progress.json`` (rank 0 only)."""
+        if not self.enabled:
+            return
+        self.state["updated_at"] = time.time()
+        atomic_write_json(self.path, self.state)
+
+
+def read_progress(run_dir: str | Path) -> dict[str, Any] | None:
+    """The parsed ``progress.json`` of a run, or None when it does not exist yet."""
+    path = Path(run_dir) / PROGRESS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
