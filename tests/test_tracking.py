@@ -1,0 +1,132 @@
+"""MLflow tracking against an embedded SQLite store, and with an unreachable server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+from trainer.entry import run_training
+from trainer.tracking import (
+    RUN_ID_FILE,
+    Tracker,
+    flatten_params,
+    recipe_params,
+    run_tags,
+    sanitize_name,
+    tracking_uri,
+)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable(monkeypatch) -> str:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    return f"http://127.0.0.1:{_closed_port()}"
+
+
+def test_flatten_and_sanitize():
+    flat = flatten_params({"data": {"crop_size": [128, 256], "root": "x", "n": None}, "a": 1.5})
+    assert flat == {"data.crop_size": "[128, 256]", "data.root": "x", "data.n": "None", "a": "1.5"}
+    assert sanitize_name("IoU.traffic light") == "IoU.traffic light"
+    assert sanitize_name("IoU.chest of drawers(1)") == "IoU.chest of drawers_1_"
+    assert sanitize_name("eval//ss/../x") == "eval/ss/x"
+
+
+def test_tracking_uri_fallbacks(tmp_path, monkeypatch):
+    recipe = small_recipe(tmp_path, "sqlite:///a.db")
+    assert tracking_uri(recipe) == "sqlite:///a.db"
+    bare = recipe.model_copy(update={"tracking": recipe.tracking.model_copy(update={"uri": None})})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
+    assert tracking_uri(bare) == "http://example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(bare) == "sqlite:///mlflow.db"
+
+
+def test_tracker_logs_and_resumes_the_same_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = small_recipe(tmp_path / "data", uri)
+    run_dir = tmp_path / "run"
+    tracker = Tracker.for_recipe(run_dir, recipe)
+    assert tracker.run_id is not None
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == tracker.run_id
+    tracker.set_tags(run_tags(recipe, executor="local", job_id="123"))
+    tracker.log_params(recipe_params(recipe))
+    tracker.log_metrics({"loss": 2.0, "lr": 1e-3}, step=10)
+    tracker.log_metrics({"mIoU": 50.0, "IoU.traffic light": 40.0, "IoU.wall": float("nan")},
+                        step=10)
+    tracker.log_text("the table", "tables/iter_0000010.txt")
+    tracker.close("KILLED")
+
+    again = Tracker.for_recipe(run_dir, recipe)
+    assert again.run_id == tracker.run_id
+    again.log_metrics({"loss": 1.0}, step=20)
+    again.close()
+
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "trainer-tests"
+    assert run.data.params["data.crop_size"] == "[128, 256]"
+    assert run.data.params["schedule.max_iters"] == "12"
+    assert run.data.params["model.name"] == "segformer_mit_b0"
+    assert run.data.tags["segctl.executor"] == "local"
+    assert run.data.tags["segctl.job_id"] == "123"
+    assert run.data.tags["segctl.run_id"].startswith("trainer-test-")
+    assert len(run.data.tags["segctl.recipe_hash"]) == 64
+    assert "segctl.version" in run.data.tags
+    history = [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss")]
+    assert sorted(history) == [(10, 2.0), (20, 1.0)]
+    assert run.data.metrics["IoU.traffic light"] == 40.0
+    assert "IoU.wall" not in run.data.metrics  # NaN is left out
+    artifacts = [a.path for a in client.list_artifacts(tracker.run_id, "tables")]
+    assert artifacts == ["tables/iter_0000010.txt"]
+    # artifacts of the embedded store live beside the database, not in the current directory
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+def test_disabled_tracker_does_nothing(tmp_path):
+    tracker = Tracker(tmp_path, uri="sqlite:///never.db", experiment="x", enabled=False)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.close()
+    assert tracker.run_id is None and not (tmp_path / RUN_ID_FILE).exists()
+    assert not Path("never.db").exists()
+
+
+def test_unreachable_server_never_raises(tmp_path, unreachable, caplog):
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="trainer.tracking"):
+        tracker = Tracker(tmp_path, uri=unreachable, experiment="x", cooldown_s=0.0)
+        tracker.log_params({"a": "1"})
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        tracker.set_tags({"t": "v"})
+        tracker.log_text("x", "x.txt")
+        tracker.close("FAILED")
+    assert tracker.run_id is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 5  # one per failed call (close has no run: nothing to do)
+    assert time.perf_counter() - started < 60
+
+
+def test_training_proceeds_with_tracking_down(real_data, tmp_path, unreachable):
+    root = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "data")
+    recipe = small_recipe(
+        root, unreachable,
+        data={"crop_size": [64, 128]}, schedule={"max_iters": 2, "log_interval": 1},
+    )
+    run_dir = make_run_dir(tmp_path / "run", recipe)
+    result = run_training(run_dir)
+    assert result["finished"] and result["metrics"] is not None
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+    assert not (run_dir / RUN_ID_FILE).exists()
