@@ -1,0 +1,531 @@
+"""The standard mmsegmentation training and evaluation transforms, on sample dicts.
+
+A sample is the dict a :class:`~trainer.data.base.SegmentationDataset` yields: ``image``
+``np.uint8 (H, W, 3)`` RGB, ``label`` ``(H, W)`` integer class indices (optional: transforms
+leave a missing label missing), ``path``. Each transform is a small callable class
+``t(sample, rng) -> sample`` that may modify the dict in place and returns it.
+
+Randomness: every random draw comes from the ``numpy.random.Generator`` passed as ``rng``;
+nothing touches numpy's or Python's global state. :class:`Compose` owns one generator (seeded
+by its ``seed`` argument) and hands it to each transform, so a pipeline built with the same
+seed and fed the same samples in the same order produces the same output. In DataLoader
+workers, pass :func:`seed_worker` as ``worker_init_fn``: it reseeds each worker's copy of the
+pipeline from torch's per-worker seed, so workers draw different augmentations and a run
+seeded with ``torch.manual_seed`` is reproducible.
+
+References (behaviour matched, code written here): mmsegmentation
+``mmseg/datasets/transforms/transforms.py`` (1.x) and ``mmseg/datasets/pipelines/transforms.py``
+(0.x) for ``RandomCrop``, ``PhotoMetricDistortion``, ``Pad``, ``Normalize``, ``RandomFlip``;
+mmcv ``mmcv/transforms/processing.py`` ``RandomResize`` and ``mmcv/image/geometric.py``
+``rescale_size``/``imrescale``/``imresize`` for the resize rule and interpolation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+Sample = dict[str, Any]
+
+__all__ = [
+    "Compose",
+    "Normalize",
+    "Pad",
+    "PhotoMetricDistortion",
+    "RandomCrop",
+    "RandomFlip",
+    "RandomResize",
+    "ToTensor",
+    "eval_pipeline",
+    "rescale_size",
+    "seed_worker",
+    "train_pipeline",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+
+
+def rescale_size(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """Size of an image rescaled, aspect kept, to fit inside ``scale``.
+
+    mmcv ``rescale_size`` with a tuple: the factor is the largest one for which the long edge
+    stays within ``max(scale)`` and the short edge within ``min(scale)``; each edge is then
+    ``int(edge * factor + 0.5)``.
+
+    Args:
+        width, height: current size in pixels.
+        scale: two edge limits in pixels, in either order.
+
+    Returns:
+        ``(new_width, new_height)`` in pixels.
+    """
+    long_limit, short_limit = max(scale), min(scale)
+    factor = min(long_limit / max(height, width), short_limit / min(height, width))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+class RandomResize:
+    """Resize by a random ratio of a base scale; image bilinear, label nearest.
+
+    Reference: mmcv ``RandomResize(scale, ratio_range, keep_ratio=True)`` followed by its
+    ``Resize``: the ratio is drawn uniformly from ``ratio_range``, the target is
+    ``(int(scale[0] * ratio), int(scale[1] * ratio))`` and, with ``keep_ratio``, the image is
+    rescaled by :func:`rescale_size` (long edge within the long target, short edge within the
+    short target). Without ``keep_ratio`` the image is resized to exactly that target, read as
+    ``(width, height)`` as in mmcv. Interpolation: OpenCV ``INTER_LINEAR`` for the image and
+    ``INTER_NEAREST`` for the label, as mmcv's ``bilinear``/``nearest`` with the cv2 backend.
+
+    Args:
+        scale: base scale in pixels, ``(width, height)`` (e.g. ``(2048, 1024)``).
+        ratio_range: ``(min_ratio, max_ratio)``.
+        keep_ratio: keep the aspect ratio (the standard setting).
+
+    Effect: ``image (H, W, 3) uint8 -> (H', W', 3) uint8``, ``label (H, W) -> (H', W')``.
+    """
+
+    def __init__(
+        self,
+        scale: tuple[int, int] = (2048, 1024),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        keep_ratio: bool = True,
+    ) -> None:
+        if not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(f"ratio_range must satisfy 0 < min <= max, got {ratio_range}")
+        self.scale = tuple(scale)
+        self.ratio_range = tuple(ratio_range)
+        self.keep_ratio = keep_ratio
+
+    def target_size(self, width: int, height: int, ratio: float) -> tuple[int, int]:
+        """Output ``(width, height)`` in pixels for an input size and a drawn ratio."""
+        target = int(self.scale[0] * ratio), int(self.scale[1] * ratio)
+        if self.keep_ratio:
+            return rescale_size(width, height, target)
+        return target
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        low, high = self.ratio_range
+        ratio = rng.random() * (high - low) + low
+        height, width = sample["image"].shape[:2]
+        size = self.target_size(width, height, ratio)
+        if size != (width, height):
+            sample["image"] = cv2.resize(sample["image"], size, interpolation=cv2.INTER_LINEAR)
+            if sample.get("label") is not None:
+                sample["label"] = cv2.resize(
+                    sample["label"], size, interpolation=cv2.INTER_NEAREST
+                )
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, "
+                f"keep_ratio={self.keep_ratio})")
+
+
+class RandomCrop:
+    """Random crop that avoids crops dominated by one class.
+
+    Reference: mmseg ``RandomCrop(crop_size, cat_max_ratio, ignore_index)``. Offsets are drawn
+    uniformly in ``[0, max(H - h, 0)]`` and ``[0, max(W - w, 0)]``. With ``cat_max_ratio < 1``
+    a candidate is accepted when the crop holds more than one class (``ignore_index`` not
+    counted) and the largest class covers less than ``cat_max_ratio`` of the counted pixels;
+    up to 10 candidates are rejected and redrawn, and the last draw is kept (as mmseg: 11 draws
+    at most). An image smaller than the crop keeps its size on that axis; :class:`Pad` fills
+    the rest. Class counts use ``np.bincount`` instead of ``np.unique`` (same counts, faster).
+
+    Args:
+        crop_size: ``(h, w)`` in pixels.
+        cat_max_ratio: largest allowed share of one class; ``1.0`` disables the check.
+        ignore_index: label value left out of the class counts.
+
+    Effect: ``image -> (min(H, h), min(W, w), 3)``, ``label`` likewise.
+    """
+
+    max_retries = 10
+
+    def __init__(
+        self,
+        crop_size: tuple[int, int],
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+    ) -> None:
+        if isinstance(crop_size, int):
+            crop_size = (crop_size, crop_size)
+        if crop_size[0] <= 0 or crop_size[1] <= 0:
+            raise ValueError(f"crop_size must be positive (h, w), got {crop_size}")
+        self.crop_size = tuple(crop_size)
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+
+    def draw_box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int]:
+        """Draw the top-left corner ``(y, x)`` in pixels of a crop inside ``height x width``."""
+        y = int(rng.integers(0, max(height - self.crop_size[0], 0) + 1))
+        x = int(rng.integers(0, max(width - self.crop_size[1], 0) + 1))
+        return y, x
+
+    def acceptable(self, label_crop: np.ndarray) -> bool:
+        """Whether a label crop has >1 class and no class above ``cat_max_ratio``."""
+        counts = np.bincount(label_crop.ravel())
+        if self.ignore_index < counts.size:
+            counts[self.ignore_index] = 0
+        counts = counts[counts > 0]
+        return counts.size > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        height, width = sample["image"].shape[:2]
+        h, w = self.crop_size
+        y, x = self.draw_box(height, width, rng)
+        label = sample.get("label")
+        if self.cat_max_ratio < 1.0 and label is not None:
+            for _ in range(self.max_retries):
+                if self.acceptable(label[y:y + h, x:x + w]):
+                    break
+                y, x = self.draw_box(height, width, rng)
+        sample["image"] = np.ascontiguousarray(sample["image"][y:y + h, x:x + w])
+        if label is not None:
+            sample["label"] = np.ascontiguousarray(label[y:y + h, x:x + w])
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"RandomCrop(crop_size={self.crop_size}, cat_max_ratio={self.cat_max_ratio}, "
+                f"ignore_index={self.ignore_index})")
+
+
+class RandomFlip:
+    """Horizontal flip of image and label with probability ``prob``.
+
+    Reference: mmseg/mmcv ``RandomFlip(prob, direction='horizontal')``: flip when a uniform draw
+    in ``[0, 1)`` is below ``prob``.
+    """
+
+    def __init__(self, prob: float = 0.5) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must lie in [0, 1], got {prob}")
+        self.prob = prob
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if rng.random() < self.prob:
+            sample["image"] = cv2.flip(sample["image"], 1)
+            if sample.get("label") is not None:
+                sample["label"] = cv2.flip(sample["label"], 1)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(prob={self.prob})"
+
+
+# --------------------------------------------------------------------------------------------
+# photometric
+
+
+def _affine_lut(alpha: float, beta: float) -> np.ndarray:
+    """256-entry uint8 table of ``uint8(clip(v * alpha + beta, 0, 255))`` computed in float32.
+
+    Same arithmetic as mmseg's ``convert`` applied per pixel (float32, clip, truncate), so a
+    table lookup gives identical results.
+    """
+    values = np.arange(256, dtype=np.float32) * alpha + beta
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def _channel_lut(channel: int, table: np.ndarray) -> np.ndarray:
+    """A ``(256, 1, 3)`` table for ``cv2.LUT`` that applies ``table`` to one channel only."""
+    identity = np.arange(256, dtype=np.uint8)
+    lut = np.stack([identity, identity, identity], axis=-1).reshape(256, 1, 3)
+    lut[:, 0, channel] = table
+    return lut
+
+
+class PhotoMetricDistortion:
+    """Random brightness, contrast, saturation and hue, each applied with probability 1/2.
+
+    Reference: mmseg ``PhotoMetricDistortion`` (defaults: brightness delta 32, contrast and
+    saturation ranges 0.5..1.5, hue delta 18). Order of draws and operations as mmseg:
+    brightness; a mode bit (1: contrast now, 0: contrast last); saturation; hue; contrast if
+    mode 0. Brightness adds ``U(-delta, delta)``, contrast multiplies by ``U(lo, hi)``, both
+    with float32 arithmetic, clipping to 0..255 and truncation to uint8; saturation multiplies
+    the HSV S channel the same way; hue adds an integer in ``[-hue_delta, hue_delta)`` (numpy
+    ``randint`` excludes the upper bound, kept as in mmseg) to OpenCV's H (0..179) modulo 180.
+    Each HSV step is its own RGB->HSV->RGB round trip, as in mmseg.
+
+    Differences that do not change results: the image is RGB here (mmseg holds BGR), which
+    gives the same HSV values; the per-pixel arithmetic is done with 256-entry lookup tables.
+
+    Effect: ``image (H, W, 3) uint8 -> (H, W, 3) uint8``; the label is untouched.
+    """
+
+    def __init__(
+        self,
+        brightness_delta: int = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
+    ) -> None:
+        self.brightness_delta = brightness_delta
+        self.contrast_range = tuple(contrast_range)
+        self.saturation_range = tuple(saturation_range)
+        self.hue_delta = hue_delta
+
+    def _brightness(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            beta = rng.uniform(-self.brightness_delta, self.brightness_delta)
+            image = cv2.LUT(image, _affine_lut(1, beta))
+        return image
+
+    def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            alpha = rng.uniform(*self.contrast_range)
+            image = cv2.LUT(image, _affine_lut(alpha, 0))
+        return image
+
+    @staticmethod
+    def _in_hsv(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        return cv2.cvtColor(cv2.LUT(hsv, lut), cv2.COLOR_HSV2RGB)
+
+    def _saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            alpha = rng.uniform(*self.saturation_range)
+            image = self._in_hsv(image, _channel_lut(1, _affine_lut(alpha, 0)))
+        return image
+
+    def _hue(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            delta = int(rng.integers(-self.hue_delta, self.hue_delta))
+            table = ((np.arange(256) + delta) % 180).astype(np.uint8)
+            image = self._in_hsv(image, _channel_lut(0, table))
+        return image
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        image = self._brightness(sample["image"], rng)
+        contrast_first = rng.integers(2) == 1
+        if contrast_first:
+            image = self._contrast(image, rng)
+        image = self._saturation(image, rng)
+        image = self._hue(image, rng)
+        if not contrast_first:
+            image = self._contrast(image, rng)
+        sample["image"] = image
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"PhotoMetricDistortion(brightness_delta={self.brightness_delta}, "
+                f"contrast_range={self.contrast_range}, saturation_range="
+                f"{self.saturation_range}, hue_delta={self.hue_delta})")
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+
+
+class Normalize:
+    """Subtract a per-channel mean and divide by a per-channel std, giving float32.
+
+    Reference: mmseg ``Normalize`` / ``SegDataPreProcessor`` (``(x - mean) / std`` on the
+    0..255 scale). ``mean`` and ``std`` are in RGB order, matching the RGB image, so there is
+    no ``to_rgb`` flag.
+
+    Effect: ``image (H, W, 3) uint8 -> (H, W, 3) float32``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3)
+        if np.any(self.std <= 0):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        # OpenCV per-channel scalars (4 slots, the last unused): several times faster than
+        # numpy broadcasting over a trailing axis of 3, and the same float32 results.
+        self._mean_scalar = (*self.mean.tolist(), 0.0)
+        self._inv_std_scalar = (*(1.0 / self.std).tolist(), 0.0)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        image = sample["image"].astype(np.float32)
+        cv2.subtract(image, self._mean_scalar, dst=image)
+        cv2.multiply(image, self._inv_std_scalar, dst=image)
+        sample["image"] = image
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.ravel().tolist()}, std={self.std.ravel().tolist()})"
+
+
+class Pad:
+    """Pad image and label at the bottom and right up to a fixed size.
+
+    Reference: mmseg ``Pad(size, pad_val=0, seg_pad_val=255)`` / mmcv ``impad`` (constant
+    padding after the existing pixels). In the standard pipeline it follows :class:`Normalize`,
+    so ``pad_val=0`` is zero in normalized units, as in mmseg.
+
+    Args:
+        size: ``(h, w)`` in pixels; an input larger than this raises ``ValueError``.
+        pad_val: image fill value.
+        seg_pad_val: label fill value (the ignore index).
+
+    Effect: ``image -> (h, w, 3)``, ``label -> (h, w)``, dtypes unchanged.
+    """
+
+    def __init__(self, size: tuple[int, int], pad_val: float = 0, seg_pad_val: int = 255) -> None:
+        self.size = tuple(size)
+        self.pad_val = pad_val
+        self.seg_pad_val = seg_pad_val
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        image = sample["image"]
+        height, width = image.shape[:2]
+        bottom, right = self.size[0] - height, self.size[1] - width
+        if bottom < 0 or right < 0:
+            raise ValueError(f"cannot pad a {height}x{width} image to {self.size[0]}x"
+                             f"{self.size[1]} (h x w): it is already larger")
+        if bottom or right:
+            sample["image"] = cv2.copyMakeBorder(
+                image, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=(self.pad_val,) * 3
+            )
+            if sample.get("label") is not None:
+                sample["label"] = cv2.copyMakeBorder(
+                    sample["label"], 0, bottom, 0, right, cv2.BORDER_CONSTANT,
+                    value=self.seg_pad_val,
+                )
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Pad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})"
+
+
+class ToTensor:
+    """Convert to torch: image ``float32 (3, H, W)``, label ``int64 (H, W)``.
+
+    Reference: the tensor conversion in mmseg ``PackSegInputs`` (HWC -> CHW).
+    """
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        image = np.ascontiguousarray(sample["image"].transpose(2, 0, 1), dtype=np.float32)
+        sample["image"] = torch.from_numpy(image)
+        if sample.get("label") is not None:
+            sample["label"] = torch.from_numpy(sample["label"].astype(np.int64))
+        return sample
+
+    def __repr__(self) -> str:
+        return "ToTensor()"
+
+
+# --------------------------------------------------------------------------------------------
+# composition and seeding
+
+
+class Compose:
+    """Apply transforms in order, passing each one the pipeline's random generator.
+
+    Args:
+        transforms: callables ``t(sample, rng) -> sample``.
+        seed: seed of the pipeline's ``numpy.random.Generator``; ``None`` seeds from the OS.
+
+    Call as ``pipeline(sample)`` (uses the pipeline's generator) or ``pipeline(sample, rng)``
+    (uses the given one). :meth:`reseed` replaces the generator; :func:`seed_worker` calls it
+    in each DataLoader worker.
+    """
+
+    def __init__(self, transforms: Sequence[Callable[..., Sample]], seed: int | None = None) -> None:
+        self.transforms = list(transforms)
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Replace the generator by ``numpy.random.default_rng(seed)``."""
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        rng = self.rng if rng is None else rng
+        for transform in self.transforms:
+            sample = transform(sample, rng)
+        return sample
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"Compose([\n  {inner}\n])"
+
+
+def train_pipeline(
+    scale: tuple[int, int],
+    crop_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    seed: int | None = None,
+) -> Compose:
+    """The standard mmseg training pipeline.
+
+    RandomResize(scale, ratio_range) -> RandomCrop(crop_size, cat_max_ratio) -> RandomFlip(0.5)
+    -> PhotoMetricDistortion -> Normalize(mean, std) -> Pad(crop_size, 0, ignore_index) ->
+    ToTensor. Output: image ``float32 (3, h, w)``, label ``int64 (h, w)`` with
+    ``(h, w) = crop_size``.
+
+    Args:
+        scale: base resize scale ``(width, height)`` in pixels, e.g. ``(2048, 1024)``.
+        crop_size: ``(h, w)`` in pixels, e.g. ``(512, 1024)``.
+        mean, std: RGB, 0..255 scale.
+        ratio_range, cat_max_ratio, ignore_index: see the transforms.
+        seed: seed of the pipeline's generator (see :class:`Compose`).
+    """
+    return Compose(
+        [
+            RandomResize(scale, ratio_range, keep_ratio=True),
+            RandomCrop(crop_size, cat_max_ratio, ignore_index),
+            RandomFlip(0.5),
+            PhotoMetricDistortion(),
+            Normalize(mean, std),
+            Pad(crop_size, pad_val=0, seg_pad_val=ignore_index),
+            ToTensor(),
+        ],
+        seed=seed,
+    )
+
+
+def eval_pipeline(mean: Sequence[float], std: Sequence[float]) -> Compose:
+    """The evaluation pipeline: Normalize -> ToTensor, nothing random and no resize.
+
+    The evaluator resizes to the test scale itself and scores at the original resolution, so
+    the label is left at the original size. Output: image ``float32 (3, H, W)``, label
+    ``int64 (H, W)``.
+    """
+    return Compose([Normalize(mean, std), ToTensor()], seed=0)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for ``torch.utils.data.DataLoader``: distinct seeds per worker.
+
+    The seed is ``torch.initial_seed()`` inside the worker, which torch sets to a base seed
+    (drawn from the main process's torch generator for each epoch's iterator) plus
+    ``worker_id``. The worker's dataset is reseeded with it (descending through ``Subset`` and
+    ``ConcatDataset`` wrappers to every object with a ``reseed`` method), and numpy's and
+    Python's global generators are seeded too, for any third-party code that uses them.
+    OpenCV's thread count is deliberately left alone: calling ``cv2.setNumThreads`` in a
+    forked worker after the parent process has used OpenCV's thread pool deadlocks the worker.
+    To limit OpenCV threads, call it in the main process before the DataLoader starts.
+
+    Seed torch differently on each distributed rank (e.g. ``base_seed + rank``) so that ranks
+    do not repeat each other's augmentations.
+    """
+    seed = torch.initial_seed() % 2**63
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        _reseed_datasets(info.dataset, seed)
+
+
+def _reseed_datasets(dataset: Any, seed: int) -> None:
+    """Call ``reseed(seed)`` on ``dataset`` or on the datasets it wraps."""
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+    elif hasattr(dataset, "datasets"):
+        for offset, inner in enumerate(dataset.datasets):
+            derived = int(np.random.SeedSequence([seed, offset]).generate_state(1, np.uint64)[0])
+            _reseed_datasets(inner, derived)
+    elif hasattr(dataset, "dataset"):
+        _reseed_datasets(dataset.dataset, seed)
