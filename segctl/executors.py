@@ -22,13 +22,33 @@ SIGNAL_DELAY_S = 120
 
 
 def choose_executor(cluster: ClusterConfig, override: str | None = None) -> ExecutorKind:
-    """``override`` or the recipe's choice; ``auto`` is ``slurm`` when ``sbatch`` is on PATH."""
+    """``override`` or the recipe's choice; ``auto`` is ``slurm`` where a controller answers."""
     choice = override or cluster.executor
     if choice == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
+        return "slurm" if slurm_available() else "local"
     if choice not in ("local", "slurm"):
         raise ValueError(f"unknown executor {choice!r}: use local or slurm")
     return choice  # type: ignore[return-value]
+
+
+def slurm_available(timeout_s: float = 5.0) -> bool:
+    """True when ``sbatch`` is on PATH, a slurm.conf exists (``SLURM_CONF`` or
+    ``/etc/slurm/slurm.conf``) and ``scontrol ping`` reports a controller UP.
+
+    Without a config file Slurm's clients fall back to DNS SRV lookups; we never trigger those.
+    """
+    import subprocess
+
+    config = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    if not (shutil.which("sbatch") and shutil.which("scontrol") and config.is_file()):
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and " is UP" in out.stdout
 
 
 def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: str) -> dict[str, Any]:
