@@ -15,27 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class ConvBNReLU(nn.Module):
-    """Conv (no bias) + BatchNorm2d + ReLU, named ``conv`` / ``bn`` like mmcv's ConvModule.
-
-    forward(x: float (N, in_channels, H, W)) -> float (N, out_channels, H', W').
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
-        )
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
-        # ConvModule's initialisation: Kaiming normal (fan_out, ReLU gain), BN ones/zeros.
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.ones_(self.bn.weight)
-        nn.init.zeros_(self.bn.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
+from trainer.models.layers import ConvBNReLU
 
 
 class SegformerHead(nn.Module):
