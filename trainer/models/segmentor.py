@@ -8,7 +8,7 @@ names (``backbone``, ``decode_head``, ``auxiliary_head``), so mmseg checkpoints 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +24,8 @@ class EncoderDecoder(nn.Module):
             ``"aux"``) or a sequence of heads (prefixes ``auxiliary_head.{k}.``, output keys
             ``"aux{k}"``), as mmseg names them. Each receives the full feature list.
         align_corners: used when :meth:`encode_decode` resizes logits to the image size.
+        loss_weights: weight of each output key in the training loss (keys not named weigh
+            1.0), e.g. ``{"aux": 0.4}`` for mmseg's auxiliary FCN head.
     """
 
     def __init__(
@@ -32,8 +34,10 @@ class EncoderDecoder(nn.Module):
         decode_head: nn.Module,
         auxiliary_head: nn.Module | Sequence[nn.Module] | None = None,
         align_corners: bool = False,
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
+        self.loss_weights: dict[str, float] = dict(loss_weights or {})
         self.backbone = backbone
         self.decode_head = decode_head
         if auxiliary_head is not None and not isinstance(auxiliary_head, nn.Module):
