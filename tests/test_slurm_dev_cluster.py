@@ -1,0 +1,154 @@
+"""The development Slurm cluster of ``slurm/dev-cluster.sh``: real daemons, real jobs.
+
+The session fixture brings the cluster up (installing the Debian packages where they are
+missing) and takes it down at the end. The module is skipped only where the packages are
+missing and apt-get is not there to install them (the script's exit status 4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "slurm" / "dev-cluster.sh"
+EXIT_NO_APT = 4  # dev-cluster.sh: packages missing and apt-get unavailable
+UP_TIMEOUT_S = 900  # includes a first-time apt-get install
+
+
+def _run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def _cluster_is_up() -> bool:
+    return _run("bash", str(SCRIPT), "status", check=False).returncode == 0
+
+
+def _wait(probe, accept, timeout: float, what: str, interval: float = 0.5):
+    """Call ``probe`` until ``accept`` holds for its value, which is returned; fail otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {value!r}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running dev cluster; yields the path of its slurm.conf with ``SLURM_CONF`` set to it.
+
+    A cluster that was already up before the session is left running afterwards.
+    """
+    was_up = _cluster_is_up()
+    up = _run("bash", str(SCRIPT), "up", timeout=UP_TIMEOUT_S, check=False)
+    if up.returncode == EXIT_NO_APT:
+        pytest.skip(f"Slurm packages missing and apt-get unavailable: {up.stderr.strip()}")
+    if up.returncode != 0:
+        pytest.fail(f"dev-cluster.sh up failed (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
+    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.MULTILINE)
+    assert match, f"no export SLURM_CONF line in the output of up:\n{up.stdout}"
+    slurm_conf = Path(match.group(1))
+    assert slurm_conf.is_file()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SLURM_CONF", str(slurm_conf))
+            yield slurm_conf
+    finally:
+        if not was_up:
+            down = _run("bash", str(SCRIPT), "down", timeout=120, check=False)
+            assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"
+
+
+def _node_states() -> dict[str, str]:
+    out = _run("sinfo", "--noheader", "--partition=dev", "--Node", "--format=%N %t").stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def _sacct_state(job_id: str) -> str:
+    out = _run("sacct", "--noheader", "--allocations", "--parsable2", "--format=State", "-j", job_id)
+    return out.stdout.strip()
+
+
+def test_sinfo_shows_both_nodes_idle(slurm_cluster):
+    states = _wait(
+        _node_states,
+        lambda s: s == {"n1": "idle", "n2": "idle"},
+        timeout=30,
+        what="n1 and n2 idle in partition dev",
+    )
+    assert states == {"n1": "idle", "n2": "idle"}
+
+
+def test_status_exits_zero_while_up(slurm_cluster):
+    status = _run("bash", str(SCRIPT), "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for daemon in ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd n1", "slurmd n2"):
+        assert re.search(rf"^\s*{daemon}\s+up\b", status.stdout, re.MULTILINE), status.stdout
+    assert "dev*" in status.stdout
+
+
+def test_two_node_batch_job_completes_in_accounting(slurm_cluster, tmp_path):
+    out = tmp_path / "job.out"
+    submit = _run(
+        "sbatch", "--parsable", "--wait", "--nodes=2", "--ntasks-per-node=1", "--partition=dev",
+        f"--output={out}", "--time=2",
+        "--wrap", "srun hostname && srun --label printenv SLURMD_NODENAME",
+        timeout=120,
+    )  # fmt: skip
+    job_id = submit.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), submit.stdout
+    lines = out.read_text().splitlines()
+    assert sorted(line for line in lines if re.match(r"^\d+: ", line)) == ["0: n1", "1: n2"], lines
+    assert len(lines) == 4, lines  # two hostname lines, two labelled node names
+    state = _wait(
+        lambda: _sacct_state(job_id),
+        lambda s: s == "COMPLETED",
+        timeout=30,
+        what=f"sacct to report job {job_id} COMPLETED",
+    )
+    assert state == "COMPLETED"
+
+
+def _slurm_executor(folder: Path):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder)
+    # SlurmExecutor takes sbatch's names: nodes=1, tasks_per_node=1, timeout_min=5,
+    # slurm_partition="dev" in submitit's generic vocabulary.
+    executor.update_parameters(nodes=1, ntasks_per_node=1, time=5, partition="dev")
+    return executor
+
+
+def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
+    job = _slurm_executor(tmp_path).submit(os.getenv, "SLURMD_NODENAME")
+    assert job.result() in ("n1", "n2")
+    job.get_info(mode="force")
+    assert job.state == "COMPLETED"
+
+
+def test_scancel_makes_submitit_state_cancelled(slurm_cluster, tmp_path):
+    job = _slurm_executor(tmp_path).submit(time.sleep, 300)
+
+    def state() -> str:
+        job.get_info(mode="force")
+        return job.state
+
+    _wait(state, lambda s: s == "RUNNING", timeout=60, what=f"job {job.job_id} RUNNING")
+    assert shutil.which("scancel")
+    _run("scancel", job.job_id)
+    final = _wait(
+        state,
+        lambda s: s.startswith("CANCELLED"),
+        timeout=60,
+        what=f"submitit to see job {job.job_id} CANCELLED via sacct",
+    )
+    assert final.split()[0] == "CANCELLED"
