@@ -65,20 +65,20 @@ def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: st
             "signal_delay_s": SIGNAL_DELAY_S,
         }
     tasks = max(cluster.gpus_per_node, 1)
-    params: dict[str, Any] = {
-        "slurm_job_name": job_name,
+    params: dict[str, Any] = {  # submitit SlurmExecutor's names, i.e. sbatch's
+        "job_name": job_name,
         "nodes": cluster.nodes,
-        "tasks_per_node": tasks,
+        "ntasks_per_node": tasks,
         "cpus_per_task": cluster.cpus_per_task,
-        "timeout_min": cluster.timeout_min,
-        "slurm_signal_delay_s": SIGNAL_DELAY_S,
+        "time": cluster.timeout_min,
+        "signal_delay_s": SIGNAL_DELAY_S,
     }
     if cluster.gpus_per_node:
         params["gpus_per_node"] = cluster.gpus_per_node
     if cluster.mem_gb:
-        params["mem_gb"] = cluster.mem_gb
+        params["mem"] = f"{int(cluster.mem_gb * 1024)}MB"
     if cluster.partition:
-        params["slurm_partition"] = cluster.partition
+        params["partition"] = cluster.partition
     return params
 
 
