@@ -60,7 +60,9 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
     return conv
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
+) -> nn.Sequential:
     """``Sequential(conv, bn)``: the ``{0,1}`` names of downsample and fusion layers."""
     return nn.Sequential(
         _conv(in_channels, out_channels, kernel_size, stride), nn.BatchNorm2d(out_channels)
