@@ -186,12 +186,16 @@ class HRModule(nn.Module):
         out = []
         for i, row in enumerate(self.fuse_layers):
             size = (x[i].shape[2], x[i].shape[3])
-            y = x[i]
+            y: Tensor | None = None
+            # Summed in branch order, as mmseg does (float addition order matters to the bit).
             for j, layer in enumerate(row):
-                if j > i:
-                    y = y + self._upsample(layer(x[j]), 2 ** (j - i), size)
-                elif j < i:
-                    y = y + layer(x[j])
+                if j == i:
+                    term = x[j]
+                elif j > i:
+                    term = self._upsample(layer(x[j]), 2 ** (j - i), size)
+                else:
+                    term = layer(x[j])
+                y = term if y is None else y + term
             out.append(self.relu(y))
         return out
 
