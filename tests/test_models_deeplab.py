@@ -17,6 +17,7 @@ from torch import nn
 from trainer.models.aspp_head import ASPPHead
 from trainer.models.deeplab_zoo import BUILDERS, MCIBI_REFERENCE_OPTIONS, PARAMETER_COUNTS
 from trainer.models.fcn_head import FCNHead
+from trainer.models.losses import segmentation_loss
 from trainer.models.mcibi import (
     FeaturesMemory,
     MCIBISegmentor,
@@ -135,9 +136,9 @@ def test_loss_weights():
         mcibi = BUILDERS["deeplabv3_mcibi_r50"](19)
         vit = BUILDERS["deeplabv3_mcibi_vit_large"](19)
     assert plain.loss_weights == {"aux": 0.4}
-    assert mcibi.loss_weights == {"stage1": 0.4, "aux": 0.4, "memory": 1.0}
-    assert vit.loss_weights == {"stage1": 0.4, "aux0": 0.4, "aux1": 0.4, "aux2": 0.4,
-                                "memory": 1.0}
+    assert mcibi.loss_weights == {"stage1": 0.4, "aux": 0.4}
+    assert vit.loss_weights == {"stage1": 0.4, "aux0": 0.4, "aux1": 0.4, "aux2": 0.4}
+    assert mcibi.memory_loss_weight == vit.memory_loss_weight == 1.0
 
 
 # --- backbones ---------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ def tiny_mcibi(**kw) -> MCIBISegmentor:
                          context_dilations=(1, 2))
     aux = FCNHead(8, 8, 5, num_convs=1, concat_input=False, in_index=2)
     return MCIBISegmentor(_TinyBackbone(), head, aux,
-                          loss_weights={"stage1": 0.4, "aux": 0.4, "memory": 1.0}, **kw)
+                          loss_weights={"stage1": 0.4, "aux": 0.4}, **kw)
 
 
 def test_mcibi_forward_training_updates_memory_and_readout_shapes():
@@ -344,8 +345,10 @@ def test_mcibi_forward_training_updates_memory_and_readout_shapes():
 
     out = model(images, labels, lr=0.005, epoch=2)
     assert out["memory"].shape == (5, 5)
-    loss = sum(out[k].mean() for k in ("decode", "stage1", "aux"))
-    loss = loss + memory_classification_loss(out["memory"])
+    # The engine's contract: pop "memory", per-pixel losses on the rest, add the memory loss.
+    memory_logits = out.pop("memory")
+    loss, _ = segmentation_loss(out, labels, weights=model.loss_weights, avg_non_ignore=True)
+    loss = loss + model.memory_loss_weight * memory_classification_loss(memory_logits)
     loss.backward()  # the in-place memory update must not break autograd
     assert model.decode_head.decoder_stage2[4].weight.grad is not None
     assert "decode_head.memory_module.memory" in model.state_dict()

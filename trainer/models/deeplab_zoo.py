@@ -212,7 +212,7 @@ def build_deeplabv3_mcibi(
 
     Returns:
         :class:`~trainer.models.mcibi.MCIBISegmentor`; loss weights ``{"stage1": 0.4, "aux":
-        0.4 (or "aux0".."aux2"), "memory": 1.0}`` (``"decode"`` weighs 1).
+        0.4 (or "aux0".."aux2")}`` (``"decode"`` weighs 1); ``memory_loss_weight`` 1.0.
 
     Raises:
         KeyError: unknown ``backbone``.
@@ -221,7 +221,7 @@ def build_deeplabv3_mcibi(
     build_activation(act)  # validate early
     dilations = tuple(context_dilations) if context_dilations is not None else ASPP_DILATIONS_OS8
     concat, aux, down_channels = False, None, None
-    weights: dict[str, float] = {"stage1": AUX_LOSS_WEIGHT, "memory": 1.0}
+    weights: dict[str, float] = {"stage1": AUX_LOSS_WEIGHT}
     if backbone in ("r50", "r101", "resnest101"):
         net, in_channels = _resnet_backbone(backbone), 2048
         aux = _fcn_aux(1024, 512, num_classes, align_corners, act)

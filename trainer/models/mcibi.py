@@ -24,6 +24,23 @@ update from the ground-truth-masked ``memory_input`` (see :meth:`FeaturesMemory.
 where the reference config sets ``use_loss`` (ADE20K), a classification loss of the stored
 memory through ``decoder_stage2`` from the second epoch on.
 
+Training-loop contract (what ``trainer/engine.py`` must do for an :class:`MCIBISegmentor`)::
+
+    net = accelerator.unwrap_model(model)
+    outputs = model(images, labels, lr=base_lr_now, epoch=epoch)  # updates the memory
+    memory_logits = outputs.pop("memory", None)                    # present from epoch 2 on
+    loss, parts = segmentation_loss(outputs, labels, ignore_index=ignore_index,
+                                    weights=net.loss_weights, avg_non_ignore=True)
+    if memory_logits is not None:
+        loss = loss + net.memory_loss_weight * memory_classification_loss(
+            memory_logits, net.decode_head.memory_module.num_feats_per_cls)
+
+``base_lr_now`` is the schedule's current base learning rate (before per-group multipliers
+such as ViT-L's backbone 0.1); ``epoch`` is 1-based (``1 + samples_seen // len(train_set)``).
+The call must go through the (DDP-wrapped) model's forward on every rank every step, since the
+update all-reduces. The reference's cross-entropy averages over non-ignored pixels
+(``avg_non_ignore=True``). Evaluation uses ``encode_decode`` and never touches the memory.
+
 Parameter names follow sssegmentation inside the decode head; the segmentor uses this
 project's ``backbone``/``decode_head``/``auxiliary_head`` prefixes. The full mapping is in
 :func:`convert_sssegmentation_state_dict`.
@@ -502,7 +519,9 @@ class MCIBISegmentor(EncoderDecoder):
         decode_head: a :class:`MemoryNetHead`.
         auxiliary_head: as :class:`EncoderDecoder` (heads receive the transformed features).
         align_corners: for every bilinear resize.
-        loss_weights: per output key, e.g. ``{"stage1": 0.4, "aux": 0.4, "memory": 1.0}``.
+        loss_weights: per per-pixel output key, e.g. ``{"stage1": 0.4, "aux": 0.4}`` (passed
+            to ``segmentation_loss``; ``"memory"`` is not a pixel output and is weighted by
+            ``memory_loss_weight`` instead).
         concat_inputs: resize all backbone maps to the first one's size and concatenate them
             into a single map first (HRNetV2, whose reference backbone does this itself).
         downsample_channels: when set, ``downsample_backbone`` (3x3 stride-2 conv-BN-act on
@@ -514,6 +533,7 @@ class MCIBISegmentor(EncoderDecoder):
             ``use_loss``).
         ignore_index: label value skipped by the memory update.
         act: activation of ``downsample_backbone``.
+        memory_loss_weight: weight of :func:`memory_classification_loss` (reference 1.0).
 
     Outputs of :meth:`forward` (dict of float tensors):
         ``"decode"``: stage-2 logits (N, num_classes, h, w) (h = H/8; H/16 for ViT);
@@ -541,6 +561,7 @@ class MCIBISegmentor(EncoderDecoder):
         use_memory_loss: bool = True,
         ignore_index: int = 255,
         act: str = "relu",
+        memory_loss_weight: float = 1.0,
     ) -> None:
         super().__init__(backbone, decode_head, auxiliary_head, align_corners, loss_weights)
         if update_strategy not in UPDATE_STRATEGIES:
@@ -557,6 +578,7 @@ class MCIBISegmentor(EncoderDecoder):
         self.adjust_momentum_by_lr = adjust_momentum_by_lr
         self.update_strategy = update_strategy
         self.use_memory_loss = use_memory_loss
+        self.memory_loss_weight = memory_loss_weight
         self.ignore_index = ignore_index
 
     def extract_features(self, images: Tensor) -> list[Tensor]:
