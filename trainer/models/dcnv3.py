@@ -280,8 +280,8 @@ def dcnv3_core(
     # there (weight 1 on a zero pixel) with zero gradient, as the exact operator has.
     x = x.clamp(-1.0, float(w))
     y = y.clamp(-1.0, float(h))
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
+    x0 = torch.floor(x.detach())  # piecewise constant: no gradient
+    y0 = torch.floor(y.detach())
     points = kernel_size * kernel_size
     # Table row of padded pixel (n, yy, xx) and group g: ((n * (H + 3) + yy + 1) * (W + 3) +
     # xx + 1) * group + g; the four neighbours of the top-left one sit at fixed row shifts.
