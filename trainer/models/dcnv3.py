@@ -108,7 +108,7 @@ def _sampling_positions(
     dtype = torch.promote_types(offset.dtype, torch.float32)
     device = offset.device
     points = kernel_size * kernel_size
-    off = offset.to(dtype).view(n, h_out, w_out, group, points, 2)
+    off = offset.to(dtype).reshape(n, h_out, w_out, group, points, 2)
     half = dilation * (kernel_size - 1) // 2
     k = torch.arange(points, device=device)
     # Point k = ix * kernel_size + iy: x-major, as meshgrid(x, y) flattened in the reference.
@@ -212,7 +212,7 @@ class _DeformableGather(torch.autograd.Function):
                     pattern = torch.sparse_csr_tensor(
                         torch.arange(0, rows.numel() + 1, points * len(shifts)),
                         rows,
-                        torch.empty(rows.numel(), dtype=table.dtype),
+                        torch.zeros(rows.numel(), dtype=table.dtype),  # beta * 0, never garbage
                         size=(bags, num_rows),
                         check_invariants=False,
                     )
@@ -294,12 +294,12 @@ def dcnv3_core(
     base = ((row_n + y0.to(index_dtype) + 1) * wp + x0.to(index_dtype) + 1) * group + row_g
     shifts = (0, group, wp * group, (wp + 1) * group)
     table = F.pad(input, (0, 0, 1, 2, 1, 2)).reshape(rows, group_channels)
-    m = mask.view(-1, points).to(x.dtype)
+    m = mask.reshape(-1, points).to(x.dtype).contiguous()
     out = _DeformableGather.apply(
         table,
-        base.view(-1, points),
-        (x - x0).view(-1, points),
-        (y - y0).view(-1, points),
+        base.reshape(-1, points).contiguous(),
+        (x - x0).reshape(-1, points).contiguous(),
+        (y - y0).reshape(-1, points).contiguous(),
         m,
         shifts,
     )
@@ -345,7 +345,7 @@ def dcnv3_core_grid_sample(
     samples = F.grid_sample(
         images, grid.to(input.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
     )  # (N * G, C, H_out * W_out, K)
-    m = mask.view(n, h_out * w_out, group, points).permute(0, 2, 1, 3)
+    m = mask.reshape(n, h_out * w_out, group, points).permute(0, 2, 1, 3)
     m = m.reshape(n * group, 1, h_out * w_out, points).to(input.dtype)
     out = (samples * m).sum(-1)  # (N * G, C, H_out * W_out)
     out = out.view(n, group * group_channels, h_out * w_out).transpose(1, 2)
