@@ -130,19 +130,25 @@ def convert_sync_batchnorm(model: nn.Module, accelerator) -> nn.Module:
     return model
 
 
-def teardown(accelerator) -> None:
+def teardown(accelerator, *, wait: bool = True) -> None:
     """Wait for every process, destroy the process group and forget accelerate's state.
 
     Safe to call more than once. After it, a new :func:`build_accelerator` in the same process
     starts from scratch (tests train and evaluate in one interpreter); destroying the group
     explicitly also keeps gloo from aborting at interpreter exit.
+
+    Args:
+        accelerator: the run's accelerator.
+        wait: meet the other processes at a barrier first. Pass False after a failure: the
+            other ranks may never reach the barrier.
     """
     import torch.distributed as dist
     from accelerate.state import AcceleratorState
 
     try:
         if dist.is_available() and dist.is_initialized():
-            accelerator.wait_for_everyone()
+            if wait:
+                accelerator.wait_for_everyone()
             dist.destroy_process_group()
     finally:
         # accelerate keeps process-wide singleton state that still describes the destroyed

@@ -173,13 +173,21 @@ def build_train_loader(
     dataset: AugmentedDataset, order: DataOrder, *, rank: int, start: int, stop: int,
     num_workers: int, pin_memory: bool,
 ) -> DataLoader:
-    """One batch per iteration in ``[start, stop)`` for ``rank``, in :class:`DataOrder`."""
+    """One batch per iteration in ``[start, stop)`` for ``rank``, in :class:`DataOrder`.
+
+    Workers are started with ``spawn``, not ``fork``: a forked worker inherits OpenCV's and
+    OpenMP's thread pools in whatever state the parent left them, and deadlocks on its first
+    use of them when the parent had used them (observed with ``cv2`` after generating data in
+    the same process). A script that trains must therefore guard its entry with
+    ``if __name__ == "__main__":``, as submitit's job entry does.
+    """
     return DataLoader(
         dataset,
         batch_size=order.batch_size,
         sampler=IterationSampler(order, rank, start, stop),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        multiprocessing_context="spawn" if num_workers > 0 else None,
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
         # A private generator: creating the loader's iterator leaves the global RNG untouched.

@@ -107,7 +107,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         raise
     finally:
         tracker.close(status)
-        teardown(accelerator)
+        teardown(accelerator, wait=status != "FAILED")
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> str:
@@ -175,6 +175,7 @@ def run_evaluation(
     export_submitit_env()
     accelerator = build_accelerator(recipe.train.precision)
     tracker = None
+    failed = True
     try:
         source = resolve_checkpoint(run_dir, checkpoint)
         state = ckpt.load_model_weights(source)
@@ -218,8 +219,9 @@ def run_evaluation(
                 metrics_in_percent(metrics.to_dict(classes), prefix=f"eval/{mode}/"), step=step
             )
             tracker.log_text(table, f"eval/{name}.txt")
+        failed = False
         return result
     finally:
         if tracker is not None:
             tracker.close("FINISHED")
-        teardown(accelerator)
+        teardown(accelerator, wait=not failed)
