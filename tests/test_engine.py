@@ -174,6 +174,11 @@ def test_progress_timing_and_phases(tmp_path):
         progress.update(phase="sleeping")
     with pytest.raises(ValueError):
         progress.update(speed=3)
+    now[0] += 500.0
+    progress.mark(20)  # e.g. loader start-up: not counted
+    now[0] += 3.0
+    progress.update(iteration=22)
+    assert read_progress(tmp_path)["seconds_per_iter"] == pytest.approx(1.5)  # 1.5 + 0.5 * 0
     assert Progress(tmp_path / "other", 5, enabled=False).update(iteration=1) is None
     assert not (tmp_path / "other" / "progress.json").exists()
 

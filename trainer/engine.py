@@ -238,13 +238,18 @@ def load_init_weights(model: nn.Module, path_or_url: str) -> str:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch (all devices); optionally demand deterministic kernels."""
+    """Seed Python, NumPy and torch (all devices); optionally prefer deterministic kernels.
+
+    ``deterministic`` selects deterministic implementations where torch has them and warns
+    (rather than fails) where it has none: bilinear upsampling's backward on CUDA, used by
+    every SegFormer head and the loss, has none.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 
@@ -424,8 +429,8 @@ def train(
         A :class:`TrainResult`.
     """
     run_dir = Path(run_dir)
-    sched, preset = recipe.schedule, dataset_preset(recipe)
-    class_names = list(preset.classes)
+    sched = recipe.schedule
+    class_names = list(dataset_preset(recipe).classes)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(recipe.train.seed + rank, recipe.train.deterministic)
 
@@ -450,6 +455,8 @@ def train(
         lr = set_learning_rates(optimizer, iteration - 1, sched)
         loss_sum += train_step(model, optimizer, batch, accelerator, recipe)
         window += 1
+        if iteration == start + 1:
+            progress.mark(iteration)  # loader start-up is not an iteration's cost
 
         if iteration % sched.log_interval == 0 or iteration == stop:
             last_loss = float(accelerator.reduce(loss_sum / window, reduction="mean"))
@@ -459,7 +466,7 @@ def train(
         if iteration % sched.val_interval == 0 or iteration == sched.max_iters:
             metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
                                      iteration, class_names)
-        if (iteration % sched.checkpoint_interval == 0 or iteration == stop):
+        if iteration % sched.checkpoint_interval == 0 or iteration == stop:
             save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order)
     del loader
 

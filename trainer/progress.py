@@ -97,6 +97,12 @@ class Progress:
             self._mark = None
         self.write()
 
+    def mark(self, iteration: int) -> None:
+        """Restart the seconds-per-iteration timing at ``iteration`` without measuring, so
+        one-off costs before it (data-loader start-up, the first step's allocations) are not
+        counted as iteration time. Writes nothing."""
+        self._mark = (int(iteration), self.clock())
+
     def _time_iteration(self, iteration: int) -> None:
         now = self.clock()
         if self._mark is not None and iteration > self._mark[0]:
