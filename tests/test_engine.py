@@ -270,3 +270,26 @@ def test_load_model_weights_from_fsspec_url(tmp_path):
     assert torch.equal(loaded["state_dict"]["w"], torch.arange(3))
     ckpt.atomic_save({"w": torch.ones(1)}, tmp_path / "local.pt")
     assert torch.equal(ckpt.load_model_weights(tmp_path / "local.pt")["w"], torch.ones(1))
+
+
+def test_train_step_weighs_auxiliary_heads_as_the_model_declares(tmp_path):
+    from trainer.distributed import build_accelerator
+    from trainer.engine import train_step
+    from trainer.models.losses import segmentation_loss
+
+    recipe = small_recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    torch.manual_seed(0)
+    model = build_segmentor("ocr_hrnetv2_w18_small", num_classes=19).train()
+    assert model.loss_weights == {"aux": 0.4}
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 19, (2, 64, 64))
+    labels[:, :8] = 255
+    with torch.no_grad():
+        outputs = model(images)
+        weighted, parts = segmentation_loss(outputs, labels, weights={"aux": 0.4})
+        unweighted, _ = segmentation_loss(outputs, labels)
+    assert not torch.isclose(weighted, unweighted)
+    accelerator = build_accelerator("fp32")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = train_step(model, optimizer, {"image": images, "label": labels}, accelerator, recipe)
+    torch.testing.assert_close(loss, weighted)

@@ -308,9 +308,10 @@ def reference_for(recipe: Recipe, ms_flip: bool) -> dict[str, Any] | None:
 def train_step(model, optimizer, batch, accelerator, recipe: Recipe) -> torch.Tensor:
     """Forward, loss, backward, optional clipping, optimizer step. Returns the detached loss.
 
-    The loss is mmseg's SegFormer loss: cross-entropy on the decode head (plus auxiliary heads
-    at weight 1) averaged over all pixels (``avg_non_ignore=False``, the mmseg default the
-    published configs ran with).
+    The loss is mmseg's: cross-entropy on the decode head plus each auxiliary head at the
+    weight the model declares in ``loss_weights`` (e.g. 0.4 for the auxiliary FCN head),
+    averaged over all pixels (``avg_non_ignore=False``, the mmseg default the published configs
+    ran with).
     """
     images = batch["image"].to(accelerator.device, non_blocking=True)
     labels = batch["label"].to(accelerator.device, non_blocking=True)
@@ -318,7 +319,7 @@ def train_step(model, optimizer, batch, accelerator, recipe: Recipe) -> torch.Te
         outputs = model(images)
         loss, _ = segmentation_loss(
             outputs, labels, ignore_index=dataset_preset(recipe).ignore_index,
-            avg_non_ignore=False,
+            weights=accelerator.unwrap_model(model).loss_weights, avg_non_ignore=False,
         )
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)

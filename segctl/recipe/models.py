@@ -50,6 +50,11 @@ _MCIBI_SOURCE = (
     "sssegmentation memorynet"
 )
 
+_INTERNIMAGE_SOURCE = (
+    "Wang et al. 2023, InternImage (arXiv 2211.05778) with UperNet (Xiao et al. 2018); "
+    "OpenGVLab/InternImage segmentation/mmseg_custom/models/backbones/intern_image.py"
+)
+
 _HRNET_BACKBONES = {
     "w18_small_v1": "HRNetV2-W18-Small-v1",
     "w18_small": "HRNetV2-W18-Small",
@@ -88,6 +93,15 @@ def _presets() -> list[ModelPreset]:
             name=f"deeplabv3_mcibi_{key}", method="DeepLabV3 + MCIBI", backbone=label, source=_MCIBI_SOURCE
         )
         for key, label in _DEEPLAB_BACKBONES.items()
+    ]
+    presets += [
+        ModelPreset(
+            name=f"upernet_internimage_{size}",
+            method="UperNet",
+            backbone=f"InternImage-{size.upper()}",
+            source=_INTERNIMAGE_SOURCE,
+        )
+        for size in ("t", "s", "b", "l", "xl", "h")
     ]
     return presets
 

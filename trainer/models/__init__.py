@@ -13,7 +13,7 @@ from functools import partial
 
 from torch import nn
 
-from trainer.models import deeplab_zoo, hrnet_zoo
+from trainer.models import deeplab_zoo, hrnet_zoo, internimage_zoo
 from trainer.models.mit import MixVisionTransformer
 from trainer.models.segformer_head import SegformerHead
 from trainer.models.segmentor import EncoderDecoder
@@ -70,6 +70,7 @@ MODEL_BUILDERS: dict[str, Callable[..., EncoderDecoder]] = {
     **{f"segformer_mit_{v}": partial(build_segformer, v) for v in MIT_VARIANTS},
     **hrnet_zoo.BUILDERS,
     **deeplab_zoo.BUILDERS,
+    **internimage_zoo.BUILDERS,
 }
 
 
