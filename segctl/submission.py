@@ -8,6 +8,7 @@ creates the run directory, writes the registry marker, submits, and records the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,11 +227,21 @@ def refresh_state(registry: Registry, job) -> str:
     return state
 
 
-def wait(registry: Registry, submitted: SubmittedJob, poll_s: float = 2.0) -> str:
-    """Block until the job reaches a terminal state; returns that state."""
+def wait(
+    registry: Registry,
+    submitted: SubmittedJob,
+    poll_s: float = 2.0,
+    on_poll: Callable[[str], None] | None = None,
+) -> str:
+    """Block until the job reaches a terminal state; returns that state.
+
+    ``on_poll(state)`` is called after every poll (every ``poll_s`` seconds) before that.
+    """
     while True:
         job = next(j for j in registry.jobs(submitted.plan.run_id) if j.id == submitted.row)
         state = refresh_state(registry, job)
         if state in TERMINAL_STATES:
             return state
+        if on_poll is not None:
+            on_poll(state)
         time.sleep(poll_s)

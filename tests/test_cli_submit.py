@@ -115,3 +115,26 @@ def test_registry_marker_then_job_id(tmp_path):
     other = registry.begin_job("r-1", "eval", "local", "/f", "ss-x")
     registry.forget_job(other)
     assert [j.id for j in registry.jobs("r-1")] == [row]
+
+
+@pytest.mark.parametrize(
+    ("edit", "location"),
+    [
+        (
+            lambda t: t.replace("crop_size: [128, 256]", "crop_size: [128, 256"),
+            ":7: malformed YAML: expected ',' or ']', but got ':' (while parsing a flow sequence that starts on line 6)",
+        ),
+        (lambda t: t.replace("  num_workers: 0", "  num_workers: 0\n  nmu_workers: 1"), ":9: data.nmu_workers"),
+        (lambda t: t.replace("batch_size: 1", "batch_size: one"), ":18: train.batch_size"),
+    ],
+    ids=["malformed-yaml", "unknown-key", "wrong-type"],
+)
+def test_bad_recipe_submits_nothing(segctl_env, cityscapes_frame_root, edit, location):
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    recipe.write_text(edit(recipe.read_text()))
+    result = runner.invoke(app, ["submit", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert f"{recipe}{location}" in result.output
+    assert "Traceback" not in result.output
+    assert not (segctl_env / "runs").exists()
+    assert not (segctl_env / "home").exists() or Registry(segctl_home()).jobs() == []

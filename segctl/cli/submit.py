@@ -55,7 +55,7 @@ def finish(submitted) -> None:
     from segctl.executors import job_log_paths
     from segctl.submission import wait
 
-    state = wait(registry(), submitted)
+    state = wait(registry(), submitted, on_poll=_progress_printer(submitted))
     typer.echo(f"{submitted.plan.run_id}: {state}")
     if state != "COMPLETED":
         _, stderr = job_log_paths(str(submitted.plan.run_dir / "jobs"), submitted.job_id)
@@ -63,3 +63,28 @@ def finish(submitted) -> None:
             tail = stderr.read_text(errors="replace").splitlines()[-20:]
             typer.echo("\n".join(tail), err=True)
         raise typer.Exit(1)
+
+
+def _progress_printer(submitted):
+    """An ``on_poll`` callback printing a line whenever a training job's iteration moves."""
+    from segctl.runs import read_progress
+
+    last: dict = {}
+
+    def show(state: str) -> None:
+        if submitted.plan.kind != "train":
+            return
+        progress = read_progress(submitted.plan.run_dir)
+        iteration = progress.get("iteration")
+        if iteration is None or iteration == last.get("iteration"):
+            return
+        last.update(progress)
+        parts = [f"iter {iteration}/{progress.get('max_iters')}"]
+        for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("miou", "mIoU {:.2f}")):
+            if isinstance(progress.get(key), (int, float)):
+                parts.append(fmt.format(progress[key]))
+        if isinstance(progress.get("eta_seconds"), (int, float)):
+            parts.append(f"eta {int(progress['eta_seconds'])} s")
+        typer.echo("  " + "  ".join(parts))
+
+    return show

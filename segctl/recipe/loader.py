@@ -97,6 +97,9 @@ def _parse_yaml(
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None and context_mark.line + 1 != line:
+            problem += f" ({context} that starts on line {context_mark.line + 1})"
         return {}, {}, [RecipeIssue(source, line, "", f"malformed YAML: {problem}")]
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
