@@ -55,7 +55,8 @@ def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: st
     """submitit ``update_parameters`` keywords for ``kind`` (a pure function of its inputs).
 
     Local jobs run one process on this machine with the GPUs it has (none on a CPU machine).
-    Slurm jobs get one task per GPU (one per node on CPU-only placements).
+    Slurm jobs get one task per GPU (``cpu_processes_per_node`` tasks per node on CPU-only
+    placements).
     """
     if kind == "local":
         return {
@@ -64,7 +65,7 @@ def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: st
             "tasks_per_node": 1,
             "signal_delay_s": SIGNAL_DELAY_S,
         }
-    tasks = max(cluster.gpus_per_node, 1)
+    tasks = cluster.gpus_per_node or cluster.cpu_processes_per_node
     params: dict[str, Any] = {  # submitit SlurmExecutor's names, i.e. sbatch's
         "job_name": job_name,
         "nodes": cluster.nodes,
@@ -82,14 +83,19 @@ def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: st
     return params
 
 
-def make_executor(kind: ExecutorKind, folder: Path, parameters: dict[str, Any]):
-    """A configured submitit executor writing its files under ``folder``."""
+def make_executor(
+    kind: ExecutorKind, folder: Path, parameters: dict[str, Any], max_requeues: int = 3
+):
+    """A configured submitit executor writing its files under ``folder``.
+
+    ``max_requeues`` bounds the requeues after preemption or time limit (Slurm only).
+    """
     import submitit
 
     if kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
     else:
-        executor = submitit.SlurmExecutor(folder=folder)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
     executor.update_parameters(**parameters)
     return executor
 

@@ -204,7 +204,9 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     folder = jobs_folder(plan.run_dir)
     row = registry.begin_job(plan.run_id, plan.kind, plan.executor, str(folder), plan.label)
     try:
-        executor = executors.make_executor(plan.executor, folder, plan.parameters)
+        executor = executors.make_executor(
+            plan.executor, folder, plan.parameters, plan.recipe.cluster.max_requeues
+        )
         callable_ = TrainJob() if plan.kind == "train" else EvalJob()
         handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
     except Exception:

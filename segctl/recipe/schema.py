@@ -190,9 +190,15 @@ class ClusterConfig(Section):
     )
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(1, ge=0, description="GPUs (one task each) per node.")
+    cpu_processes_per_node: int = Field(
+        1, gt=0, description="Tasks per node on CPU-only placements (gpus_per_node: 0)."
+    )
     cpus_per_task: int = Field(2, gt=0)
     mem_gb: float | None = Field(None, gt=0, description="Memory per node in GiB.")
     timeout_min: int = Field(24 * 60, gt=0, description="Time limit of one job in minutes.")
+    max_requeues: int = Field(
+        3, ge=0, description="Requeues after preemption or time limit before the job fails."
+    )
     partition: str | None = None
 
 
