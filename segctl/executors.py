@@ -13,12 +13,16 @@ import signal
 from pathlib import Path
 from typing import Any, Literal
 
+from segctl.recipe.profile import SiteProfile
 from segctl.recipe.schema import ClusterConfig
 
 ExecutorKind = Literal["local", "slurm"]
 
 #: Seconds before the time limit at which a job is signalled to checkpoint and requeue.
 SIGNAL_DELAY_S = 120
+
+#: Time limit of a job when neither the recipe nor the profile gives one (24 hours).
+DEFAULT_TIMEOUT_MIN = 24 * 60
 
 
 def choose_executor(cluster: ClusterConfig, override: str | None = None) -> ExecutorKind:
@@ -51,36 +55,63 @@ def slurm_available(timeout_s: float = 5.0) -> bool:
     return out.returncode == 0 and " is UP" in out.stdout
 
 
-def executor_parameters(kind: ExecutorKind, cluster: ClusterConfig, job_name: str) -> dict[str, Any]:
-    """submitit ``update_parameters`` keywords for ``kind`` (a pure function of its inputs).
+def executor_parameters(
+    kind: ExecutorKind,
+    cluster: ClusterConfig,
+    job_name: str,
+    profile: SiteProfile | None = None,
+) -> dict[str, Any]:
+    """submitit parameters for ``kind`` (a pure function of its inputs).
 
     Local jobs run one process on this machine with the GPUs it has (none on a CPU machine).
     Slurm jobs get one task per GPU (``cpu_processes_per_node`` tasks per node on CPU-only
-    placements).
+    placements), the recipe's resources, and the profile's site settings; the recipe's
+    partition and time limit win over the profile's.
     """
+    timeout = cluster.timeout_min or (profile.time_min if profile else None) or DEFAULT_TIMEOUT_MIN
     if kind == "local":
         return {
-            "timeout_min": cluster.timeout_min,
+            "timeout_min": timeout,
             "gpus_per_node": min(cluster.gpus_per_node, local_gpu_count()),
             "tasks_per_node": 1,
             "signal_delay_s": SIGNAL_DELAY_S,
         }
-    tasks = cluster.gpus_per_node or cluster.cpu_processes_per_node
     params: dict[str, Any] = {  # submitit SlurmExecutor's names, i.e. sbatch's
         "job_name": job_name,
         "nodes": cluster.nodes,
-        "ntasks_per_node": tasks,
+        "ntasks_per_node": cluster.gpus_per_node or cluster.cpu_processes_per_node,
         "cpus_per_task": cluster.cpus_per_task,
-        "time": cluster.timeout_min,
+        "time": timeout,
         "signal_delay_s": SIGNAL_DELAY_S,
     }
     if cluster.gpus_per_node:
         params["gpus_per_node"] = cluster.gpus_per_node
     if cluster.mem_gb:
         params["mem"] = f"{int(cluster.mem_gb * 1024)}MB"
-    if cluster.partition:
-        params["partition"] = cluster.partition
+    partition = cluster.partition or (profile.partition if profile else None)
+    if partition:
+        params["partition"] = partition
+    if profile is not None:
+        for key in ("account", "qos", "constraint"):
+            if getattr(profile, key):
+                params[key] = getattr(profile, key)
+        if profile.setup:
+            params["setup"] = list(profile.setup)
+    # requeue on preemption and node failure unless the site's profile says otherwise
+    params["additional_parameters"] = {"requeue": True, **(profile.sbatch if profile else {})}
     return params
+
+
+def render_sbatch(parameters: dict[str, Any], folder: Path, python: str) -> str:
+    """The sbatch script submitit would write for ``parameters`` (Slurm only), for display
+    and golden-file tests. Pure: nothing is written or submitted.
+    """
+    import shlex
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **parameters)
 
 
 def make_executor(

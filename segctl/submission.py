@@ -16,6 +16,7 @@ from typing import Any
 from segctl import executors
 from segctl.paths import default_tracking_uri, is_url, runs_dir
 from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
+from segctl.recipe.profile import SiteProfile
 from segctl.registry import TERMINAL_STATES, Registry, RunRecord
 from segctl.runs import create_run_dir, jobs_folder
 
@@ -50,6 +51,14 @@ class SubmitPlan:
     args: tuple = ()
     label: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    def sbatch_script(self) -> str | None:
+        """The sbatch script of a Slurm plan (None for local jobs)."""
+        if self.executor != "slurm":
+            return None
+        import sys
+
+        return executors.render_sbatch(self.parameters, jobs_folder(self.run_dir), sys.executable)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what ``--dry-run`` prints)."""
@@ -92,7 +101,16 @@ def concretise(recipe: Recipe) -> Recipe:
     )
 
 
-def plan_training(loaded: LoadedRecipe, executor: str | None = None) -> SubmitPlan:
+def with_placement(recipe: Recipe, placement: list[str], source: str) -> Recipe:
+    """A stored recipe with placement overrides of its cluster section (run id unchanged)."""
+    from segctl.recipe.loader import override_recipe
+
+    return override_recipe(recipe, placement, source)
+
+
+def plan_training(
+    loaded: LoadedRecipe, executor: str | None = None, profile: SiteProfile | None = None
+) -> SubmitPlan:
     """The plan for training ``loaded`` (no side effects)."""
     recipe = concretise(loaded.recipe)
     rid = run_id(recipe)
@@ -104,7 +122,7 @@ def plan_training(loaded: LoadedRecipe, executor: str | None = None) -> SubmitPl
         recipe=recipe,
         source=loaded.source,
         executor=kind,
-        parameters=executors.executor_parameters(kind, recipe.cluster, rid),
+        parameters=executors.executor_parameters(kind, recipe.cluster, rid, profile),
     )
 
 
@@ -115,6 +133,7 @@ def plan_evaluation(
     checkpoint: str | None,
     ms_flip: bool | None,
     executor: str | None = None,
+    profile: SiteProfile | None = None,
 ) -> SubmitPlan:
     """The plan for evaluating a run (no side effects)."""
     recipe = concretise(recipe)
@@ -128,7 +147,9 @@ def plan_evaluation(
         recipe=recipe,
         source=source,
         executor=kind,
-        parameters=executors.executor_parameters(kind, recipe.cluster, f"eval-{run_dir.name}"),
+        parameters=executors.executor_parameters(
+            kind, recipe.cluster, f"eval-{run_dir.name}", profile
+        ),
         args=(checkpoint, ms_flip, label),
         label=label,
     )
@@ -178,7 +199,12 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
         segctl.runs.RunDirError: the run directory belongs to something else.
     """
     from segctl.jobs import EvalJob, TrainJob
+    from segctl.recipe.profile import check_no_control
 
+    try:
+        check_no_control(str(plan.run_dir), "run directory")
+    except ValueError as exc:
+        raise SubmitError(f"{exc}: choose a runs directory without newlines (SEGCTL_RUNS_DIR)") from None
     active = [
         job
         for job in registry.jobs(plan.run_id)

@@ -20,7 +20,7 @@ runner = CliRunner()
 @pytest.mark.slow
 def test_submit_status_mlflow_and_eval(segctl_env, cityscapes_frame_root):
     recipe = write_recipe(segctl_env, cityscapes_frame_root)
-    submitted = runner.invoke(app, ["submit", str(recipe), "--wait", "--executor", "local"])
+    submitted = runner.invoke(app, ["submit", str(recipe), "--wait", "--cluster", "local"])
     assert submitted.exit_code == 0, submitted.output
     assert "COMPLETED" in submitted.output
 
@@ -44,7 +44,7 @@ def test_submit_status_mlflow_and_eval(segctl_env, cityscapes_frame_root):
     assert "mIoU" in mlflow_run.data.metrics and "loss" in mlflow_run.data.metrics
     assert mlflow_run.data.tags["segctl.run_id"] == run["run_id"]
 
-    evaluated = runner.invoke(app, ["eval", run["run_id"], "--ms-flip", "--wait", "--executor", "local"])
+    evaluated = runner.invoke(app, ["eval", run["run_id"], "--ms-flip", "--wait", "--cluster", "local"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "road" in evaluated.output and "bicycle" in evaluated.output
     assert "mIoU" in evaluated.output and "ms_flip" in evaluated.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from segctl.recipe.schema import OptimConfig, ScheduleConfig
 from trainer.models import build_segmentor
@@ -116,3 +117,20 @@ def test_set_learning_rates_per_group(model):
     assert lr == pytest.approx(3e-5)
     for group in opt.param_groups:
         assert group["lr"] == pytest.approx(group["lr_mult"] * 3e-5)
+
+
+def test_layer_decay_rate_builds_internimage_layer_groups():
+    from segctl.recipe.schema import OptimConfig
+    from trainer.models import build_segmentor
+    from trainer.optim import build_optimizer
+
+    with torch.device("meta"):
+        model = build_segmentor("upernet_internimage_t", num_classes=150)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-4, layer_decay_rate=0.9, head_lr_mult=1.0))
+    scales = sorted({round(group["lr"] / 1e-4, 12) for group in optimizer.param_groups})
+    assert scales[-1] == 1.0 and len(scales) > 20  # heads at full lr, one scale per layer
+    assert scales[0] == pytest.approx(0.9 ** (len(scales) - 1))
+    with torch.device("meta"):
+        segformer = build_segmentor("segformer_mit_b0", num_classes=19)
+    with pytest.raises(ValueError, match="InternImage backbones only"):
+        build_optimizer(segformer, OptimConfig(layer_decay_rate=0.9))

@@ -86,12 +86,25 @@ def param_groups(
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (``betas``, ``weight_decay``) or SGD (``momentum``) over :func:`param_groups`.
+    """AdamW (``betas``, ``weight_decay``) or SGD (``momentum``) over :func:`param_groups`, or
+    over InternImage's layer-wise decay groups when ``optim.layer_decay_rate`` is set
+    (``trainer.models.internimage.layer_decay_param_groups``, after the reference's
+    ``mmcv_custom/layer_decay_optimizer_constructor.py``).
 
     Raises:
-        ValueError: the model has no trainable parameter.
+        ValueError: the model has no trainable parameter, or layer decay is asked for a model
+            whose backbone is not an InternImage.
     """
-    groups = param_groups(model, optim)
+    if optim.layer_decay_rate is not None:
+        from trainer.models.internimage import InternImage, layer_decay_param_groups
+
+        if not isinstance(getattr(model, "backbone", None), InternImage):
+            raise ValueError("optim.layer_decay_rate is supported for InternImage backbones only")
+        groups = layer_decay_param_groups(
+            model, optim.lr, optim.weight_decay, optim.layer_decay_rate, optim.head_lr_mult
+        )
+    else:
+        groups = param_groups(model, optim)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if optim.type == "adamw":

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from segctl.cli.common import UserError, find_run, looks_like_recipe, registry, user_errors
-from segctl.cli.submit import Executor, finish
+from segctl.cli.placement import (
+    Cluster,
+    GpusPerNode,
+    Nodes,
+    Partition,
+    Profile,
+    TimeLimit,
+    load_profile_or_fail,
+    placement_overrides,
+)
+from segctl.cli.submit import finish, print_plan
 
 
 @user_errors
@@ -28,7 +37,12 @@ def evaluate(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Block, then print the per-class table.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
-    executor: Executor = None,
+    nodes: Nodes = None,
+    gpus_per_node: GpusPerNode = None,
+    partition: Partition = None,
+    time_min: TimeLimit = None,
+    profile: Profile = None,
+    cluster: Cluster = None,
 ) -> None:
     """Evaluate a run (or a recipe with --checkpoint) as a job of its own.
 
@@ -36,21 +50,24 @@ def evaluate(
     RUN_DIR/eval/LABEL.txt; with --wait it is printed here too.
     """
     from segctl.runs import create_run_dir, read_recipe
-    from segctl.submission import apply, plan_evaluation
+    from segctl.submission import apply, plan_evaluation, with_placement
 
+    placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     if looks_like_recipe(target):
-        run_dir, recipe, source = _from_recipe(Path(target), overrides or [], checkpoint)
+        run_dir, recipe, source = _from_recipe(Path(target), [*(overrides or []), *placement], checkpoint)
     else:
         if overrides:
             raise UserError("--set applies to recipe targets only; a run's recipe is fixed")
         record = find_run(target)
         run_dir, source = Path(record.run_dir), record.source
-        recipe = read_recipe(run_dir)
+        recipe = with_placement(read_recipe(run_dir), placement, source)
         if checkpoint is None and not (run_dir / "checkpoints").is_dir():
             raise UserError(f"run {record.run_id} has no checkpoints yet: pass --checkpoint")
-    plan = plan_evaluation(run_dir, recipe, source, checkpoint, ms_flip, executor)
+    plan = plan_evaluation(
+        run_dir, recipe, source, checkpoint, ms_flip, profile=load_profile_or_fail(profile)
+    )
     if dry_run:
-        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        print_plan(plan)
         return
     if not run_dir.exists():
         create_run_dir(run_dir, plan.recipe)

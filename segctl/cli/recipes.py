@@ -18,7 +18,8 @@ Overrides = Annotated[
 
 
 def recipe_files(paths: list[Path]) -> list[Path]:
-    """YAML files named by ``paths``: files as given, folders searched recursively, sorted.
+    """YAML files named by ``paths``: files as given, folders searched recursively, sorted;
+    a file reached twice (e.g. through an alias symlink) is listed once.
 
     Raises:
         UserError: a path does not exist.
@@ -31,7 +32,10 @@ def recipe_files(paths: list[Path]) -> list[Path]:
             found.append(path)
         else:
             raise UserError(f"{path} does not exist")
-    return found
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 @app.command("list")

@@ -9,11 +9,16 @@ from typing import Annotated
 import typer
 
 from segctl.cli.common import user_errors
-
-Executor = Annotated[
-    str | None,
-    typer.Option("--executor", help="local or slurm (default: the recipe's cluster.executor)."),
-]
+from segctl.cli.placement import (
+    Cluster,
+    GpusPerNode,
+    Nodes,
+    Partition,
+    Profile,
+    TimeLimit,
+    load_profile_or_fail,
+    placement_overrides,
+)
 
 
 @user_errors
@@ -24,20 +29,27 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Block until the job ends.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
-    executor: Executor = None,
+    nodes: Nodes = None,
+    gpus_per_node: GpusPerNode = None,
+    partition: Partition = None,
+    time_min: TimeLimit = None,
+    profile: Profile = None,
+    cluster: Cluster = None,
 ) -> None:
     """Validate RECIPE, create its run directory and submit its training job.
 
-    Re-submitting the same recipe finds the same run (same id) and resumes it.
+    Re-submitting the same recipe finds the same run (same id) and resumes it. On Slurm the job
+    has one task per GPU on each node; --dry-run prints the plan and the sbatch script.
     """
     from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
     from segctl.submission import apply, plan_training, preflight
 
-    loaded = load_recipe(recipe, overrides or [])
-    plan = plan_training(loaded, executor)
+    placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
+    loaded = load_recipe(recipe, [*(overrides or []), *placement])
+    plan = plan_training(loaded, profile=load_profile_or_fail(profile))
     if dry_run:
-        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        print_plan(plan)
         return
     issues = preflight(loaded, plan.recipe)
     if issues:
@@ -47,6 +59,19 @@ def submit(
     typer.echo(f"  run dir: {plan.run_dir}")
     if wait:
         finish(submitted)
+
+
+def print_plan(plan) -> None:
+    """The plan as JSON, then (for Slurm) the sbatch script after a marker line."""
+    typer.echo(json.dumps(plan.to_dict(), indent=2))
+    script = plan.sbatch_script()
+    if script is not None:
+        typer.echo(SBATCH_MARKER)
+        typer.echo(script)
+
+
+#: Line that separates the JSON plan from the sbatch script in ``--dry-run`` output.
+SBATCH_MARKER = "# ---- sbatch script ----"
 
 
 def finish(submitted) -> None:

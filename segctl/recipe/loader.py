@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -21,6 +21,7 @@ from segctl.recipe.resolve import resolve
 from segctl.recipe.schema import Recipe
 
 FieldPath = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -58,21 +59,54 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe
         RecipeError: the file is missing, unreadable or malformed, an override is malformed, or
             any field fails validation; all problems found are reported together.
     """
+    recipe, origins = load_model_file(path, Recipe, overrides)
+    return LoadedRecipe(recipe=resolve(recipe), source=str(path), origins=origins)
+
+
+def load_model_file(
+    path: str | Path, model: type[M], overrides: Sequence[str] = ()
+) -> tuple[M, dict[FieldPath, tuple[str, int | None]]]:
+    """Read a YAML file into the pydantic ``model``, with ``a.b=c`` overrides.
+
+    Returns:
+        The validated model and, for every key set, its (origin, line).
+
+    Raises:
+        RecipeError: every problem found, each with file, line and field.
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([RecipeIssue(source, None, "", f"cannot read recipe: {exc}")]) from None
+        raise RecipeError([RecipeIssue(source, None, "", f"cannot read file: {exc}")]) from None
     data, origins, issues = _parse_yaml(text, source)
     if not issues:
         issues = _apply_overrides(data, origins, overrides)
     if issues:
         raise RecipeError(issues)
     try:
-        recipe = Recipe.model_validate(data)
+        return model.model_validate(data), origins
     except ValidationError as exc:
-        raise RecipeError(_validation_issues(exc, origins, source)) from None
-    return LoadedRecipe(recipe=resolve(recipe), source=source, origins=origins)
+        raise RecipeError(_validation_issues(exc, origins, source, model)) from None
+
+
+def override_recipe(recipe: Recipe, overrides: Sequence[str], source: str) -> Recipe:
+    """``recipe`` with ``a.b=c`` overrides applied and validated (e.g. placement of a run).
+
+    Raises:
+        RecipeError: an override is malformed or invalid.
+    """
+    if not overrides:
+        return recipe
+    data = recipe.model_dump(mode="json")
+    origins: dict[FieldPath, tuple[str, int | None]] = {}
+    issues = _apply_overrides(data, origins, overrides)
+    if issues:
+        raise RecipeError(issues)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_validation_issues(exc, origins, source, Recipe)) from None
 
 
 def parse_json_recipe(text: str) -> Recipe:
@@ -168,20 +202,23 @@ def _apply_overrides(
 
 
 def _validation_issues(
-    exc: ValidationError, origins: dict[FieldPath, tuple[str, int | None]], source: str
+    exc: ValidationError,
+    origins: dict[FieldPath, tuple[str, int | None]],
+    source: str,
+    model: type[BaseModel],
 ) -> list[RecipeIssue]:
     issues = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         origin, line = _locate(origins, loc, source)
-        issues.append(RecipeIssue(origin, line, _join_path(loc), _explain(error, loc)))
+        issues.append(RecipeIssue(origin, line, _join_path(loc), _explain(error, loc, model)))
     return issues
 
 
-def _explain(error: dict[str, Any], loc: FieldPath) -> str:
+def _explain(error: dict[str, Any], loc: FieldPath, model: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key. {hint}Allowed here: {', '.join(allowed)}"
@@ -195,8 +232,7 @@ def _explain(error: dict[str, Any], loc: FieldPath) -> str:
     return message
 
 
-def _allowed_keys(loc: FieldPath) -> list[str]:
-    model: type[BaseModel] = Recipe
+def _allowed_keys(model: type[BaseModel], loc: FieldPath) -> list[str]:
     for part in loc:
         if not isinstance(part, str) or part not in model.model_fields:
             return []

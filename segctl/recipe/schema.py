@@ -120,6 +120,13 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(
         None, gt=0, description="Clip the global gradient norm to this value (off if unset)."
     )
+    layer_decay_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise lr decay (InternImage backbones): layer k of L gets "
+        "lr * rate ** (L - 1 - k); replaces the custom-key groups. Off if unset.",
+    )
 
 
 class ScheduleConfig(Section):
@@ -195,11 +202,20 @@ class ClusterConfig(Section):
     )
     cpus_per_task: int = Field(2, gt=0)
     mem_gb: float | None = Field(None, gt=0, description="Memory per node in GiB.")
-    timeout_min: int = Field(24 * 60, gt=0, description="Time limit of one job in minutes.")
+    timeout_min: int | None = Field(
+        None, gt=0, description="Time limit of one job in minutes (profile default, else 1440)."
+    )
     max_requeues: int = Field(
         3, ge=0, description="Requeues after preemption or time limit before the job fails."
     )
-    partition: str | None = None
+    partition: str | None = Field(None, description="Slurm partition (profile default).")
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        from segctl.recipe.profile import check_slurm_word
+
+        return check_slurm_word(value, "partition")
 
 
 class TrackingConfig(Section):

@@ -1,0 +1,59 @@
+"""Finding and loading site profiles (``<name>.yaml``).
+
+Searched in order: the folders in ``$SEGCTL_PROFILES_DIR`` (``:``-separated),
+``./slurm/profiles`` and ``$SEGCTL_HOME/profiles``. A path to a YAML file works too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from segctl.paths import segctl_home
+from segctl.recipe.loader import load_model_file
+from segctl.recipe.profile import SiteProfile
+
+
+class ProfileNotFound(LookupError):
+    """No profile of that name in the search path."""
+
+
+def profile_dirs() -> list[Path]:
+    """The folders searched for profiles, in order."""
+    extra = [Path(p) for p in os.environ.get("SEGCTL_PROFILES_DIR", "").split(os.pathsep) if p]
+    return [*extra, Path("slurm") / "profiles", segctl_home() / "profiles"]
+
+
+def find_profile(name: str) -> Path:
+    """The file of profile ``name`` (or ``name`` itself if it is a YAML file).
+
+    Raises:
+        ProfileNotFound: with the folders searched and the profiles found there.
+    """
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
+        return as_path
+    for folder in profile_dirs():
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.y*ml")})
+    searched = ", ".join(str(d) for d in profile_dirs())
+    raise ProfileNotFound(
+        f"no profile {name!r} (searched {searched}); known: {', '.join(known) or 'none'}"
+    )
+
+
+def load_profile(name: str | None) -> SiteProfile | None:
+    """The profile named by ``name``, else by ``$SEGCTL_PROFILE``, else None.
+
+    Raises:
+        ProfileNotFound: the name matches no file.
+        segctl.recipe.RecipeError: the file is invalid (with file, line and field).
+    """
+    name = name or os.environ.get("SEGCTL_PROFILE")
+    if not name:
+        return None
+    profile, _ = load_model_file(find_profile(name), SiteProfile)
+    return profile
