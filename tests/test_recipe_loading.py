@@ -120,7 +120,7 @@ def test_document_shape_errors(tmp_path, text, needle):
 
 
 def test_missing_file_is_a_recipe_error(tmp_path):
-    with pytest.raises(RecipeError, match="cannot read recipe"):
+    with pytest.raises(RecipeError, match="cannot read file"):
         load_recipe(tmp_path / "nope.yaml")
 
 
