@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,18 +143,94 @@ def local_gpu_count() -> int:
 # --- asking about jobs ------------------------------------------------------------------------
 
 
-def job_state(kind: str, folder: str, job_id: str) -> str:
-    """The job's state in Slurm's vocabulary (RUNNING, COMPLETED, FAILED, CANCELLED, ...).
+@dataclass(frozen=True)
+class JobStatus:
+    """What the scheduler says of one job.
 
-    Local jobs are judged from their result file and whether their controller process lives,
-    so this works from any process, not only the one that submitted.
+    Attributes:
+        state: Slurm's vocabulary (PENDING, RUNNING, REQUEUED, COMPLETED, FAILED, CANCELLED,
+            TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY); local jobs use RUNNING, COMPLETED
+            and FAILED.
+        nodes: the node list (Slurm only).
+        requeues: how often the job was requeued (preemption, time limit, admin requeue).
+        reason: Slurm's reason for a pending or failed state, where it gives one.
     """
-    if kind == "local":
-        return _local_state(Path(folder), job_id)
-    import submitit
 
-    state = submitit.SlurmJob(folder=folder, job_id=job_id).state
-    return state.split()[0] if state else "UNKNOWN"
+    state: str
+    nodes: str | None = None
+    requeues: int = 0
+    reason: str | None = None
+
+
+def job_statuses(jobs: list[tuple[str, str, str]]) -> dict[str, JobStatus]:
+    """Statuses of ``(executor, folder, job_id)`` jobs, keyed by job id.
+
+    Slurm jobs are asked about in one ``sacct`` call, whatever their number; local jobs are
+    judged from their result file and controller process, so this works from any process.
+    Jobs the scheduler does not know (yet) are left out.
+    """
+    out: dict[str, JobStatus] = {}
+    slurm_ids = [job_id for kind, _, job_id in jobs if kind == "slurm"]
+    if slurm_ids:
+        out.update(slurm_statuses(slurm_ids))
+    for kind, folder, job_id in jobs:
+        if kind == "local":
+            out[job_id] = JobStatus(_local_state(Path(folder), job_id))
+    return out
+
+
+def job_state(kind: str, folder: str, job_id: str) -> str:
+    """The state of one job (see :func:`job_statuses`); UNKNOWN if the scheduler has none."""
+    status = job_statuses([(kind, folder, job_id)]).get(job_id)
+    return status.state if status else "UNKNOWN"
+
+
+SACCT_FORMAT = "JobID,State,NodeList,Reason"
+
+
+def slurm_statuses(job_ids: list[str], timeout_s: float = 20.0) -> dict[str, JobStatus]:
+    """One ``sacct --duplicates`` call for all ``job_ids``.
+
+    Raises:
+        RuntimeError: sacct is missing, times out or fails.
+    """
+    import subprocess
+
+    command = [
+        "sacct", "--duplicates", "--allocations", "--parsable2", "--noheader",
+        f"--format={SACCT_FORMAT}", "--jobs", ",".join(job_ids),
+    ]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"sacct failed: {exc}") from None
+    if out.returncode != 0:
+        raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
+    return parse_sacct(out.stdout)
+
+
+def parse_sacct(text: str) -> dict[str, JobStatus]:
+    """Parse ``sacct --duplicates --allocations --parsable2 --format=JobID,State,NodeList,Reason``.
+
+    With ``--duplicates`` a requeued job has one row per start, oldest first; the last row is
+    its current state and the rows before it count its requeues. ``CANCELLED by 0`` becomes
+    ``CANCELLED``.
+    """
+    rows: dict[str, list[list[str]]] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) >= 4 and fields[0]:
+            rows.setdefault(fields[0], []).append(fields)
+    statuses = {}
+    for job_id, history in rows.items():
+        _, state, nodes, reason = history[-1][:4]
+        statuses[job_id] = JobStatus(
+            state=state.split()[0] if state else "UNKNOWN",
+            nodes=nodes if nodes and nodes != "None assigned" else None,
+            requeues=len(history) - 1,
+            reason=reason if reason and reason != "None" else None,
+        )
+    return statuses
 
 
 def cancel_job(kind: str, folder: str, job_id: str) -> None:

@@ -1,8 +1,17 @@
 """The callables submitit runs inside a job. They import the trainer lazily, in the job.
 
 Both are :class:`submitit.helpers.Checkpointable`: on preemption or an approaching time limit
-submitit calls ``checkpoint`` and requeues the same callable with the same arguments; training
-then resumes from the run's latest checkpoint, evaluation simply starts again.
+submitit calls ``checkpoint`` (the inherited one: the same callable with the same arguments)
+and requeues the job with ``scontrol requeue``. A requeued job, whether submitit or an
+administrator requeued it, starts the callable from the beginning.
+
+- Training defers submitit's signal handler to a safe point: the loop stops after the current
+  iteration on every rank, writes a checkpoint, tears the process group down, and only then
+  submitit checkpoints the callable and requeues (``trainer.preemption``); the requeued job
+  resumes from the run's latest checkpoint and continues the same MLflow run. When submitit
+  refuses (more time-outs than ``cluster.max_requeues``, submitit's ``max_num_timeout``) the
+  job fails and ``progress.json`` says why (``reason``).
+- Evaluation keeps submitit's handler as it is: the job is requeued at once and starts again.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS runs (
     recipe_hash TEXT NOT NULL,
     run_dir     TEXT NOT NULL,
     source      TEXT NOT NULL,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    sweep       TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -33,7 +34,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     state        TEXT NOT NULL,
     submitted_at REAL NOT NULL,
     finished_at  REAL,
-    label        TEXT
+    label        TEXT,
+    nodes        TEXT,
+    requeues     INTEGER NOT NULL DEFAULT 0,
+    reason       TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run_id, id);
 """
@@ -54,6 +58,7 @@ class RunRecord:
     run_dir: str
     source: str
     created_at: float
+    sweep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class JobRecord:
     submitted_at: float
     finished_at: float | None
     label: str | None
+    nodes: str | None = None
+    requeues: int = 0
+    reason: str | None = None
 
 
 class Registry:
@@ -86,6 +94,7 @@ class Registry:
         self.path = home / "registry.db"
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -102,8 +111,9 @@ class Registry:
         """Insert a run; an existing row with the same id is kept as it is."""
         with self._connect() as db:
             db.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                (run.run_id, run.name, run.recipe_hash, run.run_dir, run.source, run.created_at),
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.name, run.recipe_hash, run.run_dir, run.source, run.created_at,
+                 run.sweep),
             )
 
     def runs(self) -> list[RunRecord]:
@@ -142,16 +152,24 @@ class Registry:
         with self._connect() as db:
             db.execute("UPDATE jobs SET job_id = ?, state = 'SUBMITTED' WHERE id = ?", (job_id, row))
 
-    def set_state(self, row: int, state: str) -> None:
-        """Record an observed state; terminal states also set ``finished_at`` (once)."""
+    def set_state(
+        self,
+        row: int,
+        state: str,
+        nodes: str | None = None,
+        requeues: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record an observed state (and node list, requeue count, reason where known);
+        terminal states also set ``finished_at`` (once)."""
+        finished = time.time() if state in TERMINAL_STATES else None
         with self._connect() as db:
-            if state in TERMINAL_STATES:
-                db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
-                    (state, time.time(), row),
-                )
-            else:
-                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state, row))
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = COALESCE(finished_at, ?), "
+                "nodes = COALESCE(?, nodes), requeues = COALESCE(?, requeues), "
+                "reason = COALESCE(?, reason) WHERE id = ?",
+                (state, finished, nodes, requeues, reason, row),
+            )
 
     def forget_job(self, row: int) -> None:
         """Delete a marker whose submission failed before any job existed."""
@@ -171,3 +189,18 @@ class Registry:
 def _like_prefix(key: str) -> str:
     escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
+
+
+_ADDED_COLUMNS = {
+    "runs": {"sweep": "TEXT"},
+    "jobs": {"nodes": "TEXT", "requeues": "INTEGER NOT NULL DEFAULT 0", "reason": "TEXT"},
+}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a registry written by an older segctl up to the current schema."""
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -199,34 +199,12 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
         segctl.runs.RunDirError: the run directory belongs to something else.
     """
     from segctl.jobs import EvalJob, TrainJob
-    from segctl.recipe.profile import check_no_control
 
-    try:
-        check_no_control(str(plan.run_dir), "run directory")
-    except ValueError as exc:
-        raise SubmitError(f"{exc}: choose a runs directory without newlines (SEGCTL_RUNS_DIR)") from None
-    active = [
-        job
-        for job in registry.jobs(plan.run_id)
-        if job.kind == plan.kind and job.job_id and refresh_state(registry, job) not in TERMINAL_STATES
-    ]
-    if active:
-        raise SubmitError(
-            f"run {plan.run_id} already has a {plan.kind} job in progress (job {active[0].job_id}); "
-            f"see `segctl status {plan.run_id}` or cancel it first"
-        )
+    _check_run_dir(plan)
+    _refuse_if_active(plan, registry)
     if plan.kind == "train":
         create_run_dir(plan.run_dir, plan.recipe)
-    registry.add_run(
-        RunRecord(
-            run_id=plan.run_id,
-            name=plan.recipe.name,
-            recipe_hash=recipe_hash(plan.recipe),
-            run_dir=str(plan.run_dir),
-            source=plan.source,
-            created_at=time.time(),
-        )
-    )
+    _register_run(plan, registry)
     folder = jobs_folder(plan.run_dir)
     row = registry.begin_job(plan.run_id, plan.kind, plan.executor, str(folder), plan.label)
     try:
@@ -242,17 +220,105 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     return SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle)
 
 
-def refresh_state(registry: Registry, job) -> str:
-    """Ask the executor for a job's state and record it (terminal states are never re-asked)."""
-    if job.state in TERMINAL_STATES or not job.job_id:
-        return job.state
+def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list[SubmittedJob]:
+    """Submit the training plans of a sweep as one job array (one job each, locally).
+
+    Every run gets its directory and registry row (tagged with ``sweep``) before anything is
+    submitted; the array's files live in ``<runs dir>/sweeps/<sweep>``.
+
+    Raises:
+        SubmitError: a member run already has a training job in progress.
+    """
+    from segctl.jobs import TrainJob
+
+    for plan in plans:
+        _check_run_dir(plan)
+        _refuse_if_active(plan, registry)
+    for plan in plans:
+        create_run_dir(plan.run_dir, plan.recipe)
+        _register_run(plan, registry, sweep)
+    folder = runs_dir() / "sweeps" / sweep
+    first = plans[0]
+    rows = [registry.begin_job(p.run_id, "train", p.executor, str(folder), None) for p in plans]
     try:
-        state = executors.job_state(job.executor, job.folder, job.job_id)
-    except Exception:  # scheduler unreachable: keep what we knew
-        return job.state
-    if state != job.state:
-        registry.set_state(job.id, state)
-    return state
+        executor = executors.make_executor(
+            first.executor, folder, first.parameters, first.recipe.cluster.max_requeues
+        )
+        with executor.batch():
+            handles = [executor.submit(TrainJob(), str(plan.run_dir)) for plan in plans]
+    except Exception:
+        for row in rows:
+            registry.forget_job(row)
+        raise
+    submitted = []
+    for plan, row, handle in zip(plans, rows, handles):
+        registry.submitted(row, str(handle.job_id))
+        submitted.append(SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle))
+    return submitted
+
+
+def _check_run_dir(plan: SubmitPlan) -> None:
+    from segctl.recipe.profile import check_no_control
+
+    try:
+        check_no_control(str(plan.run_dir), "run directory")
+    except ValueError as exc:
+        raise SubmitError(f"{exc}: choose a runs directory without newlines (SEGCTL_RUNS_DIR)") from None
+
+
+def _refuse_if_active(plan: SubmitPlan, registry: Registry) -> None:
+    jobs = [job for job in registry.jobs(plan.run_id) if job.kind == plan.kind and job.job_id]
+    states = refresh_states(registry, jobs)
+    active = [job for job in jobs if states[job.id] not in TERMINAL_STATES]
+    if active:
+        raise SubmitError(
+            f"run {plan.run_id} already has a {plan.kind} job in progress (job {active[0].job_id}); "
+            f"see `segctl status {plan.run_id}` or cancel it first"
+        )
+
+
+def _register_run(plan: SubmitPlan, registry: Registry, sweep: str | None = None) -> None:
+    registry.add_run(
+        RunRecord(
+            run_id=plan.run_id,
+            name=plan.recipe.name,
+            recipe_hash=recipe_hash(plan.recipe),
+            run_dir=str(plan.run_dir),
+            source=plan.source,
+            created_at=time.time(),
+            sweep=sweep,
+        )
+    )
+
+
+def refresh_states(registry: Registry, jobs: list) -> dict[int, str]:
+    """Ask the executors about every unfinished job of ``jobs`` at once (one sacct call for
+    all Slurm jobs), record what changed, and return row id → state. Terminal states are never
+    asked again; an unreachable scheduler leaves the recorded states as they were."""
+    states = {job.id: job.state for job in jobs}
+    active = [job for job in jobs if job.job_id and job.state not in TERMINAL_STATES]
+    if not active:
+        return states
+    try:
+        statuses = executors.job_statuses([(j.executor, j.folder, j.job_id) for j in active])
+    except RuntimeError:
+        return states
+    for job in active:
+        status = statuses.get(job.job_id)
+        if status is None:
+            continue
+        changed = (status.state, status.nodes, status.requeues, status.reason) != (
+            job.state, job.nodes, job.requeues, job.reason
+        )
+        if changed:
+            registry.set_state(job.id, status.state, status.nodes, status.requeues, status.reason)
+        states[job.id] = status.state
+    return states
+
+
+def refresh_state(registry: Registry, job) -> str:
+    """:func:`refresh_states` for one job; returns its state."""
+    return refresh_states(registry, [job])[job.id]
 
 
 def wait(

@@ -6,7 +6,7 @@ import typer
 
 from segctl.cli import data, recipes
 from segctl.cli.evaluate import evaluate
-from segctl.cli.status import logs, status
+from segctl.cli.status import cancel, logs, status
 from segctl.cli.submit import submit
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("submit")(submit)
 app.command("status")(status)
 app.command("logs")(logs)
 app.command("eval")(evaluate)
+app.command("cancel")(cancel)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""``segctl status`` and ``segctl logs``: what runs exist, how far they are, what they printed.
+"""``segctl status``, ``segctl logs`` and ``segctl cancel``: what runs exist, how far they
+are, what they printed, and stopping them.
 
-Reads only the registry, the executor's job states and each run's ``progress.json``: it never
-contacts MLflow, so it answers while the tracking server is down.
+Status reads the registry, asks the schedulers about unfinished jobs in one batch (one sacct
+call for all Slurm jobs) and reads each run's ``progress.json``; it never contacts MLflow, so it
+answers while the tracking server is down.
 """
 
 from __future__ import annotations
@@ -13,31 +15,50 @@ from typing import Annotated
 
 import typer
 
-from segctl.cli.common import find_run, print_table, registry, user_errors
+from segctl.cli.common import UserError, find_run, print_table, registry, user_errors
+
+#: States in which a job may still be running or start again.
+_LIVE = ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED", "SUBMITTING", "SUSPENDED", "CONFIGURING")
 
 
-def run_summary(run, jobs) -> dict:
-    """Status fields of one run: latest training job state, progress, elapsed seconds."""
+def summaries(reg, runs) -> list[dict]:
+    """One status dict per run (see :func:`run_summary`), with one batched state query."""
+    from segctl.submission import refresh_states
+
+    wanted = {run.run_id for run in runs}
+    jobs = [job for job in reg.jobs() if job.run_id in wanted]
+    latest_train: dict[str, object] = {}
+    latest_any: dict[str, object] = {}
+    for job in jobs:  # oldest first: the last one seen wins
+        latest_any[job.run_id] = job
+        if job.kind == "train":
+            latest_train[job.run_id] = job
+    latest = {rid: latest_train.get(rid) or latest_any.get(rid) for rid in wanted}
+    states = refresh_states(reg, [job for job in latest.values() if job is not None])
+    fresh = {job.id: job for job in reg.jobs() if job.id in states}
+    return [run_summary(run, fresh.get(getattr(latest[run.run_id], "id", None))) for run in runs]
+
+
+def run_summary(run, job) -> dict:
+    """Status fields of one run from its latest (training) job and ``progress.json``."""
     from segctl.runs import read_progress
-    from segctl.submission import refresh_state
 
-    reg = registry()
-    train_jobs = [j for j in jobs if j.kind == "train"]
-    latest = train_jobs[-1] if train_jobs else (jobs[-1] if jobs else None)
-    state = refresh_state(reg, latest) if latest else "NO JOB"
     progress = read_progress(Path(run.run_dir))
     elapsed = None
-    if latest:
-        end = latest.finished_at or (time.time() if state not in ("COMPLETED", "FAILED") else None)
-        # the registry records finish times when it first sees them; fall back to progress
-        end = end or progress.get("updated_at") or time.time()
-        elapsed = max(0.0, end - latest.submitted_at)
+    if job is not None:
+        end = job.finished_at or (time.time() if job.state in _LIVE else progress.get("updated_at"))
+        elapsed = max(0.0, (end or time.time()) - job.submitted_at)
+    reason = progress.get("reason") or (job.reason if job else None)
     return {
         "run_id": run.run_id,
         "recipe": run.source,
-        "state": state,
-        "job_id": latest.job_id if latest else None,
-        "executor": latest.executor if latest else None,
+        "sweep": run.sweep,
+        "state": job.state if job else "NO JOB",
+        "job_id": job.job_id if job else None,
+        "executor": job.executor if job else None,
+        "nodes": job.nodes if job else None,
+        "requeues": job.requeues if job else 0,
+        "reason": reason,
         "phase": progress.get("phase"),
         "iteration": progress.get("iteration"),
         "max_iters": progress.get("max_iters"),
@@ -57,28 +78,54 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+def _number(value, fmt: str) -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+def _render(rows: list[dict]) -> None:
+    if not rows:
+        typer.echo("no runs yet: `segctl submit RECIPE` starts one")
+        return
+    rows = sorted(rows, key=lambda s: (s["sweep"] or "", s["run_id"]))
+    table = []
+    for s in rows:
+        it = f"{s['iteration']}/{s['max_iters']}" if s["iteration"] is not None else "-"
+        state = s["state"] + (f" ({s['reason']})" if s["reason"] and s["state"] not in _LIVE else "")
+        table.append(
+            (
+                s["sweep"] or "-", s["run_id"], state, it, _number(s["loss"], "{:.4f}"),
+                _number(s["miou"], "{:.2f}"), s["requeues"] or "-", s["nodes"] or "-",
+                _duration(s["elapsed_seconds"]),
+            )
+        )
+    headers = ("SWEEP", "RUN", "STATE", "ITER", "LOSS", "mIoU", "REQUEUES", "NODES", "ELAPSED")
+    if not any(s["sweep"] for s in rows):
+        headers, table = headers[1:], [row[1:] for row in table]
+    print_table(headers, table)
+
+
 @user_errors
 def status(
     runs: Annotated[list[str] | None, typer.Argument(help="Run ids, id prefixes or names.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+    watch: Annotated[
+        float | None, typer.Option("--watch", help="Redraw every this many seconds until Ctrl-C.")
+    ] = None,
 ) -> None:
-    """Show runs: state, iteration, loss, latest mIoU, elapsed time."""
+    """Show runs: state, iteration, loss, latest mIoU, requeues, nodes, elapsed time."""
     reg = registry()
-    selected = [find_run(key) for key in runs] if runs else reg.runs()
-    summaries = [run_summary(run, reg.jobs(run.run_id)) for run in selected]
-    if as_json:
-        typer.echo(json.dumps(summaries, indent=2))
-        return
-    if not summaries:
-        typer.echo("no runs yet: `segctl submit RECIPE` starts one")
-        return
-    rows = []
-    for s in summaries:
-        it = f"{s['iteration']}/{s['max_iters']}" if s["iteration"] is not None else "-"
-        loss = f"{s['loss']:.4f}" if isinstance(s["loss"], (int, float)) else "-"
-        miou = f"{s['miou']:.2f}" if isinstance(s["miou"], (int, float)) else "-"
-        rows.append((s["run_id"], s["state"], it, loss, miou, _duration(s["elapsed_seconds"]), s["recipe"]))
-    print_table(("RUN", "STATE", "ITER", "LOSS", "mIoU", "ELAPSED", "RECIPE"), rows)
+    while True:
+        selected = [find_run(key) for key in runs] if runs else reg.runs()
+        rows = summaries(reg, selected)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+        else:
+            if watch:
+                typer.echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))
+            _render(rows)
+        if not watch or all(row["state"] not in _LIVE for row in rows):
+            return
+        time.sleep(watch)
 
 
 @user_errors
@@ -86,16 +133,58 @@ def logs(
     run: Annotated[str, typer.Argument(help="Run id, id prefix or name.")],
     kind: Annotated[str, typer.Option("--kind", help="train or eval.")] = "train",
     rank: Annotated[int, typer.Option("--rank", help="Task (rank) whose log to print.")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
-    """Print the stdout and stderr of a run's latest job."""
-    from segctl.cli.common import UserError
+    """Print the stdout and stderr of a run's latest job (one rank's)."""
     from segctl.executors import job_log_paths
+    from segctl.submission import refresh_state
 
     record = find_run(run)
-    jobs = [j for j in registry().jobs(record.run_id) if j.kind == kind and j.job_id]
+    reg = registry()
+    jobs = [j for j in reg.jobs(record.run_id) if j.kind == kind and j.job_id]
     if not jobs:
         raise UserError(f"run {record.run_id} has no {kind} job")
     job = jobs[-1]
-    for label, path in zip(("stdout", "stderr"), job_log_paths(job.folder, job.job_id, rank)):
-        typer.echo(f"==> {path} ({label}) <==")
-        typer.echo(path.read_text(errors="replace") if path.exists() else "(not written yet)")
+    stdout, stderr = job_log_paths(job.folder, job.job_id, rank)
+    if not follow:
+        for label, path in (("stdout", stdout), ("stderr", stderr)):
+            typer.echo(f"==> {path} ({label}) <==")
+            typer.echo(path.read_text(errors="replace") if path.exists() else "(not written yet)")
+        return
+    offsets = {stdout: 0, stderr: 0}
+    while True:
+        for path in offsets:
+            if path.exists():
+                with path.open("rb") as handle:
+                    handle.seek(offsets[path])
+                    chunk = handle.read()
+                offsets[path] += len(chunk)
+                if chunk:
+                    typer.echo(chunk.decode(errors="replace"), nl=False)
+        if refresh_state(reg, job) not in _LIVE:
+            return
+        job = next(j for j in reg.jobs(record.run_id) if j.id == job.id)
+        time.sleep(1.0)
+
+
+@user_errors
+def cancel(
+    runs: Annotated[list[str], typer.Argument(help="Run ids, id prefixes or names.")],
+) -> None:
+    """Cancel the unfinished jobs of the given runs (and only those)."""
+    from segctl.executors import cancel_job
+    from segctl.submission import refresh_states
+
+    reg = registry()
+    records = [find_run(key) for key in runs]
+    for record in records:
+        jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
+        states = refresh_states(reg, jobs)
+        live = [j for j in jobs if states[j.id] in _LIVE]
+        if not live:
+            typer.echo(f"{record.run_id}: nothing to cancel")
+            continue
+        for job in live:
+            cancel_job(job.executor, job.folder, job.job_id)
+            reg.set_state(job.id, "CANCELLED")
+            typer.echo(f"{record.run_id}: cancelled {job.kind} job {job.job_id}")

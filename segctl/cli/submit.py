@@ -35,6 +35,10 @@ def submit(
     time_min: TimeLimit = None,
     profile: Profile = None,
     cluster: Cluster = None,
+    sweeps: Annotated[
+        list[str] | None,
+        typer.Option("--sweep", help="Sweep a field: section.field=v1,v2 (repeat for a grid)."),
+    ] = None,
 ) -> None:
     """Validate RECIPE, create its run directory and submit its training job.
 
@@ -46,8 +50,12 @@ def submit(
     from segctl.submission import apply, plan_training, preflight
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
+    site = load_profile_or_fail(profile)
+    if sweeps:
+        submit_sweep(recipe, [*(overrides or []), *placement], sweeps, site, dry_run, wait)
+        return
     loaded = load_recipe(recipe, [*(overrides or []), *placement])
-    plan = plan_training(loaded, profile=load_profile_or_fail(profile))
+    plan = plan_training(loaded, profile=site)
     if dry_run:
         print_plan(plan)
         return
@@ -59,6 +67,47 @@ def submit(
     typer.echo(f"  run dir: {plan.run_dir}")
     if wait:
         finish(submitted)
+
+
+def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool, wait: bool) -> None:
+    """Expand the sweep grid, check every member, and submit them as one job array."""
+    from segctl.cli.common import registry
+    from segctl.recipe import RecipeError, load_recipe
+    from segctl.submission import apply_sweep, plan_training, preflight
+    from segctl.sweeps import expand_grid, sweep_id
+
+    issues, plans, loaded_members = [], [], []
+    for point in expand_grid(sweeps):
+        try:
+            loaded = load_recipe(recipe, [*overrides, *point])
+        except RecipeError as exc:
+            issues.extend(exc.issues)
+            continue
+        loaded_members.append(loaded)
+        plans.append(plan_training(loaded, profile=site))
+    if issues:
+        raise RecipeError(issues)
+    sweep = sweep_id(plans[0].recipe.name, [p.run_id for p in plans])
+    if dry_run:
+        typer.echo(json.dumps({"sweep": sweep, "runs": [p.to_dict() for p in plans]}, indent=2))
+        return
+    for loaded, plan in zip(loaded_members, plans):
+        issues.extend(preflight(loaded, plan.recipe))
+    if issues:
+        raise RecipeError(issues)
+    submitted = apply_sweep(plans, registry(), sweep)
+    typer.echo(f"submitted sweep {sweep}: {len(submitted)} runs ({plans[0].executor})")
+    for job in submitted:
+        typer.echo(f"  {job.plan.run_id}  job {job.job_id}")
+    if wait:
+        failed = 0
+        for job in submitted:
+            try:
+                finish(job)
+            except typer.Exit:
+                failed += 1
+        if failed:
+            raise typer.Exit(1)
 
 
 def print_plan(plan) -> None:
