@@ -66,6 +66,7 @@ def list_recipes(
                 "backbone": model.backbone,
                 "crop_size": list(recipe.data.crop_size),
                 "max_iters": recipe.schedule.max_iters,
+                "max_epochs": recipe.schedule.max_epochs,
                 "batch_size": recipe.train.batch_size,
                 "gpus": recipe.cluster.nodes * recipe.cluster.gpus_per_node,
                 "miou_ss": ref.miou_ss if ref else None,
@@ -78,7 +79,8 @@ def list_recipes(
         rows = [
             (
                 e["dataset"], e["method"], e["backbone"], "x".join(map(str, e["crop_size"])),
-                f"{e['max_iters']} it", e["miou_ss"] or "-", e["miou_ms_flip"] or "-", e["path"],
+                f"{e['max_iters']} it" if e["max_iters"] else f"{e['max_epochs']} ep",
+                e["miou_ss"] or "-", e["miou_ms_flip"] or "-", e["path"],
             )
             for e in sorted(entries, key=lambda e: (e["dataset"], e["path"]))
         ]

@@ -95,6 +95,9 @@ class ModelConfig(Section):
     drop_path_rate: float | None = Field(
         None, ge=0, lt=1, description="Stochastic depth rate (architecture default if unset)."
     )
+    aux_loss_weight: float | None = Field(
+        None, ge=0, description="Weight of the auxiliary head's loss (architecture default if unset)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -132,7 +135,15 @@ class OptimConfig(Section):
 class ScheduleConfig(Section):
     """Iteration-based schedule: poly learning rate with linear warm-up."""
 
-    max_iters: int = Field(gt=0, description="Optimizer steps to train.")
+    max_iters: int | None = Field(
+        None, gt=0, description="Optimizer steps to train (or give max_epochs)."
+    )
+    max_epochs: int | None = Field(
+        None,
+        gt=0,
+        description="Epochs to train instead of max_iters: the job turns them into iterations "
+        "as ceil(epochs * train images / global batch).",
+    )
     val_interval: int = Field(gt=0, description="Evaluate every this many iterations.")
     checkpoint_interval: int = Field(gt=0, description="Checkpoint every this many iterations.")
     warmup_iters: int = Field(1500, ge=0, description="Linear warm-up length in iterations.")
@@ -140,6 +151,12 @@ class ScheduleConfig(Section):
     poly_power: float = Field(1.0, gt=0, description="Power of the poly decay.")
     min_lr: float = Field(0.0, ge=0, description="Learning rate at the last iteration.")
     log_interval: int = Field(50, gt=0, description="Log loss and lr every this many iterations.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> ScheduleConfig:
+        if (self.max_iters is None) == (self.max_epochs is None):
+            raise ValueError("give exactly one of max_iters and max_epochs")
+        return self
 
 
 class TrainConfig(Section):
@@ -151,6 +168,23 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     deterministic: bool = Field(False, description="Deterministic algorithms (slower).")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights with this decay and "
+        "evaluate with it (off if unset).",
+    )
+    sync_bn: bool = Field(True, description="SyncBatchNorm across GPUs (plain BN on CPU).")
+    loss: Literal["ce", "ohem"] = Field(
+        "ce", description="Cross-entropy, or OHEM cross-entropy (hard pixels only)."
+    )
+    ohem_thresh: float = Field(
+        0.7, gt=0, le=1, description="OHEM: keep pixels whose true-class probability is below this."
+    )
+    ohem_min_kept: int = Field(
+        100000, ge=0, description="OHEM: keep at least this many pixels per batch."
+    )
 
 
 class EvalConfig(Section):
