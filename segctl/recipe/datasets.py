@@ -6,8 +6,17 @@ typed, so a recipe carries only what it changes. This module is part of the cont
 imports no torch.
 
 Sources: class names and palettes follow mmsegmentation (``mmseg/datasets/cityscapes.py``,
-``mmseg/datasets/ade.py``); the Cityscapes train ids follow cityscapesScripts ``labels.py``;
-the scales are those of the mmsegmentation base configs (``configs/_base_/datasets/*.py``).
+``ade.py``, ``voc.py``, ``pascal_context.py``, ``coco_stuff.py``, ``lip.py``, ``loveda.py``,
+``potsdam.py``, ``isprs.py``, ``isaid.py``); the Cityscapes train ids follow cityscapesScripts
+``labels.py``; the scales are those of the mmsegmentation base configs
+(``configs/_base_/datasets/*.py``: ``pascal_voc12_aug.py``, ``pascal_context.py``,
+``pascal_context_59.py``, ``coco-stuff10k.py``, ``coco-stuff164k.py``, ``lip_473x473.py``,
+``loveda.py``, ``potsdam.py``, ``vaihingen.py``, ``isaid.py``).
+
+Label id spaces: every preset describes the label files that ``segctl data prepare`` writes
+(and that the matching ``trainer.data`` layout reads). Where that differs from a raw release
+the preset says so in a comment (COCO-Stuff: train ids 0..170 with 255 unlabeled for both
+releases, so no zero-label reduction is needed).
 """
 
 from __future__ import annotations
@@ -124,6 +133,146 @@ ADE20K_PALETTE = (
 )
 
 
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+
+#: The VOC colour map (bit-interleaved), index k = colour of class k; 255 is void.
+VOC_PALETTE = (
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+    (0, 128, 128), (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0),
+    (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0),
+    (0, 192, 0), (128, 192, 0), (0, 64, 128),
+)
+
+PASCAL_CONTEXT_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "table", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
+    "sofa", "train", "tvmonitor", "bag", "bed", "bench", "book", "building", "cabinet",
+    "ceiling", "cloth", "computer", "cup", "door", "fence", "floor", "flower", "food", "grass",
+    "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform", "sign", "plate",
+    "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedclothes", "track", "tree",
+    "truck", "wall", "water", "window", "wood",
+)
+
+PASCAL_CONTEXT_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3),
+    (120, 120, 80), (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7),
+    (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82),
+    (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250),
+    (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71),
+    (255, 41, 10), (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7),
+    (255, 122, 8), (0, 255, 20), (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255),
+    (160, 150, 20), (0, 163, 255), (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0),
+    (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255),
+    (0, 173, 255), (31, 0, 255),
+)
+
+COCO_STUFF_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "banner", "blanket",
+    "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard",
+    "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble", "floor-other",
+    "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit",
+    "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves", "light",
+    "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
+    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing",
+    "railroad", "river", "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf",
+    "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw",
+    "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)
+
+COCO_STUFF_PALETTE = (
+    (0, 192, 64), (0, 192, 64), (0, 64, 96), (128, 192, 192), (0, 64, 64), (0, 192, 224),
+    (0, 192, 192), (128, 192, 64), (0, 192, 96), (128, 192, 64), (128, 32, 192), (0, 0, 224),
+    (0, 0, 64), (0, 160, 192), (128, 0, 96), (128, 0, 192), (0, 32, 192), (128, 128, 224),
+    (0, 0, 192), (128, 160, 192), (128, 128, 0), (128, 0, 32), (128, 32, 0), (128, 0, 128),
+    (64, 128, 32), (0, 160, 0), (0, 0, 0), (192, 128, 160), (0, 32, 0), (0, 128, 128),
+    (64, 128, 160), (128, 160, 0), (0, 128, 0), (192, 128, 32), (128, 96, 128), (0, 0, 128),
+    (64, 0, 32), (0, 224, 128), (128, 0, 0), (192, 0, 160), (0, 96, 128), (128, 128, 128),
+    (64, 0, 160), (128, 224, 128), (128, 128, 64), (192, 0, 32), (128, 96, 0), (128, 0, 192),
+    (0, 128, 32), (64, 224, 0), (0, 0, 64), (128, 128, 160), (64, 96, 0), (0, 128, 192),
+    (0, 128, 160), (192, 224, 0), (0, 128, 64), (128, 128, 32), (192, 32, 128), (0, 64, 192),
+    (0, 0, 32), (64, 160, 128), (128, 64, 64), (128, 0, 160), (64, 32, 128), (128, 192, 192),
+    (0, 0, 160), (192, 160, 128), (128, 192, 0), (128, 0, 96), (192, 32, 0), (128, 64, 128),
+    (64, 128, 96), (64, 160, 0), (0, 64, 0), (192, 128, 224), (64, 32, 0), (0, 192, 128),
+    (64, 128, 224), (192, 160, 0), (0, 192, 0), (192, 128, 96), (192, 96, 128), (0, 64, 128),
+    (64, 0, 96), (64, 224, 128), (128, 64, 0), (192, 0, 224), (64, 96, 128), (128, 192, 128),
+    (64, 0, 224), (192, 224, 128), (128, 192, 64), (192, 0, 96), (192, 96, 0), (128, 64, 192),
+    (0, 128, 96), (0, 224, 0), (64, 64, 64), (128, 128, 224), (0, 96, 0), (64, 192, 192),
+    (0, 128, 224), (128, 224, 0), (64, 192, 64), (128, 128, 96), (128, 32, 128), (64, 0, 192),
+    (0, 64, 96), (0, 160, 128), (192, 0, 64), (128, 64, 224), (0, 32, 128), (192, 128, 192),
+    (0, 64, 224), (128, 160, 128), (192, 128, 0), (128, 64, 32), (128, 32, 64), (192, 0, 128),
+    (64, 192, 32), (0, 160, 64), (64, 0, 0), (192, 192, 160), (0, 32, 64), (64, 128, 128),
+    (64, 192, 160), (128, 160, 64), (64, 128, 0), (192, 192, 32), (128, 96, 192), (64, 0, 128),
+    (64, 64, 32), (0, 224, 192), (192, 0, 0), (192, 64, 160), (0, 96, 192), (192, 128, 128),
+    (64, 64, 160), (128, 224, 192), (192, 128, 64), (192, 64, 32), (128, 96, 64), (192, 0, 192),
+    (0, 192, 32), (64, 224, 64), (64, 0, 64), (128, 192, 160), (64, 96, 64), (64, 128, 192),
+    (0, 192, 160), (192, 224, 64), (64, 128, 64), (128, 192, 32), (192, 32, 192), (64, 64, 192),
+    (0, 64, 32), (64, 160, 192), (192, 64, 64), (128, 64, 160), (64, 32, 192), (192, 192, 192),
+    (0, 64, 160), (192, 160, 192), (192, 192, 0), (128, 64, 96), (192, 32, 64), (192, 64, 128),
+    (64, 192, 96), (64, 160, 64), (64, 64, 0),
+)
+
+LIP_CLASSES = (
+    "Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat",
+    "Socks", "Pants", "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
+    "Left-leg", "Right-leg", "Left-shoe", "Right-shoe",
+)
+
+LIP_PALETTE = (
+    (0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (255, 85, 0), (0, 0, 85),
+    (0, 119, 221), (85, 85, 0), (0, 85, 85), (85, 51, 0), (52, 86, 128), (0, 128, 0),
+    (0, 0, 255), (51, 170, 221), (0, 255, 255), (85, 255, 170), (170, 255, 85), (255, 255, 0),
+    (255, 170, 0),
+)
+
+LOVEDA_CLASSES = (
+    "background", "building", "road", "water", "barren", "forest", "agricultural",
+)
+
+LOVEDA_PALETTE = (
+    (255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255), (159, 129, 183), (0, 255, 0),
+    (255, 195, 128),
+)
+
+#: ISPRS Potsdam and Vaihingen share classes and colours (mmseg ``isprs.py``/``potsdam.py``).
+ISPRS_CLASSES = (
+    "impervious_surface", "building", "low_vegetation", "tree", "car", "clutter",
+)
+
+ISPRS_PALETTE = (
+    (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0),
+)
+
+ISAID_CLASSES = (
+    "background", "ship", "store_tank", "baseball_diamond", "tennis_court",
+    "basketball_court", "Ground_Track_Field", "Bridge", "Large_Vehicle", "Small_Vehicle",
+    "Helicopter", "Swimming_pool", "Roundabout", "Soccer_ball_field", "plane", "Harbor",
+)
+
+#: iSAID colours: also the colours of the release's ``*_instance_color_RGB.png`` semantic maps.
+ISAID_PALETTE = (
+    (0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
+    (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
+    (0, 127, 191), (0, 127, 255), (0, 100, 155),
+)
+
+
 DATASET_PRESETS: dict[str, DatasetPreset] = {
     p.name: p
     for p in (
@@ -145,6 +294,109 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
             test_scale=(2048, 512),
             train_split="train",
             val_split="val",
+        ),
+        DatasetPreset(
+            # VOC2012 train (1464) + SBD aug = 10582 "trainaug" images, val 1449
+            # (mmseg pascal_voc12_aug.py); labels 0..20, 255 void.
+            name="pascal_voc",
+            layout="pascal_voc",
+            classes=VOC_CLASSES,
+            palette=VOC_PALETTE,
+            train_scale=(2048, 512),
+            test_scale=(2048, 512),
+            train_split="trainaug",
+            val_split="val",
+        ),
+        DatasetPreset(
+            # 59 most frequent classes + background as class 0 (mmseg pascal_context.py).
+            name="pascal_context",
+            layout="pascal_context",
+            classes=PASCAL_CONTEXT_CLASSES,
+            palette=PASCAL_CONTEXT_PALETTE,
+            train_scale=(520, 520),
+            test_scale=(520, 520),
+        ),
+        DatasetPreset(
+            # Same files as pascal_context; background (0) ignored, classes shift to 0..58
+            # (mmseg pascal_context_59.py).
+            name="pascal_context_59",
+            layout="pascal_context",
+            classes=PASCAL_CONTEXT_CLASSES[1:],
+            palette=PASCAL_CONTEXT_PALETTE[1:],
+            reduce_zero_label=True,
+            train_scale=(520, 520),
+            test_scale=(520, 520),
+        ),
+        DatasetPreset(
+            # 9k train / 1k test (imageLists/{train,test}.txt). Our converter writes train ids
+            # 0..170 with 255 unlabeled (mmseg writes 1..171 and reduces zero: same result).
+            name="coco_stuff10k",
+            layout="coco_stuff10k",
+            classes=COCO_STUFF_CLASSES,
+            palette=COCO_STUFF_PALETTE,
+            train_scale=(2048, 512),
+            test_scale=(2048, 512),
+            train_split="train",
+            val_split="test",
+        ),
+        DatasetPreset(
+            # train2017 / val2017; train ids 0..170, 255 unlabeled (mmseg coco_stuff164k.py).
+            name="coco_stuff164k",
+            layout="coco_stuff164k",
+            classes=COCO_STUFF_CLASSES,
+            palette=COCO_STUFF_PALETTE,
+            train_scale=(2048, 512),
+            test_scale=(2048, 512),
+        ),
+        DatasetPreset(
+            # mmseg lip_473x473.py: RandomResize scale (520, 520) ratio (0.75, 1.25), crop 473,
+            # test Resize (473, 473). Labels 0..19, 0 = background is a class.
+            name="lip",
+            layout="lip",
+            classes=LIP_CLASSES,
+            palette=LIP_PALETTE,
+            train_scale=(520, 520),
+            test_scale=(473, 473),
+        ),
+        DatasetPreset(
+            # Raw labels 0 = no-data, 1..7 classes. mmseg loveda.py trains at scale (2048, 512)
+            # and tests at (1024, 1024) (the tiles are 1024x1024).
+            name="loveda",
+            layout="loveda",
+            classes=LOVEDA_CLASSES,
+            palette=LOVEDA_PALETTE,
+            reduce_zero_label=True,
+            train_scale=(2048, 512),
+            test_scale=(1024, 1024),
+        ),
+        DatasetPreset(
+            # 512x512 patches (stride 256); raw 0 = boundary/ignore, 1..6 classes.
+            name="potsdam",
+            layout="potsdam",
+            classes=ISPRS_CLASSES,
+            palette=ISPRS_PALETTE,
+            reduce_zero_label=True,
+            train_scale=(512, 512),
+            test_scale=(512, 512),
+        ),
+        DatasetPreset(
+            # Same classes and patching as Potsdam; images are IRRG.
+            name="vaihingen",
+            layout="vaihingen",
+            classes=ISPRS_CLASSES,
+            palette=ISPRS_PALETTE,
+            reduce_zero_label=True,
+            train_scale=(512, 512),
+            test_scale=(512, 512),
+        ),
+        DatasetPreset(
+            # 896x896 patches (overlap 384); 15 classes + background as class 0.
+            name="isaid",
+            layout="isaid",
+            classes=ISAID_CLASSES,
+            palette=ISAID_PALETTE,
+            train_scale=(896, 896),
+            test_scale=(896, 896),
         ),
     )
 }
