@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from segctl.cli import data, recipes
+from segctl.cli import data, recipes, stage
 from segctl.cli.evaluate import evaluate
 from segctl.cli.status import cancel, logs, status
 from segctl.cli.submit import submit
@@ -23,6 +23,7 @@ app.command("status")(status)
 app.command("logs")(logs)
 app.command("eval")(evaluate)
 app.command("cancel")(cancel)
+app.command("stage")(stage.stage)
 
 
 def main() -> None:

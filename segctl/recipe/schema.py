@@ -63,6 +63,20 @@ class DataConfig(Section):
         0.75, gt=0, le=1, description="Largest share of a random crop one class may take."
     )
     num_workers: int = Field(2, ge=0, description="Data loader worker processes per rank.")
+    stage_to: str | None = Field(
+        None,
+        description="Stage the dataset before training: a local directory, or 'node-local' "
+        "(scratch_dir, else $TMPDIR, at job start). A remote (URL) root is staged to "
+        "'node-local' when unset.",
+    )
+    scratch_dir: str | None = Field(
+        None, description="Node-local scratch folder for stage_to: node-local (default $TMPDIR)."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="fsspec storage options for data.root (e.g. endpoint_url); may hold "
+        "secrets: never logged, left out of the run hash.",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -184,6 +198,11 @@ class TrainConfig(Section):
     )
     ohem_min_kept: int = Field(
         100000, ge=0, description="OHEM: keep at least this many pixels per batch."
+    )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Also keep checkpoints at this fsspec URL (written atomically), read back "
+        "for resume and evaluation when the run directory lacks them.",
     )
 
 

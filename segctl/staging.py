@@ -1,0 +1,557 @@
+"""Staging: copy a dataset tree from any fsspec URL to a local directory, incrementally.
+
+``stage(src, dst)`` lists ``src`` once, compares the listing with the manifest of the staged
+tree (``DST/.segctl-manifest.json``) and copies only what is new or changed, with a pool of
+threads. Staging unchanged data again costs one listing and one manifest read.
+
+- **Identity of a file**: its size plus the source's content tag when the source gives one
+  (S3 ``ETag``, GCS ``md5Hash``/``crc32c``), else its modification time. A re-uploaded object
+  with the same bytes keeps its S3 ETag, so it is not copied again.
+- **Partial files never take the final name**: bytes go to ``<name>.<tag8>.part`` (``tag8``
+  derived from the file's identity) and are renamed with ``os.replace`` once complete and
+  verified. An interrupted stage leaves its completed files in the manifest (written
+  atomically every second and at the end, also when the stage fails) and its ``.part`` files
+  on disk; the next stage skips the first and continues the second with ranged reads from
+  where they stopped (the name says whether the partial bytes belong to the same version).
+- **Checksums**: an S3 ETag of 32 hex digits is the MD5 of a single-part upload; the copied
+  bytes are hashed and compared, and a mismatch is an error (:class:`StagingError`), the
+  partial file is removed. A multipart ETag (``<hex>-<parts>``) is not an MD5 of the content
+  (it is the MD5 of the parts' MD5s, and the part size is not recorded in S3), so for
+  multipart objects only the size is verified and the ETag serves as the change marker.
+  GCS ``md5Hash`` (base64) is verified the same way. Other sources (local files, HTTP) give no
+  content checksum: the MD5 computed while copying is stored in the manifest.
+- **Credentials** come from where fsspec's backends look (environment, ``~/.aws`` config and
+  profiles for s3fs, application-default credentials for gcsfs) and from ``storage_options``
+  (e.g. ``endpoint_url``). Storage options are never printed, logged or written to the manifest:
+  they may hold secrets.
+
+fsspec is imported inside the functions, at the edge where a URL appears. This module uses
+only the standard library and fsspec, so the job (``trainer.entry``) can call it as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = ".segctl-manifest.json"
+MANIFEST_VERSION = 1
+DEFAULT_WORKERS = 8
+CHUNK_BYTES = 8 * 1024 * 1024
+NODE_LOCAL = "node-local"
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_SAVE_EVERY_S = 1.0
+
+
+class StagingError(RuntimeError):
+    """Staging failed (unreachable source, checksum mismatch, ...); completed files are kept."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of the listing: path relative to the source root and what identifies it."""
+
+    rel: str
+    path: str  # the backend's path, as fsspec lists it
+    size: int
+    etag: str | None = None  # content tag from the source (S3 ETag, GCS md5Hash)
+    mtime: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What the manifest stores and compares (the mtime only without a content tag)."""
+        return {"size": self.size, "etag": self.etag, "mtime": None if self.etag else self.mtime}
+
+    def tag8(self) -> str:
+        """Short hash of the identity, part of the ``.part`` name."""
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def expected_md5(self) -> str | None:
+        """Hex MD5 of the content when the source states it (single-part S3 ETag, GCS md5)."""
+        if self.etag is None:
+            return None
+        if self.etag.startswith("md5:"):
+            return self.etag[4:]
+        return self.etag if _MD5_ETAG.match(self.etag) else None
+
+
+@dataclass
+class StageResult:
+    """What a stage did."""
+
+    source: str
+    dest: Path
+    files: int = 0
+    copied: list[str] = field(default_factory=list)
+    skipped: int = 0
+    bytes_total: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    verified: int = 0
+
+    def summary(self) -> str:
+        rate = self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"staged {self.source} -> {self.dest}: {self.files} files, {len(self.copied)} copied "
+            f"({_human(self.bytes_copied)}, {_human(rate)}/s), {self.skipped} unchanged, "
+            f"{self.verified} checksums verified, {self.seconds:.1f} s"
+        )
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A plain-text progress line on ``stream`` (stderr): files, bytes, bytes/s.
+
+    On a terminal the line is redrawn at most every 0.2 s; elsewhere a line is printed at most
+    every 5 s. ``on_bytes`` (optional) sees every increment, e.g. for tests.
+    """
+
+    def __init__(self, total_files: int, total_bytes: int, stream: TextIO | None = None,
+                 enabled: bool = True, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.total_files, self.total_bytes = total_files, total_bytes
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.on_bytes = on_bytes
+        self.files = 0
+        self.bytes = 0
+        self.started = time.perf_counter()
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def add(self, nbytes: int = 0, files: int = 0) -> None:
+        with self._lock:
+            self.bytes += nbytes
+            self.files += files
+            now = time.perf_counter()
+            due = now - self._last >= (0.2 if self._tty else 5.0)
+            if self.enabled and due:
+                self._last = now
+                self._draw(final=False)
+        if self.on_bytes is not None and nbytes:
+            self.on_bytes(self.bytes)
+
+    def close(self) -> None:
+        if self.enabled:
+            with self._lock:
+                self._draw(final=True)
+
+    def _draw(self, final: bool) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        line = (
+            f"stage: {self.files}/{self.total_files} files  "
+            f"{_human(self.bytes)}/{_human(self.total_bytes)}  {_human(self.bytes / elapsed)}/s"
+        )
+        end = "\n" if final or not self._tty else ""
+        self.stream.write(("\r" if self._tty else "") + line + end)
+        self.stream.flush()
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(nbytes) < 1000 or unit == "GB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1000.0
+    return f"{nbytes:.1f} GB"
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def manifest_path(dest: str | Path) -> Path:
+    """``DEST/.segctl-manifest.json``."""
+    return Path(dest) / MANIFEST_NAME
+
+
+def read_manifest(dest: str | Path) -> dict[str, Any]:
+    """The manifest of a staged tree (``{"version", "source", "files": {rel: entry}}``);
+    an empty one when missing or unreadable."""
+    try:
+        data = json.loads(manifest_path(dest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"version": MANIFEST_VERSION, "source": None, "files": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return {"version": MANIFEST_VERSION, "source": None, "files": {}}
+    return data
+
+
+def _write_manifest(dest: Path, source: str, files: Mapping[str, Any]) -> None:
+    text = json.dumps(
+        {"version": MANIFEST_VERSION, "source": source, "files": dict(sorted(files.items()))},
+        indent=1,
+    )
+    tmp = dest / f"{MANIFEST_NAME}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, manifest_path(dest))
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+def open_source(src: str, storage_options: Mapping[str, Any] | None = None):
+    """``(filesystem, root path)`` for ``src`` (any fsspec URL or a plain path)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(src, **dict(storage_options or {}))
+    return fs, root.rstrip("/") or root
+
+
+def _content_tag(info: Mapping[str, Any]) -> str | None:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    md5 = info.get("md5Hash")  # gcsfs: base64 MD5
+    if md5:
+        try:
+            return "md5:" + base64.b64decode(md5).hex()
+        except ValueError:
+            return None
+    crc = info.get("crc32c")
+    return f"crc32c:{crc}" if crc else None
+
+
+def _mtime(info: Mapping[str, Any]) -> str | None:
+    for key in ("LastModified", "mtime", "updated", "last_modified", "created"):
+        value = info.get(key)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def list_source(fs, root: str) -> list[SourceFile]:
+    """Every file under ``root`` (or ``root`` itself when it is a file), sorted by path."""
+    found = fs.find(root, detail=True)
+    base = root
+    if not found or set(found) == {root}:  # a single file, or nothing
+        if not fs.isfile(root):
+            raise FileNotFoundError(root)
+        found = {root: fs.info(root)}
+        base = root.rsplit("/", 1)[0]
+    files = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file":
+            continue
+        rel = path[len(base):].lstrip("/") if path.startswith(base) else path.rsplit("/", 1)[-1]
+        if not rel or rel == MANIFEST_NAME or rel.endswith(".part"):
+            continue
+        files.append(
+            SourceFile(rel=rel, path=path, size=int(info.get("size") or 0),
+                       etag=_content_tag(info), mtime=_mtime(info))
+        )
+    return sorted(files, key=lambda f: f.rel)
+
+
+# --- staging -------------------------------------------------------------------------------------
+
+
+def _safe_target(dest: Path, rel: str) -> Path:
+    target = (dest / rel).resolve()
+    if dest.resolve() not in target.parents:
+        raise StagingError(f"source path {rel!r} would be written outside {dest}")
+    return target
+
+
+def _unchanged(entry: Mapping[str, Any] | None, source: SourceFile, target: Path) -> bool:
+    if not entry or {k: entry.get(k) for k in ("size", "etag", "mtime")} != source.identity():
+        return False
+    try:
+        return target.stat().st_size == source.size
+    except OSError:
+        return False
+
+
+def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar,
+              stop: threading.Event) -> dict[str, Any]:
+    """Copy one file to ``target`` via its ``.part`` file; returns its manifest entry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.name}.{source.tag8()}.part")
+    for stale in target.parent.glob(f"{target.name}.*.part"):
+        if stale != part:
+            stale.unlink(missing_ok=True)  # a partial of an older version
+    digest = hashlib.md5(usedforsecurity=False)
+    offset = 0
+    if part.exists():
+        offset = part.stat().st_size
+        if offset > source.size:
+            part.unlink()
+            offset = 0
+        else:
+            with open(part, "rb") as handle:  # continue the hash over the bytes already there
+                for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                    digest.update(block)
+            if offset:
+                log.info("resuming %s at byte %d", source.rel, offset)
+    with open(part, "ab") as handle:
+        while offset < source.size:
+            if stop.is_set():
+                raise StagingError("stopped")
+            end = min(offset + CHUNK_BYTES, source.size)
+            block = fs.cat_file(source.path, start=offset, end=end)
+            if not block:
+                raise StagingError(f"{source.rel}: source ended at byte {offset} of {source.size}")
+            handle.write(block)
+            digest.update(block)
+            offset += len(block)
+            bar.add(len(block))
+        handle.flush()
+        os.fsync(handle.fileno())
+    size = part.stat().st_size
+    if size != source.size:
+        part.unlink(missing_ok=True)
+        raise StagingError(f"{source.rel}: copied {size} bytes, the source lists {source.size}")
+    md5 = digest.hexdigest()
+    expected = source.expected_md5()
+    if expected is not None and expected != md5:
+        part.unlink(missing_ok=True)
+        raise StagingError(
+            f"{source.rel}: checksum mismatch (source MD5 {expected}, copied bytes {md5}); "
+            "the object is corrupt or changed while it was copied"
+        )
+    os.replace(part, target)
+    bar.add(files=1)
+    return {**source.identity(), "md5": md5, "verified": expected is not None}
+
+
+def stage(
+    src: str,
+    dest: str | Path,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    fs=None,
+) -> StageResult:
+    """Copy the tree at ``src`` (any fsspec URL or path) into the local directory ``dest``.
+
+    Args:
+        src: the source root, e.g. ``s3://bucket/cityscapes`` or ``/data/cityscapes``.
+        dest: the local directory (created when missing).
+        workers: files copied at once (threads).
+        storage_options: passed to the fsspec backend (e.g. ``{"endpoint_url": ...}``);
+            never printed or stored.
+        progress: draw a progress line on ``stream`` (stderr).
+        on_bytes: called with the running count of copied bytes.
+        fs: an already opened filesystem for ``src`` (then ``src`` is its root path).
+
+    Returns:
+        A :class:`StageResult`.
+
+    Raises:
+        StagingError: a file could not be copied or failed its checksum; the manifest then
+            records every file completed so far, so the next stage continues.
+    """
+    started = time.perf_counter()
+    if fs is None:
+        fs, root = open_source(src, storage_options)
+    else:
+        root = src
+    dest = Path(dest).expanduser().resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        listing = list_source(fs, root)
+    except FileNotFoundError:
+        raise StagingError(f"nothing to stage: {src} does not exist") from None
+    except Exception as exc:
+        raise StagingError(f"cannot list {src}: {type(exc).__name__}: {exc}") from None
+    manifest = read_manifest(dest)
+    known: dict[str, Any] = manifest["files"] if manifest.get("source") in (None, src) else {}
+    entries = {rel: e for rel, e in known.items() if isinstance(e, dict)}
+    result = StageResult(source=src, dest=dest, files=len(listing),
+                         bytes_total=sum(f.size for f in listing))
+    todo = []
+    for source in listing:
+        target = _safe_target(dest, source.rel)
+        if _unchanged(entries.get(source.rel), source, target):
+            result.skipped += 1
+        else:
+            todo.append((source, target))
+    listed = {f.rel for f in listing}
+    entries = {rel: e for rel, e in entries.items() if rel in listed}  # gone from the source
+    if not todo:
+        if set(entries) != set(known):
+            _write_manifest(dest, src, entries)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    bar = ProgressBar(len(todo), sum(s.size for s, _ in todo), stream, progress, on_bytes)
+    lock = threading.Lock()
+    stop = threading.Event()
+    last_save = [time.monotonic()]
+
+    def done(source: SourceFile, entry: dict[str, Any]) -> None:
+        with lock:
+            entries[source.rel] = entry
+            result.copied.append(source.rel)
+            result.bytes_copied += source.size
+            result.verified += int(entry["verified"])
+            if time.monotonic() - last_save[0] >= _SAVE_EVERY_S:
+                _write_manifest(dest, src, entries)
+                last_save[0] = time.monotonic()
+
+    def task(source: SourceFile, target: Path) -> None:
+        done(source, _copy_one(fs, source, target, bar, stop))
+
+    failures: list[str] = []
+    # largest first: the long transfers start early and the small ones fill in around them
+    todo.sort(key=lambda item: -item[0].size)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stage") as pool:
+            futures = {pool.submit(task, s, t): s for s, t in todo}
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in finished):
+                stop.set()
+                for future in futures:
+                    future.cancel()
+            for future, source in futures.items():
+                if future.cancelled():
+                    continue
+                exc = future.exception()
+                if exc is not None and str(exc) != "stopped":
+                    failures.append(f"{source.rel}: {type(exc).__name__}: {exc}")
+    finally:
+        with lock:
+            _write_manifest(dest, src, entries)
+        bar.close()
+    result.seconds = time.perf_counter() - started
+    if failures:
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        raise StagingError(
+            f"staging {src} failed for {len(failures)} file(s){more}: " + "; ".join(failures[:3])
+            + f". {len(result.copied)} files completed; stage again to continue."
+        )
+    return result
+
+
+# --- the job's side: where a remote root is staged -------------------------------------------------
+
+
+def node_local_dir(scratch_dir: str | None = None) -> Path:
+    """``scratch_dir`` if given, else ``$TMPDIR``, else the system temporary folder."""
+    import tempfile
+
+    return Path(scratch_dir or os.environ.get("TMPDIR") or tempfile.gettempdir()).expanduser()
+
+
+def staging_target(root: str, stage_to: str | None, scratch_dir: str | None, name: str) -> Path:
+    """The local directory a remote ``root`` is staged into.
+
+    ``stage_to`` is a directory, or ``"node-local"`` (also the default for remote roots):
+    ``<scratch>/segctl-data/<name>-<hash8 of the root URL>``.
+    """
+    if stage_to and stage_to != NODE_LOCAL:
+        return Path(stage_to).expanduser()
+    tag = hashlib.sha1(root.encode()).hexdigest()[:8]
+    return node_local_dir(scratch_dir) / "segctl-data" / f"{name}-{tag}"
+
+
+def stage_data_root(root: str, stage_to: str | None, scratch_dir: str | None,
+                    storage_options: Mapping[str, Any], name: str,
+                    workers: int = DEFAULT_WORKERS) -> str:
+    """Stage a remote dataset root at job start and return the local root to read from.
+
+    A local root (no ``://``) with no ``stage_to`` is returned unchanged; a local root with
+    ``stage_to`` is copied there too (e.g. from shared storage to node-local scratch).
+    """
+    if "://" not in root and not stage_to:
+        return root
+    if root.startswith("file://") and not stage_to:
+        return root[len("file://"):]
+    target = staging_target(root, stage_to, scratch_dir, name)
+    result = stage(root, target, workers=workers, storage_options=storage_options,
+                   progress=False)
+    log.info("%s", result.summary())
+    return str(target)
+
+
+# --- checkpoints on remote storage ------------------------------------------------------------------
+
+
+def upload_atomic(local: str | Path, url: str, storage_options: Mapping[str, Any] | None = None,
+                  fs=None) -> str:
+    """Copy a local file to ``url`` so that readers never see a partial object.
+
+    The bytes go to ``<url>.<random>.tmp`` first, then are moved to the final key (on object
+    stores a server-side copy plus delete; on file systems a rename). Returns ``url``.
+    """
+    import secrets
+
+    if fs is None:
+        fs, path = open_source(url, storage_options)
+    else:
+        path = url
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+    fs.put_file(str(local), tmp)
+    try:
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm_file(tmp)
+        except Exception:
+            pass
+        raise
+    return url
+
+
+def mirror_checkpoints(local_dir: str | Path, url: str,
+                       storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Upload every ``*.pt`` in ``local_dir`` that the remote folder lacks or has in another
+    size (atomically, :func:`upload_atomic`); returns the uploaded names."""
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        return []
+    fs, root = open_source(url, storage_options)
+    try:
+        remote = {p.rsplit("/", 1)[-1]: int(i.get("size") or 0)
+                  for p, i in fs.find(root, detail=True).items()}
+    except FileNotFoundError:
+        remote = {}
+    uploaded = []
+    for path in sorted(local_dir.glob("*.pt")):
+        if remote.get(path.name) != path.stat().st_size:
+            upload_atomic(path, f"{root}/{path.name}", fs=fs)
+            uploaded.append(path.name)
+    return uploaded
+
+
+def fetch_checkpoints(url: str, local_dir: str | Path,
+                      storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Download the remote ``*.pt`` checkpoints missing locally (for resume and evaluation);
+    returns their names. A missing remote folder fetches nothing."""
+    fs, root = open_source(url, storage_options)
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return []
+    local_dir = Path(local_dir)
+    fetched = []
+    for path, info in sorted(found.items()):
+        name = path.rsplit("/", 1)[-1]
+        if not name.endswith(".pt") or (local_dir / name).exists():
+            continue
+        local_dir.mkdir(parents=True, exist_ok=True)
+        part = local_dir / f".{name}.part"
+        fs.get_file(path, str(part))
+        os.replace(part, local_dir / name)
+        fetched.append(name)
+    return fetched
