@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from segctl.cli.common import UserError, print_table, user_errors
+from segctl.cli.common import UserError, user_errors
 
 app = typer.Typer(help="List, validate and inspect recipes.", no_args_is_help=True)
 
@@ -38,14 +38,91 @@ def recipe_files(paths: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
+def model_parameters(model: str, num_classes: int) -> int:
+    """Parameter count of preset ``model`` built for ``num_classes`` classes.
+
+    The model is built on the meta device (no memory, no weights), so even the 1.1B-parameter
+    InternImage-H counts in a few seconds; torch is imported here, never at CLI start-up.
+    Cached per (model, num_classes).
+    """
+    key = (model, num_classes)
+    if key not in _PARAMS_CACHE:
+        import torch
+
+        from trainer.models import build_segmentor, count_parameters
+
+        with torch.device("meta"):
+            _PARAMS_CACHE[key] = count_parameters(build_segmentor(model, num_classes))
+    return _PARAMS_CACHE[key]
+
+
+_PARAMS_CACHE: dict[tuple[str, int], int] = {}
+
+
+def _human_count(n: int) -> str:
+    """1_120_338_396 -> '1.12B', 59_077_148 -> '59.1M', 3_753_718 -> '3.75M'."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(n)
+
+
+def _schedule_text(entry: dict) -> str:
+    if entry["max_iters"]:
+        iters = entry["max_iters"]
+        return f"{iters // 1000}k it" if iters % 1000 == 0 else f"{iters} it"
+    return f"{entry['max_epochs']} ep"
+
+
+def _print_grouped(entries: list[dict]) -> None:
+    """One block per dataset (preset order, as the published tables group them): a header line,
+    then one row per recipe; the columns line up across blocks."""
+    from segctl.recipe import DATASET_PRESETS
+
+    order = {name: i for i, name in enumerate(DATASET_PRESETS)}
+    headers = ("METHOD", "BACKBONE", "CROP", "SCHEDULE", "BATCH", "mIoU", "mIoU(ms+flip)", "PARAMS", "RECIPE")
+    groups: dict[str, list[tuple[str, ...]]] = {}
+    for e in sorted(
+        entries,
+        key=lambda e: (order.get(e["dataset"], len(order)), e["dataset"], e["method"], e["backbone"],
+                       e["max_epochs"] or 0, e["max_iters"] or 0, e["path"]),
+    ):
+        groups.setdefault(e["dataset"], []).append(
+            (
+                e["method"], e["backbone"], "x".join(map(str, e["crop_size"])), _schedule_text(e),
+                f"{e['gpus']}x{e['batch_size']}",
+                "-" if e["miou_ss"] is None else f"{e['miou_ss']:.2f}",
+                "-" if e["miou_ms_flip"] is None else f"{e['miou_ms_flip']:.2f}",
+                _human_count(e["params"]), e["path"],
+            )
+        )
+    rows = [row for block in groups.values() for row in block]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    for i, (dataset, block) in enumerate(groups.items()):
+        num_classes = DATASET_PRESETS[dataset].num_classes
+        if i:
+            typer.echo("")
+        typer.echo(f"DATASET {dataset} ({num_classes} classes, {len(block)} recipes)")
+        typer.echo(line(headers))
+        for row in block:
+            typer.echo(line(row))
+
+
 @app.command("list")
 @user_errors
 def list_recipes(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List recipes with their dataset, model, crop, schedule and reference mIoU."""
+    """List recipes grouped by dataset: method, backbone, crop, schedule, reference mIoU and the
+    model's parameter count."""
     from segctl.recipe import MODEL_PRESETS, RecipeError, load_recipe, run_id
+    from segctl.recipe.resolve import dataset_preset
 
     entries, broken = [], []
     for path in recipe_files(paths or [Path("recipes")]):
@@ -55,6 +132,7 @@ def list_recipes(
             broken.append(exc)
             continue
         model = MODEL_PRESETS[recipe.model.name]
+        num_classes = dataset_preset(recipe).num_classes
         ref = recipe.reference
         entries.append(
             {
@@ -64,6 +142,8 @@ def list_recipes(
                 "dataset": recipe.data.dataset,
                 "method": model.method,
                 "backbone": model.backbone,
+                "model": recipe.model.name,
+                "num_classes": num_classes,
                 "crop_size": list(recipe.data.crop_size),
                 "max_iters": recipe.schedule.max_iters,
                 "max_epochs": recipe.schedule.max_epochs,
@@ -71,20 +151,13 @@ def list_recipes(
                 "gpus": recipe.cluster.nodes * recipe.cluster.gpus_per_node,
                 "miou_ss": ref.miou_ss if ref else None,
                 "miou_ms_flip": ref.miou_ms_flip if ref else None,
+                "params": model_parameters(recipe.model.name, num_classes),
             }
         )
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
     else:
-        rows = [
-            (
-                e["dataset"], e["method"], e["backbone"], "x".join(map(str, e["crop_size"])),
-                f"{e['max_iters']} it" if e["max_iters"] else f"{e['max_epochs']} ep",
-                e["miou_ss"] or "-", e["miou_ms_flip"] or "-", e["path"],
-            )
-            for e in sorted(entries, key=lambda e: (e["dataset"], e["path"]))
-        ]
-        print_table(("DATASET", "METHOD", "BACKBONE", "CROP", "SCHEDULE", "mIoU", "mIoU(ms+flip)", "RECIPE"), rows)
+        _print_grouped(entries)
     for exc in broken:
         typer.echo(exc.report(), err=True)
     if broken:
