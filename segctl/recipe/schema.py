@@ -112,6 +112,11 @@ class ModelConfig(Section):
     aux_loss_weight: float | None = Field(
         None, ge=0, description="Weight of the auxiliary head's loss (architecture default if unset)."
     )
+    options: dict[str, bool | int | float | str | list[int] | list[float]] = Field(
+        default_factory=dict,
+        description="Keyword options of the architecture's builder (e.g. MCIBI's "
+        "momentum_base_lr, a head's dropout_ratio or align_corners); unknown ones fail at build.",
+    )
 
     @field_validator("name")
     @classmethod
