@@ -20,7 +20,8 @@ from trainer.data.layouts import (
 
 
 def test_registry_names_both_layouts():
-    assert DATASET_LAYOUTS == {"cityscapes": CityscapesDataset, "ade20k": ADE20KDataset}
+    assert DATASET_LAYOUTS["cityscapes"] is CityscapesDataset
+    assert DATASET_LAYOUTS["ade20k"] is ADE20KDataset
     with pytest.raises(KeyError, match="known layouts"):
         build_dataset("pascal", "/nowhere", "val")
 

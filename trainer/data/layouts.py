@@ -12,15 +12,43 @@ from typing import Any
 from trainer.data.ade20k import ADE20KDataset
 from trainer.data.base import DatasetLayoutError, SegmentationDataset, Transform
 from trainer.data.cityscapes import CityscapesDataset
+from trainer.data.coco_stuff import COCOStuff10kDataset, COCOStuff164kDataset
+from trainer.data.img_ann_dir import (
+    ISAIDDataset,
+    LoveDADataset,
+    PotsdamDataset,
+    VaihingenDataset,
+)
+from trainer.data.lip import LIPDataset
+from trainer.data.pascal_context import PascalContextDataset
+from trainer.data.pascal_voc import PascalVOCDataset
 
 DATASET_LAYOUTS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": CityscapesDataset,
     "ade20k": ADE20KDataset,
+    "pascal_voc": PascalVOCDataset,
+    "pascal_context": PascalContextDataset,
+    "coco_stuff10k": COCOStuff10kDataset,
+    "coco_stuff164k": COCOStuff164kDataset,
+    "lip": LIPDataset,
+    "loveda": LoveDADataset,
+    "potsdam": PotsdamDataset,
+    "vaihingen": VaihingenDataset,
+    "isaid": ISAIDDataset,
 }
 
 __all__ = [
     "ADE20KDataset",
+    "COCOStuff10kDataset",
+    "COCOStuff164kDataset",
     "CityscapesDataset",
+    "ISAIDDataset",
+    "LIPDataset",
+    "LoveDADataset",
+    "PascalContextDataset",
+    "PascalVOCDataset",
+    "PotsdamDataset",
+    "VaihingenDataset",
     "DATASET_LAYOUTS",
     "DatasetLayoutError",
     "SegmentationDataset",
@@ -38,7 +66,7 @@ def build_dataset(
     """Build the dataset of ``split`` stored under ``root`` in the named layout.
 
     Args:
-        layout: a key of :data:`DATASET_LAYOUTS` (``"cityscapes"``, ``"ade20k"``).
+        layout: a key of :data:`DATASET_LAYOUTS` (``"cityscapes"``, ``"ade20k"``, ``"lip"``, ...).
         root, split, transform: passed to the dataset class.
         **kw: further constructor arguments (``reduce_zero_label``, ``ignore_index``).
 
