@@ -555,3 +555,52 @@ def fetch_checkpoints(url: str, local_dir: str | Path,
         os.replace(part, local_dir / name)
         fetched.append(name)
     return fetched
+
+
+# --- what the job calls (trainer.entry) ------------------------------------------------------------
+
+
+def stage_job_inputs(recipe, run_dir: str | Path):
+    """At job start: stage a remote (or ``stage_to``) data root and fetch checkpoints kept at
+    ``train.checkpoint_dir`` that the run directory lacks; returns the recipe reading from the
+    local root. Ranks sharing a target take turns under a file lock: the first copies, the
+    others only list. The returned recipe is for this process only (``recipe.json`` keeps the
+    original root)."""
+    import fcntl
+
+    data = recipe.data
+    root = data.root
+    if "://" in root or data.stage_to:
+        target = staging_target(root, data.stage_to, data.scratch_dir, recipe.data.dataset)
+        target.mkdir(parents=True, exist_ok=True)
+        with open(target / ".segctl-stage.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                root = stage_data_root(root, data.stage_to or NODE_LOCAL, data.scratch_dir,
+                                       data.storage_options, recipe.data.dataset)
+            except StagingError:
+                raise
+            except Exception as exc:  # say what failed without the options (may hold secrets)
+                raise StagingError(f"staging {data.root} failed: {type(exc).__name__}: {exc}") from None
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    if recipe.train.checkpoint_dir:
+        fetched = fetch_checkpoints(recipe.train.checkpoint_dir, Path(run_dir) / "checkpoints",
+                                    data.storage_options)
+        if fetched:
+            log.info("fetched %d checkpoint(s) from %s", len(fetched), recipe.train.checkpoint_dir)
+    return recipe.model_copy(update={"data": data.model_copy(update={"root": root})})
+
+
+def mirror_job_checkpoints(recipe, run_dir: str | Path, enabled: bool = True) -> None:
+    """At job end (rank 0): copy new checkpoints to ``train.checkpoint_dir``. Failures are
+    logged, never raised: the local checkpoints remain."""
+    url = recipe.train.checkpoint_dir
+    if not url or not enabled:
+        return
+    try:
+        uploaded = mirror_checkpoints(Path(run_dir) / "checkpoints", url,
+                                      recipe.data.storage_options)
+        log.info("uploaded %d checkpoint(s) to %s", len(uploaded), url)
+    except Exception as exc:
+        log.warning("checkpoints not copied to %s: %s: %s", url, type(exc).__name__, exc)

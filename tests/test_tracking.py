@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -13,6 +14,7 @@ from mlflow import MlflowClient
 from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
 from trainer.entry import run_training
 from trainer.tracking import (
+    BUFFER_FILE,
     RUN_ID_FILE,
     Tracker,
     flatten_params,
@@ -115,7 +117,9 @@ def test_unreachable_server_never_raises(tmp_path, unreachable, caplog):
         tracker.close("FAILED")
     assert tracker.run_id is None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 5  # one per failed call (close has no run: nothing to do)
+    assert len(warnings) == 6  # one per failed call, close included (it tries once more)
+    buffered = [json.loads(line)["op"] for line in (tmp_path / BUFFER_FILE).read_text().splitlines()]
+    assert buffered == ["params", "metrics", "tags", "text", "status"]  # kept for segctl sync
     assert time.perf_counter() - started < 60
 
 

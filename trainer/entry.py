@@ -41,7 +41,11 @@ from trainer.metrics import format_metrics_table
 from trainer.models.weights import load_segmentor_weights
 from trainer.atomic import atomic_write, atomic_write_json
 from trainer.progress import Progress
-from trainer.tracking import Tracker, metrics_in_percent, recipe_params, run_tags
+from trainer.tracking import (
+    Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
+)
+# segctl.staging uses only the standard library and fsspec: the job stages its own inputs
+from segctl.staging import mirror_job_checkpoints, stage_job_inputs
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         info = job_info()
         tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
         tracker.log_params(recipe_params(recipe))
+        recipe = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
         result = train(
             recipe, run_dir, accelerator=accelerator, tracker=tracker, progress=progress,
             stop_after=stop_after,
@@ -106,6 +111,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         progress.update(phase="failed")
         raise
     finally:
+        mirror_job_checkpoints(recipe, run_dir, enabled=main)
         tracker.close(status)
         teardown(accelerator, wait=status != "FAILED")
 
@@ -169,7 +175,7 @@ def run_evaluation(
     """
     _ensure_logging()
     run_dir = Path(run_dir)
-    recipe = read_recipe(run_dir)
+    recipe = stage_job_inputs(read_recipe(run_dir), run_dir)  # data and remote checkpoints
     ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
     mode = "ms_flip" if ms_flip else "ss"
     export_submitit_env()
@@ -186,7 +192,8 @@ def run_evaluation(
         name = name or f"{Path(source).stem}-{mode}"
 
         started = time.perf_counter()
-        metrics = evaluate(model, build_val_dataset(recipe), recipe, accelerator, ms_flip=ms_flip)
+        val_set = build_val_dataset(recipe)
+        metrics = evaluate(model, val_set, recipe, accelerator, ms_flip=ms_flip)
         seconds = time.perf_counter() - started
 
         classes = list(dataset_preset(recipe).classes)
@@ -219,6 +226,7 @@ def run_evaluation(
                 metrics_in_percent(metrics.to_dict(classes), prefix=f"eval/{mode}/"), step=step
             )
             tracker.log_text(table, f"eval/{name}.txt")
+            tracker.log_overlays(prediction_overlays(model, val_set, recipe, accelerator.device), step)
         failed = False
         return result
     finally:

@@ -3,8 +3,25 @@
 A :class:`Tracker` logs one run directory to one MLflow run. The MLflow run id is kept in
 ``RUN_DIR/mlflow_run_id``, so a resumed or re-submitted run continues the same MLflow run.
 Every call catches every exception, logs one warning and returns: a tracking outage never stops
-training. After a failure the tracker stays quiet for ``cooldown_s`` seconds (calls are
-skipped), so an unreachable server costs at most one blocked call per cool-down.
+training.
+
+Outages lose nothing: what cannot be delivered (params, metrics with their original step and
+timestamp, tags, text and image artifacts, the final status) is appended to
+``RUN_DIR/tracking-buffer.jsonl`` (images under ``RUN_DIR/tracking-buffer/``). After a failure
+the tracker waits ``cooldown_s`` seconds before it talks to the server again (calls in between
+only append to the buffer), so an unreachable server costs one blocked call per cool-down; the
+next call that gets through first replays the buffer in order. :meth:`Tracker.close` always
+tries once more; whatever is still buffered then is delivered by ``segctl sync RUN``
+(:meth:`Tracker.flush`). For HTTP servers the tracker lowers MLflow's request retries and
+timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, unless already
+set) so that an outage costs seconds, not minutes.
+
+What a run gets (rank 0): params (the flattened recipe, ``data.storage_options`` values
+redacted), metrics with the iteration as step, per-class IoU as metrics, text tables and a bar
+chart (``plots/per_class_iou_iter_*.png``) at each evaluation, prediction overlays
+(:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close` the resolved recipe (redacted,
+``recipe.json``), a learning-curve plot (``plots/learning_curve.png``), the final checkpoint's
+location (tag ``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``.
 
 Conventions: metric values are logged in percent for segmentation scores (``mIoU``, ``aAcc``,
 ``mAcc``, ``IoU.<class>``), as published tables state them; ``step`` is the iteration.
@@ -14,13 +31,16 @@ out.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import re
+import secrets
+import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +52,18 @@ from trainer.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
+BUFFER_FILE = "tracking-buffer.jsonl"
+BUFFER_DIR = "tracking-buffer"
 DEFAULT_URI = "sqlite:///mlflow.db"
+REDACTED = "***"
+#: Dotted recipe keys whose values may hold secrets: redacted in params and artifacts.
+SECRET_KEYS: tuple[str, ...] = ("data.storage_options",)
+#: MLflow HTTP client settings used when the environment does not set them.
+HTTP_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _BATCH = 100  # MLflow's per-request limit on params and tags
 
@@ -57,17 +88,26 @@ def sanitize_name(name: str) -> str:
     return "/".join(parts) or "_"
 
 
-def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def _is_secret(name: str, secret_keys: Sequence[str]) -> bool:
+    return any(name == key or name.startswith(key + ".") for key in secret_keys)
+
+
+def flatten_params(
+    data: Mapping[str, Any], prefix: str = "", secret_keys: Sequence[str] = SECRET_KEYS
+) -> dict[str, str]:
     """Flatten nested mappings to dotted keys with string values.
 
     Lists and tuples become JSON (``data.crop_size`` -> ``"[128, 256]"``), None ``"None"``,
-    everything else ``str(value)``.
+    everything else ``str(value)``. Values under ``secret_keys`` become ``"***"`` (the keys
+    stay, so one sees that an option was set).
     """
     flat: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(flatten_params(value, name))
+            flat.update(flatten_params(value, name, secret_keys))
+        elif _is_secret(name, secret_keys):
+            flat[name] = REDACTED
         elif isinstance(value, (list, tuple)):
             flat[name] = json.dumps(value)
         else:
@@ -75,8 +115,21 @@ def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def redact(data: Mapping[str, Any], prefix: str = "",
+           secret_keys: Sequence[str] = SECRET_KEYS) -> dict[str, Any]:
+    """A copy of nested ``data`` with every leaf under ``secret_keys`` replaced by ``"***"``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out[key] = redact(value, name, secret_keys)
+        else:
+            out[key] = REDACTED if _is_secret(name, secret_keys) else value
+    return out
+
+
 def recipe_params(recipe: Recipe) -> dict[str, str]:
-    """The resolved recipe flattened for ``log_params``."""
+    """The resolved recipe flattened for ``log_params`` (secrets redacted)."""
     return flatten_params(recipe.model_dump(mode="json"))
 
 
@@ -86,6 +139,20 @@ def segctl_version() -> str:
         return metadata.version("segctl")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def git_commit(folder: str | Path | None = None) -> str | None:
+    """The commit of the git working tree holding ``folder`` (default: this source tree),
+    with ``+dirty`` when it has uncommitted changes; None outside a work tree or without git."""
+    folder = Path(folder) if folder else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head or None
 
 
 def _default_artifact_location(uri: str) -> str | None:
@@ -103,19 +170,135 @@ def _default_artifact_location(uri: str) -> str | None:
     return (db.resolve().parent / "mlartifacts").as_uri()
 
 
-class Tracker:
-    """Log a run directory's params, metrics, tags and text artifacts to one MLflow run.
+# --- pictures (matplotlib's object API: no pyplot, no global backend) ------------------------
+
+
+def _png(figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
+def per_class_iou_chart(iou: Mapping[str, float], title: str) -> bytes:
+    """A horizontal bar chart (PNG) of per-class IoU in percent."""
+    from matplotlib.figure import Figure
+
+    names = list(iou)
+    figure = Figure(figsize=(7, 0.25 * len(names) + 1.2))
+    axes = figure.add_subplot()
+    axes.barh(range(len(names)), [iou[n] for n in names], color="#4c72b0")
+    axes.set_yticks(range(len(names)), labels=names, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("IoU (%)")
+    axes.set_title(title)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def learning_curve_chart(history: Mapping[str, Sequence[tuple[int, float]]]) -> bytes:
+    """Training loss (left axis) and validation mIoU (right axis) over iterations (PNG)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4))
+    axes = figure.add_subplot()
+    loss = sorted(history.get("loss", ()))
+    if loss:
+        axes.plot([s for s, _ in loss], [v for _, v in loss], color="#4c72b0", label="loss")
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("training loss")
+    miou = sorted(history.get("mIoU", ()))
+    if miou:
+        right = axes.twinx()
+        right.plot([s for s, _ in miou], [v for _, v in miou], "o-", color="#dd8452")
+        right.set_ylabel("val mIoU (%)")
+    axes.set_title("learning curve")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def overlay_panel(image, label, prediction, palette: Sequence[Sequence[int]],
+                  ignore_index: int = 255) -> bytes:
+    """Image | ground truth | prediction side by side (PNG), labels in the dataset palette.
 
     Args:
-        run_dir: the run directory; ``RUN_DIR/mlflow_run_id`` is read and written here.
+        image: uint8 (H, W, 3) RGB. label, prediction: integer (H, W) class indices;
+            ``ignore_index`` (and anything outside the palette) is drawn black.
+    """
+    import numpy as np
+    from PIL import Image
+
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+
+    def paint(indices) -> np.ndarray:
+        idx = np.asarray(indices).astype(np.int64)
+        out = colours[np.clip(idx, 0, 255)]
+        out[(idx == ignore_index) | (idx >= len(palette)) | (idx < 0)] = 0
+        return out
+
+    image = np.asarray(image, dtype=np.uint8)
+    panel = np.concatenate([image, paint(label), paint(prediction)], axis=1)
+    out = io.BytesIO()
+    Image.fromarray(panel).save(out, format="PNG")
+    return out.getvalue()
+
+
+def prediction_overlays(model, dataset, recipe: Recipe, device, count: int = 3) -> list[bytes]:
+    """:func:`overlay_panel` PNGs of the first ``count`` samples of ``dataset`` predicted at a
+    single scale with the recipe's evaluation settings. ``dataset.load(i)`` must give the raw
+    RGB image and label, ``dataset[i]`` the evaluation tensors (as the trainer's datasets do)."""
+    import torch
+
+    from segctl.recipe import dataset_preset
+    from trainer.evaluate import predict_probs
+
+    preset = dataset_preset(recipe)
+    ev = recipe.eval
+    net = getattr(model, "module", model)
+    was_training = getattr(net, "training", False)
+    net.eval()
+    panels = []
+    try:
+        for index in range(min(count, len(dataset))):
+            raw = dataset.load(index)
+            image = dataset[index]["image"].to(device=device, dtype=torch.float32).unsqueeze(0)
+            probs = predict_probs(
+                net.encode_decode, image, test_scale=tuple(ev.test_scale) if ev.test_scale else None,
+                mode=ev.mode, crop_size=tuple(ev.crop_size) if ev.crop_size else None,
+                stride=tuple(ev.stride) if ev.stride else None, num_classes=preset.num_classes,
+            )
+            prediction = probs.argmax(dim=1)[0].cpu().numpy()
+            label = dataset[index]["label"].cpu().numpy()
+            panels.append(overlay_panel(raw["image"], label, prediction, preset.palette,
+                                        preset.ignore_index))
+    finally:
+        net.train(was_training)
+    return panels
+
+
+class Tracker:
+    """Log a run directory's params, metrics, tags and artifacts to one MLflow run.
+
+    Args:
+        run_dir: the run directory; ``RUN_DIR/mlflow_run_id`` is read and written here, and
+            ``RUN_DIR/tracking-buffer.jsonl`` holds what could not be delivered yet.
         uri: the MLflow tracking URI (see :func:`tracking_uri`).
         experiment: the experiment name; created when missing.
         run_name: the MLflow run name used when a run is created (the run directory's name
             when None).
         enabled: False on ranks other than 0: every method is then a no-op.
-        cooldown_s: seconds during which calls are skipped after a failed call.
+        cooldown_s: seconds during which the server is not asked after a failed call
+            (records go to the buffer meanwhile).
         client_factory: builds the client from the URI (``mlflow.MlflowClient`` when None); a
             seam for other MLflow-compatible clients.
+        recipe: the resolved recipe, for the end-of-run record (:meth:`close`): the redacted
+            recipe artifact, GPU count and the final checkpoint's location.
+        reopen: mark a finished MLflow run ``RUNNING`` again when continuing it (False for
+            ``segctl sync``, which only delivers what a job left behind).
 
     Never raises from any method. :attr:`run_id` is None while no MLflow run is known.
     """
@@ -128,20 +311,31 @@ class Tracker:
         experiment: str,
         run_name: str | None = None,
         enabled: bool = True,
-        cooldown_s: float = 300.0,
+        cooldown_s: float = 30.0,
         client_factory: Callable[[str], Any] | None = None,
+        recipe: Recipe | None = None,
+        reopen: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.reopen = reopen
         self.uri = uri
         self.experiment = experiment
         self.run_name = run_name or self.run_dir.name
         self.enabled = enabled
         self.cooldown_s = cooldown_s
+        self.recipe = recipe
         self.run_id: str | None = None
         self._client = None
         self._client_factory = client_factory
         self._quiet_until = 0.0
+        self._started = time.monotonic()
+        self._max_step = 0
+        self._history: dict[str, list[tuple[int, float]]] = {"loss": [], "mIoU": []}
+        self._previous = {"gpu_hours": 0.0, "iterations_done": 0.0}
         if enabled:
+            if uri.startswith(("http://", "https://")):
+                for key, value in HTTP_CLIENT_ENV.items():
+                    os.environ.setdefault(key, value)  # this process talks to MLflow only here
             self._call("start", self._start)
 
     @classmethod
@@ -154,15 +348,28 @@ class Tracker:
             uri=tracking_uri(recipe),
             experiment=recipe.tracking.experiment or recipe.data.dataset,
             enabled=enabled,
+            recipe=recipe,
             **kwargs,
         )
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    @property
+    def buffer_path(self) -> Path:
+        return self.run_dir / BUFFER_FILE
+
+    def pending(self) -> int:
+        """Records waiting in the buffer file."""
+        try:
+            with open(self.buffer_path, encoding="utf-8") as handle:
+                return sum(1 for line in handle if line.strip())
+        except OSError:
+            return 0
+
+    def _call(self, what: str, fn: Callable[[], Any], force: bool = False) -> Any:
         if not self.enabled:
             return None
-        if time.monotonic() < self._quiet_until:
+        if not force and time.monotonic() < self._quiet_until:
             log.debug("MLflow %s skipped: tracking is cooling down after a failure", what)
             return None
         try:
@@ -170,8 +377,9 @@ class Tracker:
         except Exception as exc:  # any tracking failure is logged and swallowed
             self._quiet_until = time.monotonic() + self.cooldown_s
             log.warning(
-                "MLflow %s failed (%s: %s); training continues, tracking paused for %.0f s",
-                what, type(exc).__name__, exc, self.cooldown_s,
+                "MLflow %s failed (%s: %s); training continues, records are buffered in %s, "
+                "tracking paused for %.0f s",
+                what, type(exc).__name__, exc, self.buffer_path, self.cooldown_s,
             )
             return None
 
@@ -213,8 +421,10 @@ class Tracker:
                 log.warning("MLflow run %s not found at %s; starting a new one", run_id, self.uri)
                 return False
             raise
-        if run.info.status != "RUNNING":
+        if self.reopen and run.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
+        for key in self._previous:
+            self._previous[key] = float(run.data.metrics.get(key, 0.0))
         self.run_id = run_id
         return True
 
@@ -223,85 +433,228 @@ class Tracker:
             self._start()
         return self.run_id is not None
 
+    # --- delivery: send, or buffer and replay ---------------------------------------------------
+
+    def _record(self, record: dict[str, Any], what: str) -> None:
+        """Deliver ``record`` now if the server answers and nothing is queued before it;
+        otherwise append it to the buffer (order is kept)."""
+        if not self.enabled:
+            return
+
+        def work() -> None:
+            self._replay()
+            self._send(record)
+
+        queued = self.pending() > 0
+        if time.monotonic() < self._quiet_until:
+            self._append(record)
+            return
+        if queued:
+            self._append(record)
+            self._call(what, self._replay)
+            return
+        delivered = self._call(what, lambda: (work(), True)[1])
+        if not delivered:
+            self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.buffer_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            log.warning("cannot buffer a tracking record in %s: %s", self.buffer_path, exc)
+
+    def _replay(self) -> int:
+        """Send the buffered records in order; the ones not sent stay buffered. Raises on the
+        first failure (after rewriting the buffer without the records already sent)."""
+        if not self.buffer_path.is_file():
+            return 0
+        lines = [line for line in self.buffer_path.read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        sent = 0
+        try:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a crash while it was written
+                    log.warning("skipping an unreadable line of %s", self.buffer_path)
+                    sent += 1
+                    continue
+                self._send(record)
+                sent += 1
+        finally:
+            rest = lines[sent:]
+            if rest:
+                text = "".join(line + "\n" for line in rest)
+                atomic_write(self.buffer_path, lambda h: h.write(text.encode("utf-8")))
+            else:
+                self.buffer_path.unlink(missing_ok=True)
+        if sent:
+            log.info("delivered %d buffered tracking records to %s", sent, self.uri)
+        return sent
+
+    def _send(self, record: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        if not self._ready():
+            raise RuntimeError("no MLflow run")
+        client, op = self._client_(), record["op"]
+        if op == "params":
+            items = [Param(k, v) for k, v in record["items"].items()]
+            for i in range(0, len(items), _BATCH):
+                client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        elif op == "metrics":
+            items = [Metric(k, v, ts, step) for k, v, ts, step in record["items"]]
+            for i in range(0, len(items), 1000):
+                client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        elif op == "tags":
+            items = [RunTag(k, v) for k, v in record["items"].items()]
+            for i in range(0, len(items), _BATCH):
+                client.log_batch(self.run_id, tags=items[i : i + _BATCH])
+        elif op == "text":
+            client.log_text(self.run_id, record["text"], record["artifact_file"])
+        elif op == "file":
+            client.log_artifact(self.run_id, record["local"], record.get("artifact_path"))
+        elif op == "status":
+            client.set_terminated(self.run_id, status=record["status"])
+        else:
+            log.warning("unknown tracking record %r ignored", op)
+
+    def flush(self) -> int:
+        """Deliver everything buffered now (ignoring the cool-down). Returns the number of
+        records delivered; raises when the server cannot be reached (``segctl sync``)."""
+        self._quiet_until = 0.0
+        return self._replay()
+
     # --- logging ----------------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Log string params (values longer than MLflow's 6000 characters are cut)."""
-
-        def work() -> None:
-            from mlflow.entities import Param
-
-            if not self._ready():
-                return
-            items = [Param(sanitize_name(k), str(v)[:6000]) for k, v in params.items()]
-            for i in range(0, len(items), _BATCH):
-                self._client_().log_batch(self.run_id, params=items[i : i + _BATCH])
-
-        self._call("log_params", work)
+        items = {sanitize_name(k): str(v)[:6000] for k, v in params.items()}
+        self._record({"op": "params", "items": items}, "log_params")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log float metrics at ``step`` (an iteration); non-finite values are skipped."""
+        """Log float metrics at ``step`` (an iteration); non-finite values are skipped.
 
-        def work() -> None:
-            from mlflow.entities import Metric
-
-            if not self._ready():
-                return
-            now = int(time.time() * 1000)
-            items = [
-                Metric(sanitize_name(k), float(v), now, int(step))
-                for k, v in metrics.items()
-                if v is not None and math.isfinite(float(v))
-            ]
-            for i in range(0, len(items), 1000):
-                self._client_().log_batch(self.run_id, metrics=items[i : i + 1000])
-
-        self._call("log_metrics", work)
+        An evaluation's per-class IoU (``IoU.<class>`` keys) also becomes a bar chart.
+        """
+        if not self.enabled:
+            return
+        now = int(time.time() * 1000)
+        items = [
+            [sanitize_name(k), float(v), now, int(step)]
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        self._max_step = max(self._max_step, int(step))
+        for key in self._history:
+            if key in metrics and metrics[key] is not None and math.isfinite(float(metrics[key])):
+                self._history[key].append((int(step), float(metrics[key])))
+        self._record({"op": "metrics", "items": items}, "log_metrics")
+        iou = {k[4:]: float(v) for k, v in metrics.items()
+               if k.startswith("IoU.") and v is not None and math.isfinite(float(v))}
+        if iou:
+            self._log_png(lambda: per_class_iou_chart(iou, f"per-class IoU, iteration {step}"),
+                          f"plots/per_class_iou_iter_{int(step):07d}.png")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
-
-        def work() -> None:
-            from mlflow.entities import RunTag
-
-            if not self._ready():
-                return
-            items = [RunTag(k, str(v)) for k, v in tags.items()]
-            for i in range(0, len(items), _BATCH):
-                self._client_().log_batch(self.run_id, tags=items[i : i + _BATCH])
-
-        self._call("set_tags", work)
+        self._record({"op": "tags", "items": {k: str(v) for k, v in tags.items()}}, "set_tags")
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store ``text`` as the artifact ``artifact_file`` (a relative path, e.g. ``a/b.txt``)."""
+        self._record({"op": "text", "text": text, "artifact_file": artifact_file}, "log_text")
 
-        def work() -> None:
-            if self._ready():
-                self._client_().log_text(self.run_id, text, artifact_file)
+    def log_image(self, png: bytes, artifact_file: str) -> None:
+        """Store PNG bytes as the artifact ``artifact_file`` (kept under
+        ``RUN_DIR/tracking-buffer/`` until delivered)."""
+        if not self.enabled:
+            return
+        folder, _, name = artifact_file.rpartition("/")
+        local = self.run_dir / BUFFER_DIR / secrets.token_hex(4) / name
+        try:
+            atomic_write(local, lambda handle: handle.write(png))
+        except OSError as exc:
+            log.warning("cannot keep image %s: %s", artifact_file, exc)
+            return
+        self._record({"op": "file", "local": str(local), "artifact_path": folder or None},
+                     "log_image")
 
-        self._call("log_text", work)
+    def log_overlays(self, panels: Sequence[bytes], step: int) -> None:
+        """Log :func:`overlay_panel` PNGs as ``overlays/iter_<step>/sample_<k>.png``."""
+        for k, png in enumerate(panels):
+            self.log_image(png, f"overlays/iter_{int(step):07d}/sample_{k}.png")
+
+    def _log_png(self, draw: Callable[[], bytes], artifact_file: str) -> None:
+        try:
+            png = draw()
+        except Exception as exc:  # a plot is never worth a failed run
+            log.warning("plot %s not drawn: %s: %s", artifact_file, type(exc).__name__, exc)
+            return
+        self.log_image(png, artifact_file)
 
     def close(self, status: str = "FINISHED") -> None:
-        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED`` (a resumed run reopens it)."""
+        """Log the end-of-run record and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``
+        (a resumed run reopens it). Tries the server once more even while cooling down;
+        whatever is still not delivered stays in the buffer for ``segctl sync``."""
+        if not self.enabled:
+            return
+        self._quiet_until = 0.0
+        if self.recipe is not None:
+            self._end_of_run_record()
+        if self.run_id is None and not self.buffer_path.is_file():
+            return  # nothing was ever logged
+        self._record({"op": "status", "status": status}, "close")
 
-        def work() -> None:
-            if self.run_id is not None:
-                self._client_().set_terminated(self.run_id, status=status)
-
-        self._call("close", work)
+    def _end_of_run_record(self) -> None:
+        recipe = self.recipe
+        cluster = recipe.cluster
+        gpus = cluster.nodes * cluster.gpus_per_node
+        hours = (time.monotonic() - self._started) / 3600.0
+        summary = {
+            "gpu_hours": self._previous["gpu_hours"] + hours * gpus,
+            "iterations_done": float(max(self._max_step, self._previous["iterations_done"])),
+        }
+        self._record({"op": "metrics", "items": [
+            [k, v, int(time.time() * 1000), self._max_step] for k, v in summary.items()
+        ]}, "log_metrics")
+        self._record({"op": "text", "artifact_file": "recipe.json",
+                      "text": json.dumps(redact(recipe.model_dump(mode="json")), indent=2)},
+                     "log_text")
+        final = self.run_dir / "checkpoints" / "final.pt"
+        if final.is_file():
+            where = str(final)
+            if recipe.train.checkpoint_dir:
+                where = recipe.train.checkpoint_dir.rstrip("/") + "/final.pt"
+            self.set_tags({"segctl.final_checkpoint": where})
+        if any(self._history.values()):
+            self._log_png(lambda: learning_curve_chart(self._history), "plots/learning_curve.png")
 
 
 def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:
-    """The ``segctl.*`` tags of a run: recipe hash, run id, executor, job id, version."""
+    """The ``segctl.*`` tags of a run: recipe hash, run id, executor, job id, placement
+    (nodes, GPUs, the Slurm job and node list when inside Slurm), git commit, version."""
     from segctl.recipe import recipe_hash, run_id
 
-    return {
+    cluster = recipe.cluster
+    tags = {
         "segctl.recipe_hash": recipe_hash(recipe),
         "segctl.run_id": run_id(recipe),
         "segctl.executor": executor,
         "segctl.job_id": job_id,
         "segctl.version": segctl_version(),
+        "segctl.nodes": str(cluster.nodes),
+        "segctl.gpus": str(cluster.nodes * cluster.gpus_per_node),
     }
+    slurm = {"segctl.slurm_job_id": "SLURM_JOB_ID", "segctl.slurm_nodelist": "SLURM_JOB_NODELIST"}
+    tags.update({tag: os.environ[var] for tag, var in slurm.items() if os.environ.get(var)})
+    commit = git_commit()
+    if commit:
+        tags["segctl.git_commit"] = commit
+    return tags
 
 
 def metrics_in_percent(metrics: Mapping[str, float], prefix: str = "") -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from segctl.cli import data, recipes, stage
+from segctl.cli import data, recipes, report, stage, sync
 from segctl.cli.evaluate import evaluate
 from segctl.cli.status import cancel, logs, status
 from segctl.cli.submit import submit
@@ -24,6 +24,8 @@ app.command("logs")(logs)
 app.command("eval")(evaluate)
 app.command("cancel")(cancel)
 app.command("stage")(stage.stage)
+app.command("sync")(sync.sync)
+app.command("report")(report.report)
 
 
 def main() -> None:

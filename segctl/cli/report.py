@@ -1,0 +1,212 @@
+"""``segctl report``: published against reproduced mIoU, per recipe, from what MLflow holds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+
+import typer
+
+from segctl.cli.common import UserError, user_errors
+
+COLUMNS = (
+    ("dataset", "Dataset"),
+    ("recipe", "Recipe"),
+    ("model", "Model"),
+    ("published_ss", "mIoU ss (published)"),
+    ("reproduced_ss", "mIoU ss (best reproduced)"),
+    ("delta_ss", "Δ ss"),
+    ("published_ms_flip", "mIoU ms+flip (published)"),
+    ("reproduced_ms_flip", "mIoU ms+flip (best reproduced)"),
+    ("delta_ms_flip", "Δ ms+flip"),
+    ("schedule", "Iterations done/planned"),
+    ("gpu_hours", "GPU×hours"),
+    ("runs", "Runs"),
+    ("link", "Best run"),
+)
+
+
+@dataclass
+class ReportRow:
+    """One recipe (one ``segctl.recipe_hash``): the published and best reproduced mIoU."""
+
+    dataset: str
+    recipe: str
+    model: str
+    recipe_hash: str
+    published_ss: float | None
+    reproduced_ss: float | None
+    delta_ss: float | None
+    published_ms_flip: float | None
+    reproduced_ms_flip: float | None
+    delta_ms_flip: float | None
+    iterations_done: int | None
+    iterations_planned: int | None
+    gpu_hours: float
+    runs: int
+    mlflow_run_id: str
+    link: str
+    source: str | None
+
+    @property
+    def schedule(self) -> str:
+        done = "?" if self.iterations_done is None else str(self.iterations_done)
+        planned = "?" if self.iterations_planned is None else str(self.iterations_planned)
+        return f"{done}/{planned}"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return None if text in (None, "", "None") else float(text)
+    except ValueError:
+        return None
+
+
+def _best(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
+
+
+def _reproduced(run, mode: Literal["ss", "ms_flip"]) -> float | None:
+    """mIoU of a run in a test mode: ``eval/<mode>/mIoU`` (segctl eval), or the training-time
+    ``mIoU`` when the recipe evaluates in that mode (``eval.ms_flip``)."""
+    metrics, params = run.data.metrics, run.data.params
+    values = [metrics.get(f"eval/{mode}/mIoU")]
+    if (params.get("eval.ms_flip") == "True") == (mode == "ms_flip"):
+        values.append(metrics.get("mIoU"))
+    return _best(values)
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """A browser link for HTTP servers; ``<uri> run <id>`` for other stores."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{uri} run {run_id}"
+
+
+def collect(uri: str, dataset: str | None = None) -> list[ReportRow]:
+    """One :class:`ReportRow` per recipe hash found in the MLflow store at ``uri``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    groups: dict[str, list] = {}
+    for experiment in client.search_experiments():
+        page_token = None
+        while True:
+            page = client.search_runs(
+                [experiment.experiment_id], max_results=1000, page_token=page_token,
+                filter_string="tags.`segctl.recipe_hash` LIKE '%'",
+            )
+            for run in page:
+                if dataset and run.data.params.get("data.dataset") != dataset:
+                    continue
+                groups.setdefault(run.data.tags["segctl.recipe_hash"], []).append(run)
+            page_token = page.token
+            if not page_token:
+                break
+    rows = []
+    for recipe_hash, runs in groups.items():
+        best = max(runs, key=lambda r: (_reproduced(r, "ss") or -1, _reproduced(r, "ms_flip") or -1))
+        params = best.data.params
+        ss = _best([_reproduced(r, "ss") for r in runs])
+        ms = _best([_reproduced(r, "ms_flip") for r in runs])
+        pub_ss = _number(params.get("reference.miou_ss"))
+        pub_ms = _number(params.get("reference.miou_ms_flip"))
+        done = best.data.metrics.get("iterations_done")
+        planned = _number(params.get("schedule.max_iters"))
+        rows.append(ReportRow(
+            dataset=params.get("data.dataset", "?"),
+            recipe=params.get("name", best.info.run_name or "?"),
+            model=params.get("model.name", "?"),
+            recipe_hash=recipe_hash,
+            published_ss=pub_ss,
+            reproduced_ss=ss,
+            delta_ss=None if ss is None or pub_ss is None else round(ss - pub_ss, 2),
+            published_ms_flip=pub_ms,
+            reproduced_ms_flip=ms,
+            delta_ms_flip=None if ms is None or pub_ms is None else round(ms - pub_ms, 2),
+            iterations_done=None if done is None else int(done),
+            iterations_planned=None if planned is None else int(planned),
+            gpu_hours=round(sum(r.data.metrics.get("gpu_hours", 0.0) for r in runs), 3),
+            runs=len(runs),
+            mlflow_run_id=best.info.run_id,
+            link=run_link(uri, best.info.experiment_id, best.info.run_id),
+            source=_source(params),
+        ))
+    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe))
+
+
+def _source(params: dict[str, str]) -> str | None:
+    value = params.get("reference.source")
+    return None if value in (None, "None") else value
+
+
+def _cell(row: ReportRow, key: str) -> str:
+    value: Any = row.schedule if key == "schedule" else getattr(row, key)
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:+.2f}" if key.startswith("delta") else f"{value:.2f}"
+    return str(value)
+
+
+def render_markdown(rows: list[ReportRow]) -> str:
+    """One table per dataset, shaped like the published tables."""
+    out = []
+    for dataset in sorted({r.dataset for r in rows}):
+        out.append(f"## {dataset}\n")
+        keys = [k for k, _ in COLUMNS if k != "dataset"]
+        out.append("| " + " | ".join(t for k, t in COLUMNS if k != "dataset") + " |")
+        out.append("|" + "|".join("---" for _ in keys) + "|")
+        for row in (r for r in rows if r.dataset == dataset):
+            out.append("| " + " | ".join(_cell(row, k).replace("|", "\\|") for k in keys) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(rows: list[ReportRow]) -> str:
+    buffer = io.StringIO()
+    fields = list(asdict(rows[0]) if rows else [k for k, _ in COLUMNS])
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return buffer.getvalue()
+
+
+@user_errors
+def report(
+    output_format: Annotated[
+        str, typer.Option("--format", help="md (tables per dataset), csv or json.")
+    ] = "md",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset.")] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+    ] = None,
+) -> None:
+    """Published against best reproduced mIoU per recipe, grouped by dataset.
+
+    Single scale and multi-scale + flip, the difference, the schedule trained, GPU×hours and a
+    link to the best run, from the runs segctl logged to MLflow.
+    """
+    from segctl.paths import default_tracking_uri
+
+    if output_format not in ("md", "csv", "json"):
+        raise UserError(f"--format must be md, csv or json, got {output_format!r}")
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        rows = collect(uri, dataset)
+    except Exception as exc:
+        raise UserError(f"cannot read MLflow at {uri}: {type(exc).__name__}: {exc}") from None
+    if output_format == "json":
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+    elif output_format == "csv":
+        typer.echo(render_csv(rows), nl=False)
+    elif not rows:
+        typer.echo("no segctl runs found in " + uri)
+    else:
+        typer.echo(render_markdown(rows))

@@ -1,0 +1,85 @@
+"""``segctl report`` on runs logged through the Tracker to a real MLflow server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from segctl.cli import app
+from tests.servers import mlflow_server  # noqa: F401  (fixture)
+from tests.trainer_runs import small_recipe
+from trainer.tracking import Tracker, recipe_params, run_tags
+
+runner = CliRunner()
+
+
+def _log_run(tmp_path, uri: str, name: str, seed: int, dataset: str, miou: dict[str, float],
+             iterations: int, reference: dict | None) -> str:
+    sections = {"name": name, "train": {"seed": seed, "batch_size": 2}}
+    if dataset != "cityscapes":
+        sections["data"] = {"dataset": dataset, "crop_size": [64, 64], "train_scale": [128, 64]}
+        sections["eval"] = {"test_scale": [128, 64]}
+        sections["tracking"] = {"uri": uri, "experiment": dataset}
+    if reference:
+        sections["reference"] = reference
+    recipe = small_recipe(tmp_path / "data", uri, **sections)
+    run_dir = tmp_path / f"{name}-{seed}-{len(miou)}"
+    tracker = Tracker.for_recipe(run_dir, recipe)
+    tracker.set_tags(run_tags(recipe, executor="local", job_id="1"))
+    tracker.log_params(recipe_params(recipe))
+    tracker.log_metrics({"loss": 1.0}, step=iterations)
+    for key, value in miou.items():
+        tracker.log_metrics({key: value}, step=iterations)
+    tracker.close()
+    return tracker.run_id
+
+
+@pytest.fixture(scope="module")
+def logged(mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    uri = mlflow_server.url
+    ref = {"miou_ss": 76.2, "miou_ms_flip": 78.1, "source": "SegFormer Table 1"}
+    a1 = _log_run(tmp, uri, "segformer-b0-city", 0, "cityscapes", {"mIoU": 70.0}, 12, ref)
+    a2 = _log_run(tmp, uri, "segformer-b0-city", 0, "cityscapes",
+                  {"mIoU": 74.5, "eval/ms_flip/mIoU": 77.0}, 12, ref)
+    b = _log_run(tmp, uri, "segformer-b0-ade", 1, "ade20k", {"mIoU": 30.0}, 12,
+                 {"miou_ss": 37.4, "source": "SegFormer Table 1"})
+    return uri, a1, a2, b
+
+
+def test_report_json_groups_runs_by_recipe(logged):
+    uri, a1, a2, b = logged
+    result = runner.invoke(app, ["report", "--format", "json", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    rows = {r["recipe"]: r for r in json.loads(result.output)}
+    city = rows["segformer-b0-city"]
+    assert city["runs"] == 2 and city["mlflow_run_id"] == a2  # the better run
+    assert (city["published_ss"], city["reproduced_ss"], city["delta_ss"]) == (76.2, 74.5, -1.7)
+    assert (city["published_ms_flip"], city["reproduced_ms_flip"]) == (78.1, 77.0)
+    assert city["delta_ms_flip"] == -1.1
+    assert (city["iterations_done"], city["iterations_planned"]) == (12, 12)
+    assert city["gpu_hours"] >= 0 and city["link"] == f"{uri}/#/experiments/{_exp(city)}/runs/{a2}"
+    ade = rows["segformer-b0-ade"]
+    assert ade["dataset"] == "ade20k" and ade["published_ms_flip"] is None
+    assert ade["reproduced_ms_flip"] is None and ade["delta_ss"] == -7.4
+
+
+def _exp(row) -> str:
+    return row["link"].split("/experiments/")[1].split("/")[0]
+
+
+def test_report_markdown_and_csv(logged):
+    uri = logged[0]
+    md = runner.invoke(app, ["report", "--tracking-uri", uri])
+    assert md.exit_code == 0, md.output
+    assert md.output.index("## ade20k") < md.output.index("## cityscapes")
+    assert "| segformer-b0-city | segformer_mit_b0 | 76.20 | 74.50 | -1.70 | 78.10 | 77.00 | -1.10 | 12/12 |" in md.output
+    only = runner.invoke(app, ["report", "--dataset", "ade20k", "--format", "csv", "--tracking-uri", uri])
+    rows = list(csv.DictReader(io.StringIO(only.output)))
+    assert [r["recipe"] for r in rows] == ["segformer-b0-ade"]
+    bad = runner.invoke(app, ["report", "--format", "xml", "--tracking-uri", uri])
+    assert bad.exit_code == 2
