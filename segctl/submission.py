@@ -156,7 +156,10 @@ def plan_evaluation(
 
 
 def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
-    """Cheap checks before submitting: the dataset root and its splits exist in the layout.
+    """Cheap checks before submitting: the dataset root exists, each split lists in its
+    layout, and a few image/label pairs per split decode with matching sizes
+    (:func:`trainer.data.inspect.quick_check`), so a misconfigured root fails in seconds here
+    rather than minutes into a job.
 
     Remote (fsspec URL) roots are left to the job. Returns the problems found (empty if none).
     """
@@ -171,24 +174,20 @@ def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
                 "it (e.g. `segctl data synthesize DIR` for a small synthetic Cityscapes set)",
             )
         ]
-    from trainer.data import DatasetLayoutError, build_dataset  # imports torch: only here
+    from trainer.data.inspect import quick_check  # imports torch: only here
 
     from segctl.recipe import dataset_preset
 
     preset = dataset_preset(recipe)
-    issues = []
-    for split in dict.fromkeys((recipe.data.train_split, recipe.data.val_split)):
-        try:
-            build_dataset(
-                preset.layout,
-                root,
-                split,
-                reduce_zero_label=preset.reduce_zero_label,
-                ignore_index=preset.ignore_index,
-            )
-        except DatasetLayoutError as exc:
-            issues.append(loaded.issue("data.root", f"split {split!r}: {exc}"))
-    return issues
+    splits = list(dict.fromkeys((recipe.data.train_split, recipe.data.val_split)))
+    problems = quick_check(
+        preset.layout,
+        root,
+        splits,
+        reduce_zero_label=preset.reduce_zero_label,
+        ignore_index=preset.ignore_index,
+    )
+    return [loaded.issue("data.root", problem) for problem in problems]
 
 
 def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:

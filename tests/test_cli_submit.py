@@ -74,7 +74,7 @@ def test_dataset_without_the_split_exits_2(segctl_env, cityscapes_frame_root, tm
     recipe = write_recipe(segctl_env, empty)
     result = runner.invoke(app, ["submit", str(recipe)])
     assert result.exit_code == 2
-    assert "data.root: split 'train'" in result.output
+    assert ":5: data.root: train: CityscapesDataset: split folder for 'train' does not exist" in result.output
     assert not (segctl_env / "runs").exists()
 
 
@@ -138,3 +138,17 @@ def test_bad_recipe_submits_nothing(segctl_env, cityscapes_frame_root, edit, loc
     assert "Traceback" not in result.output
     assert not (segctl_env / "runs").exists()
     assert not (segctl_env / "home").exists() or Registry(segctl_home()).jobs() == []
+
+
+def test_corrupt_label_fails_before_submission(segctl_env, cityscapes_frame_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "corrupt"
+    shutil.copytree(cityscapes_frame_root, root)
+    (label,) = (root / "gtFine" / "val" / "frankfurt").glob("*_labelTrainIds.png")
+    label.write_bytes(b"\x89PNG not really")
+    recipe = write_recipe(segctl_env, root)
+    result = runner.invoke(app, ["submit", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert ":5: data.root: val:" in result.output and label.name in result.output
+    assert not (segctl_env / "runs").exists()
