@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = ".segctl-manifest.json"
 MANIFEST_VERSION = 1
 DEFAULT_WORKERS = 8
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024 * 1024  # bytes per ranged read (and per resume step)
 NODE_LOCAL = "node-local"
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _SAVE_EVERY_S = 1.0
@@ -277,7 +277,7 @@ def _unchanged(entry: Mapping[str, Any] | None, source: SourceFile, target: Path
 
 
 def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar,
-              stop: threading.Event) -> dict[str, Any]:
+              stop: threading.Event, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
     """Copy one file to ``target`` via its ``.part`` file; returns its manifest entry."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f"{target.name}.{source.tag8()}.part")
@@ -301,7 +301,7 @@ def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar,
         while offset < source.size:
             if stop.is_set():
                 raise StagingError("stopped")
-            end = min(offset + CHUNK_BYTES, source.size)
+            end = min(offset + chunk_bytes, source.size)
             block = fs.cat_file(source.path, start=offset, end=end)
             if not block:
                 raise StagingError(f"{source.rel}: source ended at byte {offset} of {source.size}")
@@ -338,6 +338,7 @@ def stage(
     stream: TextIO | None = None,
     on_bytes: Callable[[int], None] | None = None,
     fs=None,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> StageResult:
     """Copy the tree at ``src`` (any fsspec URL or path) into the local directory ``dest``.
 
@@ -350,6 +351,7 @@ def stage(
         progress: draw a progress line on ``stream`` (stderr).
         on_bytes: called with the running count of copied bytes.
         fs: an already opened filesystem for ``src`` (then ``src`` is its root path).
+        chunk_bytes: bytes per ranged read; an interrupted copy resumes at a multiple of it.
 
     Returns:
         A :class:`StageResult`.
@@ -407,7 +409,7 @@ def stage(
                 last_save[0] = time.monotonic()
 
     def task(source: SourceFile, target: Path) -> None:
-        done(source, _copy_one(fs, source, target, bar, stop))
+        done(source, _copy_one(fs, source, target, bar, stop, chunk_bytes))
 
     failures: list[str] = []
     # largest first: the long transfers start early and the small ones fill in around them

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from segctl.cli import app
 from segctl.staging import (
-    CHUNK_BYTES,
     MANIFEST_NAME,
     SourceFile,
     StagingError,
@@ -29,6 +28,7 @@ from tests.servers import aws_env, moto_server  # noqa: F401  (fixtures)
 
 BUCKET = "datasets"
 BIG = "leftImg8bit/big.bin"
+CHUNK_BYTES = 1024 * 1024  # small ranged reads, so that an interruption falls mid-file
 runner = CliRunner()
 
 
@@ -107,7 +107,7 @@ def test_server_killed_mid_stage_then_resumed(moto_server, tmp_path):
 
     with pytest.raises(StagingError, match="stage again to continue"):
         stage(src, dst, storage_options=options, workers=1, progress=False,
-              on_bytes=kill_after_first_chunk)
+              on_bytes=kill_after_first_chunk, chunk_bytes=CHUNK_BYTES)
     assert killed
     big_part = list(dst.glob("leftImg8bit/big.bin.*.part"))
     assert len(big_part) == 1 and big_part[0].stat().st_size == CHUNK_BYTES
@@ -117,7 +117,7 @@ def test_server_killed_mid_stage_then_resumed(moto_server, tmp_path):
     _upload(moto_server, files)
     moved: list[int] = []
     resumed = stage(src, dst, storage_options=options, workers=2, progress=False,
-                    on_bytes=moved.append)
+                    on_bytes=moved.append, chunk_bytes=CHUNK_BYTES)
     assert _local_tree(dst) == files  # byte-identical
     total = sum(len(b) for b in files.values())
     assert moved[-1] <= total - CHUNK_BYTES  # the first chunk of the big file was not read again
@@ -135,7 +135,8 @@ def test_corrupt_bytes_are_detected(moto_server, tmp_path):
     dst.mkdir()
     (dst / f"a.bin.{source.tag8()}.part").write_bytes(b"\0" * 1000)
     with pytest.raises(StagingError, match="checksum mismatch"):
-        stage(src, dst, storage_options=moto_server.storage_options(), progress=False)
+        stage(src, dst, storage_options=moto_server.storage_options(), progress=False,
+              chunk_bytes=CHUNK_BYTES)
     assert not (dst / "a.bin").exists() and not list(dst.glob("a.bin*.part"))
     assert (dst / "b.txt").read_bytes() == b"fine"  # the good file was kept
     stage(src, dst, storage_options=moto_server.storage_options(), progress=False)
