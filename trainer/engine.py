@@ -40,6 +40,7 @@ from trainer.models import build_segmentor
 from trainer.models.losses import segmentation_loss
 from trainer.models.weights import load_segmentor_weights
 from trainer.optim import build_optimizer, set_learning_rates
+from trainer.preemption import StopSignal
 from trainer.progress import Progress
 from trainer.tracking import Tracker, metrics_in_percent
 
@@ -412,6 +413,7 @@ def train(
     tracker: Tracker,
     progress: Progress,
     stop_after: int | None = None,
+    stop_signal: StopSignal | None = None,
 ) -> TrainResult:
     """Train (or continue training) the recipe's model in ``run_dir``.
 
@@ -425,6 +427,8 @@ def train(
         stop_after: stop once this many iterations (counted from 0, not from the resume point)
             are done, after writing a checkpoint, as preemption does; None trains to
             ``schedule.max_iters``.
+        stop_signal: asked after every iteration (all ranks agree); when set, the loop writes a
+            checkpoint and stops there (:mod:`trainer.preemption`). None: never stops early.
 
     Returns:
         A :class:`TrainResult`.
@@ -442,6 +446,7 @@ def train(
     order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed)
     start = resume(run_dir, model, optimizer, accelerator, order)
     stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
+    stop_signal = stop_signal or StopSignal()
 
     loader = build_train_loader(
         train_set, order, rank=rank, start=start, stop=stop,
@@ -451,27 +456,32 @@ def train(
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     window, last_loss, metrics, lr = 0, None, None, 0.0
-    iteration = start
-    for iteration, batch in enumerate(loader, start=start + 1):  # iteration = steps done after
+    iteration, interrupted = start, False
+    with stop_signal.blocked():  # loader workers start here; Slurm's signals are not theirs
+        batches = iter(loader)
+    for iteration, batch in enumerate(batches, start=start + 1):  # iteration = steps done after
         lr = set_learning_rates(optimizer, iteration - 1, sched)
         loss_sum += train_step(model, optimizer, batch, accelerator, recipe)
         window += 1
         if iteration == start + 1:
             progress.mark(iteration)  # loader start-up is not an iteration's cost
+        interrupted = stop_signal.should_stop(accelerator)  # preempted or near the time limit
 
         if iteration % sched.log_interval == 0 or iteration == stop:
             last_loss = float(accelerator.reduce(loss_sum / window, reduction="mean"))
             loss_sum.zero_()
             window = 0
             log_training(tracker, progress, iteration, sched.max_iters, last_loss, lr)
-        if iteration % sched.val_interval == 0 or iteration == sched.max_iters:
+        if not interrupted and (iteration % sched.val_interval == 0 or iteration == sched.max_iters):
             metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
                                      iteration, class_names)
-        if iteration % sched.checkpoint_interval == 0 or iteration == stop:
+        if iteration % sched.checkpoint_interval == 0 or iteration == stop or interrupted:
             save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order)
-    del loader
+        if interrupted:
+            break
+    del batches, loader
 
-    finished = iteration >= sched.max_iters
+    finished = iteration >= sched.max_iters and not interrupted
     if finished:
         if metrics is None:  # resumed after the last checkpoint, before the final evaluation
             metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,

@@ -40,6 +40,7 @@ from trainer.engine import (
 from trainer.metrics import format_metrics_table
 from trainer.models.weights import load_segmentor_weights
 from trainer.atomic import atomic_write, atomic_write_json
+from trainer.preemption import StopSignal
 from trainer.progress import Progress
 from trainer.tracking import (
     Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
@@ -82,13 +83,20 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         ``metrics`` is the last evaluation as ``{"aAcc", "mIoU", "mAcc", "IoU.<class>",
         "Acc.<class>"}`` in percent (None if none ran), ``loss`` the last logged training loss.
 
+    Inside a submitit job the preemption signal stops training after the current iteration
+    with a checkpoint, then submitit requeues the job (:mod:`trainer.preemption`): rank 0 does
+    not return (``SystemExit``), other ranks return the unfinished result.
+
     Raises:
-        Whatever building or training raises; ``progress.json`` then says ``"failed"`` and the
-        MLflow run is marked FAILED.
+        Whatever building or training raises; ``progress.json`` then says ``"failed"`` with a
+        ``reason`` and the MLflow run is marked FAILED. When submitit refuses to requeue (more
+        time-outs than ``cluster.max_requeues``) its ``UncompletedJobError``, with the reason
+        ``"requeue limit (N) reached after time limit"``.
     """
     _ensure_logging()
     run_dir = Path(run_dir)
     recipe = read_recipe(run_dir)
+    stop_signal = StopSignal.install()  # submitit's requeue handler runs later, at a safe point
     export_submitit_env()
     accelerator = build_accelerator(recipe.train.precision)
     main = accelerator.is_main_process
@@ -103,17 +111,36 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         recipe = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
         result = train(
             recipe, run_dir, accelerator=accelerator, tracker=tracker, progress=progress,
-            stop_after=stop_after,
+            stop_after=stop_after, stop_signal=stop_signal,
         )
         status = "FINISHED" if result.finished else "KILLED"
-        return result.to_dict()
-    except BaseException:
-        progress.update(phase="failed")
+    except BaseException as exc:
+        stop_signal.uninstall()
+        progress.update(phase="failed", reason=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         mirror_job_checkpoints(recipe, run_dir, enabled=main)
         tracker.close(status)
         teardown(accelerator, wait=status != "FAILED")
+    if stop_signal.stopped:
+        _requeue(stop_signal, progress, tracker, recipe.cluster.max_requeues)
+    stop_signal.uninstall()
+    return result.to_dict()
+
+
+def _requeue(stop_signal: StopSignal, progress: Progress, tracker: Tracker,
+             max_requeues: int) -> None:
+    """Hand the stopped job to submitit to requeue; record why when it will not."""
+    from submitit.core.utils import UncompletedJobError
+
+    try:
+        stop_signal.hand_over()  # rank 0: scontrol requeue, then SystemExit
+    except UncompletedJobError as exc:
+        reason = StopSignal.failure_reason(exc, max_requeues)
+        log.error("job not requeued: %s", reason)
+        progress.update(phase="failed", reason=reason)
+        tracker.close("FAILED")
+        raise
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> str:

@@ -9,7 +9,9 @@
 - ``miou``: the latest evaluation mIoU in percent (None before the first);
 - ``seconds_per_iter``: moving average of wall seconds per iteration;
 - ``eta_seconds``: ``seconds_per_iter * (max_iters - iteration)`` (None until measured);
-- ``updated_at``: unix seconds of the write.
+- ``updated_at``: unix seconds of the write;
+- ``reason``: present only with ``phase: "failed"``: why, e.g.
+  ``"requeue limit (3) reached after time limit"`` or ``"RuntimeError: <message>"``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Progress:
         Raises:
             ValueError: unknown field or phase.
         """
-        unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou"}
+        unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou", "reason"}
         if unknown:
             raise ValueError(f"unknown progress fields {sorted(unknown)}")
         phase = fields.get("phase")
@@ -92,6 +94,8 @@ class Progress:
         for key in ("loss", "lr", "miou"):
             if key in fields:
                 fields[key] = _finite(fields[key])
+        if phase is not None and phase != "failed":
+            self.state.pop("reason", None)
         self.state.update(fields)
         if phase is not None and phase != "training":
             self._mark = None
