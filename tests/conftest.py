@@ -52,3 +52,55 @@ def cityscapes_frame_root(real_data, tmp_path_factory) -> Path:
             for f in src_dir.iterdir():
                 shutil.copy(f, dst_dir / f.name)
     return root
+
+
+# --- the development Slurm cluster (slurm/dev-cluster.sh), shared by every Slurm test module ---
+
+SLURM_DEV_CLUSTER = REPO_ROOT / "slurm" / "dev-cluster.sh"
+_EXIT_NO_APT = 4  # dev-cluster.sh: packages missing and apt-get unavailable
+_SLURM_UP_TIMEOUT_S = 900  # seconds; includes a first-time apt-get install
+
+
+def _dev_cluster(*args: str, timeout: float):
+    import subprocess
+
+    return subprocess.run(
+        ["bash", str(SLURM_DEV_CLUSTER), *args], capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running dev cluster for the session; yields the path of its slurm.conf.
+
+    ``SLURM_CONF`` is set to it in ``os.environ`` for the session (the previous value is put
+    back afterwards; monkeypatch is function-scoped). A cluster that was already up before the
+    session is left running; one started here is taken down at the end. Skips where the Slurm
+    packages are missing and apt-get is not there to install them.
+    """
+    import os
+    import re
+
+    was_up = _dev_cluster("status", timeout=60).returncode == 0
+    up = _dev_cluster("up", timeout=_SLURM_UP_TIMEOUT_S)
+    if up.returncode == _EXIT_NO_APT:
+        pytest.skip(f"Slurm packages missing and apt-get unavailable: {up.stderr.strip()}")
+    if up.returncode != 0:
+        pytest.fail(f"dev-cluster.sh up failed (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
+    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.MULTILINE)
+    assert match, f"no export SLURM_CONF line in the output of up:\n{up.stdout}"
+    slurm_conf = Path(match.group(1))
+    assert slurm_conf.is_file()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(slurm_conf)
+    try:
+        yield slurm_conf
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        if not was_up:
+            down = _dev_cluster("down", timeout=120)
+            assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"

@@ -1,8 +1,9 @@
 """The development Slurm cluster of ``slurm/dev-cluster.sh``: real daemons, real jobs.
 
-The session fixture brings the cluster up (installing the Debian packages where they are
-missing) and takes it down at the end. The module is skipped only where the packages are
-missing and apt-get is not there to install them (the script's exit status 4).
+The session fixture ``slurm_cluster`` (``tests/conftest.py``, shared with the other Slurm test
+modules) brings the cluster up (installing the Debian packages where they are missing) and
+takes it down at the end. The module is skipped only where the packages are missing and
+apt-get is not there to install them (the script's exit status 4).
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "slurm" / "dev-cluster.sh"
-EXIT_NO_APT = 4  # dev-cluster.sh: packages missing and apt-get unavailable
-UP_TIMEOUT_S = 900  # includes a first-time apt-get install
 
 
 def _run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _cluster_is_up() -> bool:
-    return _run("bash", str(SCRIPT), "status", check=False).returncode == 0
 
 
 def _wait(probe, accept, timeout: float, what: str, interval: float = 0.5):
@@ -40,32 +35,6 @@ def _wait(probe, accept, timeout: float, what: str, interval: float = 0.5):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {value!r}")
         time.sleep(interval)
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running dev cluster; yields the path of its slurm.conf with ``SLURM_CONF`` set to it.
-
-    A cluster that was already up before the session is left running afterwards.
-    """
-    was_up = _cluster_is_up()
-    up = _run("bash", str(SCRIPT), "up", timeout=UP_TIMEOUT_S, check=False)
-    if up.returncode == EXIT_NO_APT:
-        pytest.skip(f"Slurm packages missing and apt-get unavailable: {up.stderr.strip()}")
-    if up.returncode != 0:
-        pytest.fail(f"dev-cluster.sh up failed (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
-    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.MULTILINE)
-    assert match, f"no export SLURM_CONF line in the output of up:\n{up.stdout}"
-    slurm_conf = Path(match.group(1))
-    assert slurm_conf.is_file()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SLURM_CONF", str(slurm_conf))
-            yield slurm_conf
-    finally:
-        if not was_up:
-            down = _run("bash", str(SCRIPT), "down", timeout=120, check=False)
-            assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"
 
 
 def _node_states() -> dict[str, str]:
