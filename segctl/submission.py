@@ -201,6 +201,7 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
 
     _check_run_dir(plan)
     _refuse_if_active(plan, registry)
+    _ensure_tracking_store(plan)
     if plan.kind == "train":
         create_run_dir(plan.run_dir, plan.recipe)
     _register_run(plan, registry)
@@ -233,6 +234,7 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
     for plan in plans:
         _check_run_dir(plan)
         _refuse_if_active(plan, registry)
+    _ensure_tracking_store(plans[0])
     for plan in plans:
         create_run_dir(plan.run_dir, plan.recipe)
         _register_run(plan, registry, sweep)
@@ -254,6 +256,15 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         registry.submitted(row, str(handle.job_id))
         submitted.append(SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle))
     return submitted
+
+
+def _ensure_tracking_store(plan: SubmitPlan) -> None:
+    """Create a missing embedded MLflow store once, here, before jobs race to create it."""
+    uri = plan.recipe.tracking.uri or ""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        from trainer.tracking import ensure_store  # imports mlflow: only when a store is new
+
+        ensure_store(uri)
 
 
 def _check_run_dir(plan: SubmitPlan) -> None:

@@ -134,3 +134,20 @@ def test_training_proceeds_with_tracking_down(real_data, tmp_path, unreachable):
     assert result["finished"] and result["metrics"] is not None
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert not (run_dir / RUN_ID_FILE).exists()
+
+
+def test_ensure_store_creates_a_missing_sqlite_store_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from trainer.tracking import ensure_store
+
+    db = tmp_path / "fresh.db"
+    uri = f"sqlite:///{db}"
+    ensure_store(uri)
+    assert db.is_file()
+    names = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()]
+    assert "Default" in names
+    modified = db.stat().st_mtime_ns
+    ensure_store(uri)  # existing store: untouched
+    assert db.stat().st_mtime_ns == modified
+    ensure_store("http://127.0.0.1:9")  # other URIs: nothing happens, nothing is contacted

@@ -77,6 +77,25 @@ def tracking_uri(recipe: Recipe) -> str:
     return recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def ensure_store(uri: str) -> None:
+    """Create an embedded SQLite tracking store (schema and default experiment) if its file
+    does not exist yet.
+
+    Jobs that start together (a sweep, the tasks of one job) would otherwise race to create
+    the schema, and all but one fail ("table ... already exists"). The control plane calls
+    this once before submitting. Other URIs are left alone.
+
+    Raises:
+        Whatever MLflow raises when the store cannot be created (a bad path, for instance).
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or Path(uri[len(prefix):]).exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def sanitize_name(name: str) -> str:
     """A metric or param name MLflow accepts: other characters become ``_``, no empty parts.
 
