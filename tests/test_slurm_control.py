@@ -78,3 +78,33 @@ def test_unsafe_runs_directory_runs_nothing_unintended(slurm_cluster, segctl_env
     monkeypatch.setenv("SEGCTL_RUNS_DIR", str(segctl_env / "runs\ntouch x"))
     refused = runner.invoke(app, ["submit", str(recipe), *ON_DEV])
     assert refused.exit_code == 2 and "without newlines" in refused.output
+
+
+def test_cancel_on_slurm_and_status_without_mlflow(slurm_cluster, segctl_env, cityscapes_frame_root, monkeypatch):
+    import time
+
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    submitted = runner.invoke(app, ["submit", str(recipe), *ON_DEV, "--set", "schedule.max_iters=100000"])
+    assert submitted.exit_code == 0, submitted.output
+    (run,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
+    assert run["executor"] == "slurm" and run["state"] in ("SUBMITTED", "PENDING", "RUNNING")
+    # status never contacts MLflow: an unreachable tracking server changes nothing
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.perf_counter()
+    table = runner.invoke(app, ["status"])
+    assert table.exit_code == 0 and run["run_id"] in table.output
+    assert time.perf_counter() - started < 10
+    cancelled = runner.invoke(app, ["cancel", run["run_id"]])
+    assert cancelled.exit_code == 0 and "cancelled train job" in cancelled.output
+    deadline = time.time() + 60
+    state = None
+    while time.time() < deadline:
+        (row,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
+        state = row["state"]
+        from segctl.executors import slurm_statuses
+
+        if slurm_statuses([row["job_id"]])[row["job_id"]].state == "CANCELLED":
+            break
+        time.sleep(1)
+    assert state == "CANCELLED"
+    assert slurm_statuses([row["job_id"]])[row["job_id"]].state == "CANCELLED"

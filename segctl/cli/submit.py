@@ -91,8 +91,13 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
     if dry_run:
         typer.echo(json.dumps({"sweep": sweep, "runs": [p.to_dict() for p in plans]}, indent=2))
         return
+    checked = set()
     for loaded, plan in zip(loaded_members, plans):
-        issues.extend(preflight(loaded, plan.recipe))
+        data = plan.recipe.data
+        key = (data.dataset, data.root, data.train_split, data.val_split)
+        if key not in checked:  # members usually share their dataset: check it once
+            checked.add(key)
+            issues.extend(preflight(loaded, plan.recipe))
     if issues:
         raise RecipeError(issues)
     submitted = apply_sweep(plans, registry(), sweep)
