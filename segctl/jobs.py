@@ -31,11 +31,14 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class EvalJob(submitit.helpers.Checkpointable):
-    """Evaluate a run's checkpoint; writes ``eval/<label>.{json,txt}`` and returns the metrics."""
+    """Evaluate a run's checkpoint; writes ``eval/<label>.{json,txt}`` and returns the metrics
+    (``output_format="cityscapes-submission"``: ``eval/<label>-cityscapes-submission.zip``)."""
 
     def __call__(
-        self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str
+        self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str,
+        output_format: str = "metrics",
     ) -> dict:
         from trainer.entry import run_evaluation
 
-        return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label)
+        return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
+                              output_format=output_format)

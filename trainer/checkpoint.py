@@ -5,7 +5,9 @@ Layout (``RUN_DIR/checkpoints/``):
 - ``iter_{N:07d}.pt``: everything needed to continue after iteration N (see
   :func:`training_state`); the :data:`KEEP_LAST` newest are kept.
 - ``final.pt``: the trained model's state dict only (mmsegmentation parameter names), loadable
-  with ``strict=True`` by :func:`trainer.models.weights.load_segmentor_weights`.
+  with ``strict=True`` by :func:`trainer.models.weights.load_segmentor_weights`: the weights
+  that are evaluated, i.e. the EMA weights when ``train.ema_decay`` is set.
+- ``final_raw.pt``: with EMA only, the raw (non-averaged) weights at the end of training.
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed
 with ``os.replace`` (:mod:`trainer.atomic`), so a reader never sees a partial file under a
@@ -29,6 +31,7 @@ from trainer.atomic import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_NAME = "final.pt"
+FINAL_RAW_NAME = "final_raw.pt"
 KEEP_LAST = 2
 _ITER_RE = re.compile(r"^iter_(\d{7,})\.pt$")
 
@@ -145,6 +148,7 @@ def training_state(
     iteration: int,
     rng_states: list[dict[str, Any]],
     data_state: Mapping[str, int],
+    ema_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dict stored in ``iter_*.pt``.
 
@@ -156,8 +160,9 @@ def training_state(
         rng_states: one :func:`capture_rng_state` per rank, indexed by rank.
         data_state: what fixes the data order (seed, batch size, world size); the order is a
             pure function of those and the iteration.
+        ema_state: ``trainer.ema.ModelEMA.state_dict()`` when EMA is on (stored as ``"ema"``).
     """
-    return {
+    state = {
         "format": 1,
         "iteration": int(iteration),
         "model": dict(model_state),
@@ -166,6 +171,9 @@ def training_state(
         "rng": list(rng_states),
         "data": dict(data_state),
     }
+    if ema_state is not None:
+        state["ema"] = dict(ema_state)
+    return state
 
 
 def save_training_state(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
@@ -180,9 +188,14 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def save_final_weights(run_dir: str | Path, model_state: Mapping[str, torch.Tensor]) -> Path:
-    """Write the model state dict alone to ``final.pt`` atomically."""
-    return atomic_save({k: v.detach().cpu() for k, v in model_state.items()}, final_path(run_dir))
+def save_final_weights(
+    run_dir: str | Path, model_state: Mapping[str, torch.Tensor], name: str = FINAL_NAME
+) -> Path:
+    """Write a model state dict alone to ``checkpoints/<name>`` (default ``final.pt``)
+    atomically."""
+    return atomic_save(
+        {k: v.detach().cpu() for k, v in model_state.items()}, checkpoint_dir(run_dir) / name
+    )
 
 
 def load_model_weights(path_or_url: str | os.PathLike) -> dict[str, Any]:

@@ -205,9 +205,11 @@ def autocast_dtype(accelerator) -> torch.dtype | None:
     return torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
 
 
-def convert_sync_batchnorm(model: nn.Module, accelerator) -> nn.Module:
-    """Replace BatchNorm by SyncBatchNorm on CUDA with more than one process; else unchanged."""
-    if accelerator.device.type == "cuda" and accelerator.num_processes > 1:
+def convert_sync_batchnorm(model: nn.Module, accelerator, enabled: bool = True) -> nn.Module:
+    """Replace BatchNorm by SyncBatchNorm when ``enabled`` (the recipe's ``train.sync_bn``), on
+    CUDA with more than one process; otherwise return ``model`` unchanged (plain BatchNorm:
+    per-process statistics, and always on the CPU, where gloo has no SyncBatchNorm kernels)."""
+    if enabled and accelerator.device.type == "cuda" and accelerator.num_processes > 1:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 

@@ -16,6 +16,7 @@ being passed through ``accelerator.prepare``, which would re-shard it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -34,12 +35,14 @@ from trainer import checkpoint as ckpt
 from trainer.data.layouts import build_dataset
 from trainer.data.transforms import Compose, eval_pipeline, seed_worker, train_pipeline
 from trainer.distributed import autocast_dtype, convert_sync_batchnorm
+from trainer.ema import ModelEMA
 from trainer.evaluate import InferenceSettings, evaluate_dataset
 from trainer.metrics import SegMetrics, format_metrics_table
-from trainer.models import build_segmentor
+from trainer.models import MODEL_BUILDERS, build_segmentor
+from trainer.models.converters.pretrained import load_pretrained
 from trainer.models.losses import segmentation_loss
-from trainer.models.weights import load_segmentor_weights
-from trainer.optim import build_optimizer, set_learning_rates
+from trainer.models.mcibi import MCIBISegmentor, memory_classification_loss
+from trainer.optim import build_optimizer, iterations_for_epochs, set_learning_rates
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
 from trainer.tracking import Tracker, metrics_in_percent
@@ -199,21 +202,83 @@ def build_train_loader(
 # --- model ---------------------------------------------------------------------------------------
 
 
+# sssegmentation names COCO-Stuff-10k "cocostuff10k" in MCIBI_REFERENCE_OPTIONS
+_MCIBI_DATASET_KEYS = {"coco_stuff10k": "cocostuff10k"}
+
+
+def builder_options(recipe: Recipe) -> dict[str, Any]:
+    """Keyword options for the recipe's model builder.
+
+    In order (later wins): MCIBI's per-row reference options
+    (``trainer.models.deeplab_zoo.MCIBI_REFERENCE_OPTIONS`` for the backbone and dataset, when
+    listed), ``model.drop_path_rate``, then ``model.options``.
+
+    Raises:
+        ValueError: an option the builder does not take; the message names the option, the
+            model and the options it does take.
+    """
+    from trainer.models.deeplab_zoo import MCIBI_REFERENCE_OPTIONS
+
+    name = recipe.model.name
+    options: dict[str, Any] = {}
+    if name.startswith("deeplabv3_mcibi_"):
+        backbone = name[len("deeplabv3_mcibi_"):]
+        dataset = _MCIBI_DATASET_KEYS.get(recipe.data.dataset, recipe.data.dataset)
+        options.update(MCIBI_REFERENCE_OPTIONS.get((backbone, dataset), {}))
+    if recipe.model.drop_path_rate is not None:
+        options["drop_path_rate"] = recipe.model.drop_path_rate
+    options.update(recipe.model.options)
+    builder = MODEL_BUILDERS.get(name)
+    if builder is not None and recipe.model.options:
+        params = inspect.signature(builder).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            accepted = sorted(k for k, p in params.items()
+                              if p.kind is inspect.Parameter.KEYWORD_ONLY
+                              or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                                  and k != "num_classes"))
+            unknown = sorted(set(recipe.model.options) - set(accepted))
+            if unknown:
+                raise ValueError(
+                    f"model.options {unknown} are not options of model {name!r}; "
+                    f"its options: {', '.join(accepted)}"
+                )
+    return options
+
+
+def auxiliary_keys(model: nn.Module) -> list[str]:
+    """Output keys of the segmentor's auxiliary heads (``"aux"`` or ``"aux0"``, ``"aux1"``, ...),
+    as :class:`~trainer.models.segmentor.EncoderDecoder` names them; [] without one."""
+    aux = getattr(model, "auxiliary_head", None)
+    if aux is None:
+        return []
+    if isinstance(aux, nn.ModuleList):
+        return [f"aux{k}" for k in range(len(aux))]
+    return ["aux"]
+
+
 def build_model(recipe: Recipe, *, load_init: bool = True) -> nn.Module:
     """The recipe's segmentor; with ``load_init``, filled from ``model.init_checkpoint``.
 
-    An init checkpoint holding a full segmentor (``backbone.*``, ``decode_head.*``) loads with
-    ``strict=True``; otherwise it is loaded into the backbone alone, non-strictly (ImageNet
-    checkpoints carry a classifier the segmentor lacks).
+    The builder receives :func:`builder_options`. ``model.aux_loss_weight`` replaces the
+    model's ``loss_weights`` for every auxiliary output (:func:`auxiliary_keys`; MCIBI's
+    ``stage1`` is part of its decode head and keeps its weight). The init checkpoint goes
+    through :func:`trainer.models.converters.pretrained.load_pretrained`: a full segmentor
+    loads with ``strict=True``, a backbone (e.g. ImageNet) checkpoint into the backbone alone.
 
     Raises:
-        ValueError: the checkpoint fits neither the model nor its backbone.
+        ValueError: an unknown option; ``aux_loss_weight`` for a model without an auxiliary
+            head; a checkpoint that fits neither the model nor its backbone.
     """
     num_classes = dataset_preset(recipe).num_classes
-    kwargs: dict[str, Any] = {}
-    if recipe.model.drop_path_rate is not None:
-        kwargs["drop_path_rate"] = recipe.model.drop_path_rate
-    model = build_segmentor(recipe.model.name, num_classes, **kwargs)
+    model = build_segmentor(recipe.model.name, num_classes, **builder_options(recipe))
+    if recipe.model.aux_loss_weight is not None:
+        keys = auxiliary_keys(model)
+        if not keys:
+            raise ValueError(
+                f"model.aux_loss_weight is set but model {recipe.model.name!r} has no "
+                "auxiliary head"
+            )
+        model.loss_weights.update({k: float(recipe.model.aux_loss_weight) for k in keys})
     if load_init and recipe.model.init_checkpoint:
         load_init_weights(model, recipe.model.init_checkpoint)
     return model
@@ -221,21 +286,25 @@ def build_model(recipe: Recipe, *, load_init: bool = True) -> nn.Module:
 
 def load_init_weights(model: nn.Module, path_or_url: str) -> str:
     """Load pretrained weights (see :func:`build_model`); returns ``"model"`` or ``"backbone"``."""
-    state = ckpt.load_model_weights(path_or_url)
-    try:
-        load_segmentor_weights(model, state, strict=True)
-        return "model"
-    except ValueError as full_error:
-        missing, unexpected = load_segmentor_weights(model.backbone, state, strict=False)
-        if len(missing) == len(model.backbone.state_dict()):
-            raise ValueError(
-                f"{path_or_url} fits neither the model nor its backbone: {full_error}"
-            ) from None
-        log.info(
-            "loaded %s into the backbone (%d keys missing, %d unexpected)",
-            path_or_url, len(missing), len(unexpected),
-        )
-        return "backbone"
+    report = load_pretrained(model, path_or_url)
+    log.info("%s", report.summary())
+    return report.target
+
+
+def resolve_schedule(recipe: Recipe, dataset_size: int, world_size: int) -> Recipe:
+    """The recipe with ``schedule.max_iters`` filled from ``schedule.max_epochs``.
+
+    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size))``
+    (:func:`trainer.optim.iterations_for_epochs`); ``max_epochs`` stays as the record of where
+    it came from. A recipe with ``max_iters`` is returned unchanged. The copy is not
+    re-validated (the schema wants exactly one of the two); use it in this process only.
+    """
+    sched = recipe.schedule
+    if sched.max_iters is not None or sched.max_epochs is None:
+        return recipe
+    iters = iterations_for_epochs(sched.max_epochs, dataset_size, recipe.train.batch_size,
+                                  world_size)
+    return recipe.model_copy(update={"schedule": sched.model_copy(update={"max_iters": iters})})
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -306,22 +375,53 @@ def reference_for(recipe: Recipe, ms_flip: bool) -> dict[str, Any] | None:
 # --- one step, checkpoints ------------------------------------------------------------------------
 
 
-def train_step(model, optimizer, batch, accelerator, recipe: Recipe) -> torch.Tensor:
+def train_step(
+    model, optimizer, batch, accelerator, recipe: Recipe, *,
+    lr: float | None = None, epoch: int | None = None,
+) -> torch.Tensor:
     """Forward, loss, backward, optional clipping, optimizer step. Returns the detached loss.
 
     The loss is mmseg's: cross-entropy on the decode head plus each auxiliary head at the
     weight the model declares in ``loss_weights`` (e.g. 0.4 for the auxiliary FCN head),
     averaged over all pixels (``avg_non_ignore=False``, the mmseg default the published configs
-    ran with).
+    ran with). With ``train.loss: ohem`` the decode head's term is OHEM cross-entropy
+    (``train.ohem_thresh``, ``train.ohem_min_kept``; :func:`~trainer.models.losses.ohem_cross_entropy`).
+
+    An :class:`~trainer.models.mcibi.MCIBISegmentor` follows the training contract of
+    :mod:`trainer.models.mcibi`: the (wrapped) model is called with the labels, ``lr`` and
+    ``epoch`` (its memory update all-reduces, so every rank calls it every step), the
+    cross-entropy averages over non-ignored pixels, and the memory classification loss (from
+    epoch 2 where the model emits it) is added at ``memory_loss_weight``.
+
+    Args:
+        lr: the schedule's current base learning rate (before group multipliers); required
+            for MCIBI models.
+        epoch: the 1-based epoch of this step; used by MCIBI models.
     """
     images = batch["image"].to(accelerator.device, non_blocking=True)
     labels = batch["label"].to(accelerator.device, non_blocking=True)
+    net = accelerator.unwrap_model(model)
+    train_cfg = recipe.train
+    ohem = (train_cfg.ohem_thresh, train_cfg.ohem_min_kept) if train_cfg.loss == "ohem" else None
+    ignore_index = dataset_preset(recipe).ignore_index
     with accelerator.autocast():
-        outputs = model(images)
-        loss, _ = segmentation_loss(
-            outputs, labels, ignore_index=dataset_preset(recipe).ignore_index,
-            weights=accelerator.unwrap_model(model).loss_weights, avg_non_ignore=False,
-        )
+        if isinstance(net, MCIBISegmentor):
+            outputs = model(images, labels, lr=lr, epoch=epoch)
+            memory_logits = outputs.pop("memory", None)
+            loss, _ = segmentation_loss(
+                outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
+                avg_non_ignore=True, ohem=ohem,
+            )
+            if memory_logits is not None:
+                loss = loss + net.memory_loss_weight * memory_classification_loss(
+                    memory_logits, net.decode_head.memory_module.num_feats_per_cls
+                )
+        else:
+            outputs = model(images)
+            loss, _ = segmentation_loss(
+                outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
+                avg_non_ignore=False, ohem=ohem,
+            )
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     if recipe.optim.grad_clip is not None:
@@ -330,8 +430,10 @@ def train_step(model, optimizer, batch, accelerator, recipe: Recipe) -> torch.Te
     return loss.detach()
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int, order: DataOrder) -> None:
-    """Gather every rank's RNG state; rank 0 writes ``iter_{iteration:07d}.pt`` and prunes."""
+def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int, order: DataOrder,
+                    ema: ModelEMA | None = None) -> None:
+    """Gather every rank's RNG state; rank 0 writes ``iter_{iteration:07d}.pt`` (with the EMA
+    state when ``ema`` is given) and prunes."""
     from accelerate.utils import gather_object
 
     rng = [ckpt.capture_rng_state()]
@@ -344,13 +446,19 @@ def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int
             iteration=iteration,
             rng_states=rng,
             data_state=order.state(),
+            ema_state=ema.state_dict() if ema is not None else None,
         )
         ckpt.save_training_state(run_dir, state)
     accelerator.wait_for_everyone()
 
 
-def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder) -> int:
-    """Restore the latest checkpoint (model, optimizer, RNG) and return its iteration (0 if none).
+def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder,
+           ema: ModelEMA | None = None) -> int:
+    """Restore the latest checkpoint (model, optimizer, RNG, EMA) and return its iteration
+    (0 if none).
+
+    With ``ema`` and a checkpoint written without EMA, the average restarts from the restored
+    weights (logged).
 
     The learning rates need no state: the schedule is a function of the iteration. A change of
     world size keeps the weights and optimizer but cannot replay the per-rank RNG streams; it
@@ -362,6 +470,12 @@ def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder) -> in
     state = ckpt.load_training_state(path)
     accelerator.unwrap_model(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        if "ema" in state:
+            ema.load_state_dict(state["ema"])
+        else:
+            log.warning("%s has no EMA state: the average restarts from its weights", path.name)
+            ema.module.load_state_dict(state["model"])
     rank = accelerator.process_index
     rngs = state["rng"]
     if state["data"] != order.state() or len(rngs) != accelerator.num_processes:
@@ -434,17 +548,23 @@ def train(
         A :class:`TrainResult`.
     """
     run_dir = Path(run_dir)
-    sched = recipe.schedule
     class_names = list(dataset_preset(recipe).classes)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(recipe.train.seed + rank, recipe.train.deterministic)
 
-    model = convert_sync_batchnorm(build_model(recipe), accelerator)
+    model = convert_sync_batchnorm(build_model(recipe), accelerator, recipe.train.sync_bn)
     optimizer = build_optimizer(model, recipe.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     train_set, val_set = build_train_dataset(recipe), build_val_dataset(recipe)
+    recipe = resolve_schedule(recipe, len(train_set), world)  # no-op after run_training's
+    sched = recipe.schedule
+    ema = None
+    if recipe.train.ema_decay is not None:
+        ema = ModelEMA(accelerator.unwrap_model(model), recipe.train.ema_decay)
+    eval_model = ema.module if ema is not None else model
     order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed)
-    start = resume(run_dir, model, optimizer, accelerator, order)
+    images_per_step = recipe.train.batch_size * world
+    start = resume(run_dir, model, optimizer, accelerator, order, ema)
     stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
     stop_signal = stop_signal or StopSignal()
 
@@ -461,7 +581,10 @@ def train(
         batches = iter(loader)
     for iteration, batch in enumerate(batches, start=start + 1):  # iteration = steps done after
         lr = set_learning_rates(optimizer, iteration - 1, sched)
-        loss_sum += train_step(model, optimizer, batch, accelerator, recipe)
+        epoch = 1 + (iteration - 1) * images_per_step // len(train_set)
+        loss_sum += train_step(model, optimizer, batch, accelerator, recipe, lr=lr, epoch=epoch)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
         window += 1
         if iteration == start + 1:
             progress.mark(iteration)  # loader start-up is not an iteration's cost
@@ -473,10 +596,10 @@ def train(
             window = 0
             log_training(tracker, progress, iteration, sched.max_iters, last_loss, lr)
         if not interrupted and (iteration % sched.val_interval == 0 or iteration == sched.max_iters):
-            metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
+            metrics = run_validation(eval_model, val_set, recipe, accelerator, tracker, progress,
                                      iteration, class_names)
         if iteration % sched.checkpoint_interval == 0 or iteration == stop or interrupted:
-            save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order)
+            save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order, ema)
         if interrupted:
             break
     del batches, loader
@@ -484,10 +607,15 @@ def train(
     finished = iteration >= sched.max_iters and not interrupted
     if finished:
         if metrics is None:  # resumed after the last checkpoint, before the final evaluation
-            metrics = run_validation(model, val_set, recipe, accelerator, tracker, progress,
+            metrics = run_validation(eval_model, val_set, recipe, accelerator, tracker, progress,
                                      iteration, class_names)
         if accelerator.is_main_process:
-            ckpt.save_final_weights(run_dir, accelerator.unwrap_model(model).state_dict())
+            raw = accelerator.unwrap_model(model).state_dict()
+            if ema is not None:
+                ckpt.save_final_weights(run_dir, ema.weights())
+                ckpt.save_final_weights(run_dir, raw, ckpt.FINAL_RAW_NAME)
+            else:
+                ckpt.save_final_weights(run_dir, raw)
         accelerator.wait_for_everyone()
         progress.update(phase="done", iteration=iteration)
     return TrainResult(

@@ -8,7 +8,14 @@ Run directory files:
 - read: ``recipe.json``; ``checkpoints/iter_*.pt`` (resume); ``checkpoints/final.pt``
   (evaluation); ``mlflow_run_id`` (continue the MLflow run).
 - written: ``progress.json`` (rank 0, atomically), ``checkpoints/iter_{N:07d}.pt`` (last 2
-  kept), ``checkpoints/final.pt``, ``mlflow_run_id``, ``eval/<name>.json``, ``eval/<name>.txt``.
+  kept), ``checkpoints/final.pt`` (with EMA: the averaged weights, and ``final_raw.pt``),
+  ``mlflow_run_id``, ``eval/<name>.json``, ``eval/<name>.txt``,
+  ``eval/<name>-cityscapes-submission.zip`` (``output_format="cityscapes-submission"``).
+
+An epoch-based schedule (``schedule.max_epochs``) is turned into iterations once, at the start
+of :func:`run_training` (:func:`trainer.engine.resolve_schedule`, from the staged training
+split's size and the world size); that resolved recipe is the one the job uses everywhere, and
+``max_iters`` (with ``max_epochs``) is recorded in ``progress.json`` and the MLflow params.
 """
 
 from __future__ import annotations
@@ -31,14 +38,18 @@ from trainer.distributed import (
 )
 from trainer.engine import (
     build_model,
+    build_train_dataset,
     build_val_dataset,
     evaluate,
     inference_settings,
     reference_for,
+    resolve_schedule,
     train,
 )
+from trainer.evaluate import predict_probs
 from trainer.metrics import format_metrics_table
-from trainer.models.weights import load_segmentor_weights
+from trainer.models.converters.pretrained import load_pretrained
+from trainer import submission_format
 from trainer.atomic import atomic_write, atomic_write_json
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
@@ -100,15 +111,17 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
     export_submitit_env()
     accelerator = build_accelerator(recipe.train.precision)
     main = accelerator.is_main_process
-    progress = Progress(run_dir, recipe.schedule.max_iters, enabled=main)
+    progress = Progress(run_dir, recipe.schedule.max_iters or 0, enabled=main)
     tracker = Tracker.for_recipe(run_dir, recipe, enabled=main)
     status = "FAILED"
     try:
         progress.write()
         info = job_info()
         tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
+        staged = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
+        staged, recipe = _resolve_schedule(staged, recipe, accelerator.num_processes, progress)
         tracker.log_params(recipe_params(recipe))
-        recipe = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
+        recipe = staged
         result = train(
             recipe, run_dir, accelerator=accelerator, tracker=tracker, progress=progress,
             stop_after=stop_after, stop_signal=stop_signal,
@@ -126,6 +139,24 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         _requeue(stop_signal, progress, tracker, recipe.cluster.max_requeues)
     stop_signal.uninstall()
     return result.to_dict()
+
+
+def _resolve_schedule(staged: Recipe, original: Recipe, world_size: int,
+                      progress: Progress) -> tuple[Recipe, Recipe]:
+    """Fill ``schedule.max_iters`` from ``max_epochs`` in both the staged recipe (what the job
+    uses) and the original one (what MLflow params record); update ``progress.json``."""
+    if staged.schedule.max_iters is not None:
+        return staged, original
+    size = len(build_train_dataset(staged))
+    staged = resolve_schedule(staged, size, world_size)
+    original = resolve_schedule(original, size, world_size)
+    iters = staged.schedule.max_iters
+    log.info("schedule: %d epochs of %d images at a global batch of %d = %d iterations",
+             staged.schedule.max_epochs, size, staged.train.batch_size * world_size, iters)
+    progress.state["max_iters"] = iters
+    progress.state["max_epochs"] = staged.schedule.max_epochs
+    progress.write()
+    return staged, original
 
 
 def _requeue(stop_signal: StopSignal, progress: Progress, tracker: Tracker,
@@ -166,6 +197,58 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> str:
     return str(latest)
 
 
+def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bool, name: str,
+                                 source: str, iteration, run_dir: Path) -> dict[str, Any]:
+    """Predict the split's images (rank 0) and zip their labelId PNGs; see
+    :func:`run_evaluation`."""
+    import numpy as np
+    import torch
+
+    from trainer.data.io import read_image
+    from trainer.distributed import autocast_dtype
+
+    preset = dataset_preset(recipe)
+    if preset.layout != "cityscapes":
+        raise ValueError(
+            f"cityscapes-submission needs a Cityscapes recipe, not dataset {recipe.data.dataset!r}"
+        )
+    split = recipe.data.val_split or preset.val_split
+    settings = inference_settings(recipe, ms_flip)
+    mean = np.asarray(preset.mean, dtype=np.float32)
+    std = np.asarray(preset.std, dtype=np.float32)
+    model.eval()
+
+    def predict(path: Path):
+        image = (read_image(path).astype(np.float32) - mean) / std
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0)
+        probs = predict_probs(
+            model.encode_decode, tensor.to(accelerator.device), test_scale=settings.test_scale,
+            scales=settings.scales, flip=settings.flip, mode=settings.mode,
+            crop_size=settings.crop_size, stride=settings.stride,
+            num_classes=preset.num_classes, autocast_dtype=autocast_dtype(accelerator),
+        )
+        return probs.argmax(dim=1)[0]
+
+    images = submission_format.list_cityscapes_images(recipe.data.root, split)
+    zip_path = run_dir / EVAL_DIR / f"{name}-cityscapes-submission.zip"
+    started = time.perf_counter()
+    if accelerator.is_main_process:
+        submission_format.write_submission(images, predict, zip_path)
+        log.info("wrote %d labelId PNGs of split %s to %s", len(images), split, zip_path)
+    accelerator.wait_for_everyone()
+    return {
+        "name": name,
+        "format": "cityscapes-submission",
+        "checkpoint": source,
+        "iteration": iteration,
+        "split": split,
+        "settings": asdict(settings),
+        "seconds": time.perf_counter() - started,
+        "images": len(images),
+        "zip": str(zip_path),
+    }
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -175,13 +258,23 @@ def run_evaluation(
     checkpoint: str | None = None,
     ms_flip: bool | None = None,
     name: str | None = None,
+    output_format: str = "metrics",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint of the run on the validation split and record the result.
+
+    With ``output_format="cityscapes-submission"`` (Cityscapes recipes) nothing is scored:
+    every image of the recipe's ``data.val_split`` (e.g. ``--set data.val_split=test``) is
+    predicted with the same settings and written as a labelId PNG into
+    ``RUN_DIR/eval/<name>-cityscapes-submission.zip`` (:mod:`trainer.submission_format`); the
+    returned dict then has ``format``, ``zip``, ``images`` instead of the metrics.
 
     Args:
         run_dir: a run directory holding ``recipe.json``.
         checkpoint: a path, an fsspec URL, or a file name in ``RUN_DIR/checkpoints``; default
-            ``final.pt``, else the latest ``iter_*.pt``.
+            ``final.pt``, else the latest ``iter_*.pt`` (its EMA weights when it has them). Any
+            format :func:`~trainer.models.converters.pretrained.load_pretrained` reads that
+            holds a full segmentor (mmseg 0.x/1.x, official HRNet).
+        output_format: ``"metrics"`` (default) or ``"cityscapes-submission"``.
         ms_flip: multi-scale (``eval.scales``) + flip; None takes ``eval.ms_flip``.
         name: output name; default ``"<checkpoint stem>-<ss|ms_flip>"`` (e.g. ``final-ss``).
 
@@ -198,8 +291,13 @@ def run_evaluation(
         The dict written to the JSON file.
 
     Raises:
-        FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model.
+        FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model, or
+            an unknown ``output_format`` (or a submission for a non-Cityscapes recipe).
     """
+    if output_format not in submission_format.FORMATS:
+        raise ValueError(
+            f"output_format must be one of {submission_format.FORMATS}, got {output_format!r}"
+        )
     _ensure_logging()
     run_dir = Path(run_dir)
     recipe = stage_job_inputs(read_recipe(run_dir), run_dir)  # data and remote checkpoints
@@ -214,9 +312,16 @@ def run_evaluation(
         state = ckpt.load_model_weights(source)
         iteration = state.get("iteration") if isinstance(state, dict) else None
         model = build_model(recipe, load_init=False)
-        load_segmentor_weights(model, state, strict=True)
+        report = load_pretrained(model, state)
+        if report.target != "model":
+            raise ValueError(f"{source} holds a backbone only ({report.kind}), not a segmentor")
         model.to(accelerator.device)
         name = name or f"{Path(source).stem}-{mode}"
+        if output_format == "cityscapes-submission":
+            result = _write_cityscapes_submission(model, recipe, accelerator, ms_flip, name,
+                                                  source, iteration, run_dir)
+            failed = False
+            return result
 
         started = time.perf_counter()
         val_set = build_val_dataset(recipe)
@@ -226,7 +331,7 @@ def run_evaluation(
         classes = list(dataset_preset(recipe).classes)
         reference = reference_for(recipe, ms_flip)
         table = format_metrics_table(metrics, classes, reference)
-        step = int(iteration) if iteration is not None else recipe.schedule.max_iters
+        step = int(iteration) if iteration is not None else (recipe.schedule.max_iters or 0)
         result = {
             "name": name,
             "mode": mode,

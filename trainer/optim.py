@@ -150,3 +150,22 @@ def set_learning_rates(
         group["lr"] = poly_lr(group["base_lr"], iteration, schedule)
     base = optimizer.param_groups[0]["base_lr"] / optimizer.param_groups[0]["lr_mult"]
     return poly_lr(base, iteration, schedule)
+
+
+def iterations_for_epochs(
+    max_epochs: int, dataset_size: int, batch_size: int, world_size: int
+) -> int:
+    """Optimizer steps of an epoch-based schedule: ``ceil(max_epochs * dataset_size /
+    (batch_size * world_size))``, with ``batch_size`` per process (so the global batch is
+    ``batch_size * world_size``). The data order (``trainer.engine.DataOrder``) is one stream
+    of epochs, so the last step may reach into the next epoch's first images.
+
+    Raises:
+        ValueError: any argument is not positive.
+    """
+    values = {"max_epochs": max_epochs, "dataset_size": dataset_size,
+              "batch_size": batch_size, "world_size": world_size}
+    bad = [f"{k}={v}" for k, v in values.items() if v <= 0]
+    if bad:
+        raise ValueError(f"cannot turn epochs into iterations: {', '.join(bad)} (must be > 0)")
+    return -(-max_epochs * dataset_size // (batch_size * world_size))

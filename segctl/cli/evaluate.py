@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,12 @@ def evaluate(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field (recipe targets only).")
     ] = None,
+    output_format: Annotated[
+        str,
+        typer.Option("--format", help="metrics (score the split), or cityscapes-submission "
+                     "(labelId PNGs zipped into RUN_DIR/eval/LABEL-cityscapes-submission.zip, "
+                     "no scoring; e.g. with --set data.val_split=test)."),
+    ] = "metrics",
     wait: Annotated[bool, typer.Option("--wait", help="Block, then print the per-class table.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
     nodes: Nodes = None,
@@ -66,6 +73,10 @@ def evaluate(
     plan = plan_evaluation(
         run_dir, recipe, source, checkpoint, ms_flip, profile=load_profile_or_fail(profile)
     )
+    if output_format not in ("metrics", "cityscapes-submission"):
+        raise UserError(f"--format must be metrics or cityscapes-submission, got {output_format!r}")
+    if output_format != "metrics":
+        plan = dataclasses.replace(plan, args=(*plan.args, output_format))
     if dry_run:
         print_plan(plan)
         return
@@ -75,6 +86,9 @@ def evaluate(
     typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
     if wait:
         finish(submitted)
+        if output_format != "metrics":
+            typer.echo(f"submission: {run_dir / 'eval' / f'{plan.label}-{output_format}.zip'}")
+            return
         table = run_dir / "eval" / f"{plan.label}.txt"
         typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
 

@@ -3,6 +3,14 @@
 Cross-entropy as mmsegmentation 1.x applies it in ``BaseDecodeHead.loss_by_feat`` with
 ``losses/cross_entropy_loss.py``: logits are resized bilinearly to the label size, then
 per-pixel cross-entropy skips ``ignore_index``.
+
+OHEM (online hard example mining) follows mmsegmentation's ``OHEMPixelSampler``
+(1.x ``mmseg/structures/sampler/ohem_pixel_sampler.py``, 0.x
+``mmseg/core/seg/sampler/ohem_pixel_sampler.py``) with a probability threshold: the sampler
+gives each pixel a weight 0 or 1, the weighted cross-entropy is then reduced as the plain one
+(by default summed and divided by all N*H*W pixels, dropped pixels included). mmseg configures
+the sampler on the decode head only (``decode_head=dict(sampler=...)``); auxiliary heads keep
+plain cross-entropy, and so does :func:`segmentation_loss`.
 """
 
 from __future__ import annotations
@@ -55,12 +63,110 @@ def pixel_cross_entropy(
     return per_pixel.sum() / valid
 
 
+def ohem_pixel_weights(
+    logits: Tensor,
+    labels: Tensor,
+    thresh: float,
+    min_kept: int,
+    ignore_index: int = 255,
+) -> Tensor:
+    """mmseg ``OHEMPixelSampler.sample`` with ``thresh``: 1.0 for the hard pixels, else 0.0.
+
+    With ``p`` the softmax probability of each valid pixel's true class (computed in float32),
+    sorted ascending, and ``kept = min_kept * N`` (mmseg's ``min_kept`` is per image)::
+
+        threshold = max(thresh, p_sorted[min(kept, num_valid - 1)])   (thresh if no valid pixel)
+        weight    = 1 where label != ignore_index and p < threshold, else 0
+
+    so every pixel below ``thresh`` is kept, and at least the ``kept`` hardest ones when fewer
+    fall below it (ties at the threshold are dropped, as in mmseg). No gradient flows through
+    the weights.
+
+    Args:
+        logits: float (N, C, H, W) at the label resolution.
+        labels: int64 (N, H, W) class indices or ``ignore_index``.
+        thresh: probability threshold in (0, 1].
+        min_kept: pixels kept at least, per image.
+        ignore_index: label value that is never kept.
+
+    Returns:
+        float32 (N, H, W) weights in {0, 1}.
+
+    Raises:
+        ValueError: ``logits`` and ``labels`` differ in batch or spatial size.
+    """
+    if logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
+        raise ValueError(
+            f"OHEM needs logits (N, C, H, W) at the label size; got {tuple(logits.shape)} "
+            f"and labels {tuple(labels.shape)}"
+        )
+    with torch.no_grad():
+        valid = labels != ignore_index
+        target = labels.masked_fill(~valid, 0).unsqueeze(1)
+        prob = F.softmax(logits.float(), dim=1).gather(1, target).squeeze(1)
+        valid_prob = prob[valid]
+        threshold = float(thresh)
+        if valid_prob.numel() > 0:
+            kept = min_kept * labels.shape[0]
+            sorted_prob = valid_prob.sort().values
+            threshold = max(threshold, float(sorted_prob[min(kept, sorted_prob.numel() - 1)]))
+        return (valid & (prob < threshold)).float()
+
+
+def ohem_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    thresh: float,
+    min_kept: int,
+    ignore_index: int = 255,
+    avg_non_ignore: bool = False,
+    align_corners: bool = False,
+) -> Tensor:
+    """Cross-entropy over the hard pixels of :func:`ohem_pixel_weights`.
+
+    As mmseg's decode head with ``sampler=dict(type='OHEMPixelSampler', thresh, min_kept)``:
+    logits are resized bilinearly to the label size, the sampler weighs pixels 0/1, and the
+    weighted per-pixel loss is averaged like :func:`pixel_cross_entropy` (over all N*H*W pixels
+    by default, over the non-ignored ones with ``avg_non_ignore``).
+
+    Args:
+        logits: float (N, C, h, w); labels: int64 (N, H, W); the rest as
+            :func:`ohem_pixel_weights` and :func:`pixel_cross_entropy`.
+
+    Returns:
+        A float scalar tensor.
+
+    Raises:
+        ValueError: malformed ``labels``.
+    """
+    _check_labels(logits, labels)
+    if logits.shape[2:] != labels.shape[1:]:
+        logits = F.interpolate(
+            logits, size=labels.shape[1:], mode="bilinear", align_corners=align_corners
+        )
+    weights = ohem_pixel_weights(logits, labels, thresh, min_kept, ignore_index)
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    per_pixel = per_pixel * weights
+    if not avg_non_ignore:
+        return per_pixel.mean()
+    return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
+
+
+def _check_labels(logits: Tensor, labels: Tensor) -> None:
+    if labels.dtype != torch.int64 or labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"labels must be int64 (N, H, W) matching logits {tuple(logits.shape)}; "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+
+
 def segmentation_loss(
     outputs: Mapping[str, Tensor],
     labels: Tensor,
     ignore_index: int = 255,
     weights: Mapping[str, float] | None = None,
     avg_non_ignore: bool = False,
+    ohem: tuple[float, int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of :func:`pixel_cross_entropy` over a segmentor's outputs.
 
@@ -72,6 +178,9 @@ def segmentation_loss(
         weights: head name -> loss weight; heads not named weigh 1.0 (mmseg configs use e.g.
             0.4 for auxiliary heads).
         avg_non_ignore: see :func:`pixel_cross_entropy`.
+        ohem: ``(thresh, min_kept)``: the ``"decode"`` output uses :func:`ohem_cross_entropy`
+            (mmseg's decode-head sampler); every other output keeps plain cross-entropy.
+            None: plain cross-entropy everywhere.
 
     Returns:
         ``(total, parts)`` where ``parts[name]`` is the weighted loss of each head and
@@ -87,10 +196,13 @@ def segmentation_loss(
     unknown = sorted(set(weights) - set(outputs))
     if unknown:
         raise ValueError(f"weights name heads {unknown} not among outputs {sorted(outputs)}")
-    parts = {
-        name: weights.get(name, 1.0)
-        * pixel_cross_entropy(logits, labels, ignore_index, avg_non_ignore)
-        for name, logits in outputs.items()
-    }
+    parts = {}
+    for name, logits in outputs.items():
+        if ohem is not None and name == "decode":
+            loss = ohem_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index,
+                                      avg_non_ignore)
+        else:
+            loss = pixel_cross_entropy(logits, labels, ignore_index, avg_non_ignore)
+        parts[name] = weights.get(name, 1.0) * loss
     total = torch.stack(list(parts.values())).sum()
     return total, parts
