@@ -212,7 +212,11 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
         raise ValueError(
             f"cityscapes-submission needs a Cityscapes recipe, not dataset {recipe.data.dataset!r}"
         )
-    split = recipe.data.val_split or preset.val_split
+    split = "test"
+    if not (Path(recipe.data.root) / "leftImg8bit" / "test").is_dir():
+        split = recipe.data.val_split or preset.val_split
+        log.warning("%s has no leftImg8bit/test: writing the %s split instead",
+                    recipe.data.root, split)
     settings = inference_settings(recipe, ms_flip)
     mean = np.asarray(preset.mean, dtype=np.float32)
     std = np.asarray(preset.std, dtype=np.float32)
@@ -263,8 +267,8 @@ def run_evaluation(
     """Evaluate a checkpoint of the run on the validation split and record the result.
 
     With ``output_format="cityscapes-submission"`` (Cityscapes recipes) nothing is scored:
-    every image of the recipe's ``data.val_split`` (e.g. ``--set data.val_split=test``) is
-    predicted with the same settings and written as a labelId PNG into
+    every image of the ``test`` split (``ROOT/leftImg8bit/test``; where the root has none, the
+    recipe's validation split, with a warning) is predicted with the same settings and written as a labelId PNG into
     ``RUN_DIR/eval/<name>-cityscapes-submission.zip`` (:mod:`trainer.submission_format`); the
     returned dict then has ``format``, ``zip``, ``images`` instead of the metrics.
 

@@ -40,7 +40,7 @@ def evaluate(
         str,
         typer.Option("--format", help="metrics (score the split), or cityscapes-submission "
                      "(labelId PNGs zipped into RUN_DIR/eval/LABEL-cityscapes-submission.zip, "
-                     "no scoring; e.g. with --set data.val_split=test)."),
+                     "no scoring; the test split, else the validation split)."),
     ] = "metrics",
     wait: Annotated[bool, typer.Option("--wait", help="Block, then print the per-class table.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
