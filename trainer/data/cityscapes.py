@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset, Transform
+from trainer.data.base import SegmentationDataset
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -39,16 +39,6 @@ class CityscapesDataset(SegmentationDataset):
         "ROOT/leftImg8bit/<split>/<city>/*" + IMAGE_SUFFIX
         + " with ROOT/gtFine/<split>/<city>/*" + LABEL_SUFFIX
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
         image_dir = self.root / "leftImg8bit" / self.split

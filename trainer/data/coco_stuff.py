@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset, Transform
+from trainer.data.base import SegmentationDataset
 from trainer.data.listing import read_split_list
 
 LABEL_SUFFIX = "_labelTrainIds.png"
@@ -38,16 +38,6 @@ class COCOStuff10kDataset(SegmentationDataset):
         "ROOT/{images/<name>.jpg, annotations/<name>" + LABEL_SUFFIX
         + ", imageLists/{train,test}.txt}"
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
         split = {"val": "test"}.get(self.split, self.split)
@@ -90,16 +80,6 @@ class COCOStuff164kDataset(SegmentationDataset):
         "ROOT/images/{train2017,val2017}/<name>.jpg with "
         "ROOT/annotations/{train2017,val2017}/<name>" + LABEL_SUFFIX
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
         folder = {"train": "train2017", "val": "val2017"}.get(self.split, self.split)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset, Transform
+from trainer.data.base import SegmentationDataset
 
 SPLITS = ("train", "val")
 
@@ -38,16 +38,6 @@ class LIPDataset(SegmentationDataset):
         "ROOT[/LIP]/{train,val}_images/*.jpg with ROOT[/LIP]/{train,val}_segmentations/*.png "
         "(or TrainVal_images/... with TrainVal_parsing_annotations/...)"
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def split_folders(self) -> tuple[Path, Path]:
         """The (image folder, label folder) of the split, in whichever accepted form exists."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset, Transform
+from trainer.data.base import SegmentationDataset
 from trainer.data.listing import find_release_folder, read_split_list
 
 RELEASE_CHAIN = ("VOCdevkit", "VOC2010")
@@ -44,16 +44,6 @@ class PascalContextDataset(SegmentationDataset):
         "ROOT[/VOCdevkit[/VOC2010]]/{JPEGImages/<id>.jpg, SegmentationClassContext/<id>.png, "
         "ImageSets/SegmentationContext/{train,val}.txt}"
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
         if self.split not in SPLITS:

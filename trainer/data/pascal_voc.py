@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset, Transform
+from trainer.data.base import SegmentationDataset
 from trainer.data.listing import find_release_folder, read_split_list
 
 RELEASE_CHAIN = ("VOCdevkit", "VOC2012")
@@ -45,16 +45,6 @@ class PascalVOCDataset(SegmentationDataset):
         "ROOT[/VOCdevkit[/VOC2012]]/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
         "SegmentationClassAug/<id>.png, ImageSets/Segmentation/{train,val,trainaug}.txt}"
     )
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: Transform | None = None,
-        reduce_zero_label: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        super().__init__(root, split, transform, reduce_zero_label, ignore_index)
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
         if self.split not in SPLITS:
