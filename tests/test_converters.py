@@ -380,3 +380,107 @@ def test_missing_split_and_empty_folder_exit_2(real_data: Path, tmp_path: Path):
 def test_unknown_dataset_exit_2(tmp_path: Path):
     result = _prepare("nosuch", str(tmp_path), str(tmp_path / "dst"))
     assert result.exit_code == 2 and "no converter" in result.output
+
+
+def _rle_string(mask: np.ndarray) -> str:
+    """COCO compressed RLE of a boolean mask (column-major runs, 0s first)."""
+    flat = mask.T.ravel().astype(np.uint8)
+    runs, current, count = [], 0, 0
+    for v in flat:
+        if v != current:
+            runs.append(count)
+            current, count = v, 0
+        count += 1
+    runs.append(count)
+    out = []
+    for i, x in enumerate(runs):
+        if i > 2:
+            x -= runs[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+def test_pascal_context_from_detail_json(tmp_path: Path):
+    import json
+
+    h, w = 20, 30
+    base = tmp_path / "src" / "VOCdevkit" / "VOC2010"
+    for name in ("2008_000001", "2008_000002"):
+        _write_jpg(base / "JPEGImages" / f"{name}.jpg", np.zeros((h, w, 3), np.uint8))
+    (base / "ImageSets" / "Main").mkdir(parents=True)
+    (base / "ImageSets" / "Main" / "train.txt").write_text("2008_000001\n")
+    (base / "ImageSets" / "Main" / "val.txt").write_text("2008_000002\n")
+
+    def rect(x0, y0, x1, y1):  # inclusive pixel corners -> polygon
+        return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+    rle_region = np.zeros((h, w), bool)
+    rle_region[5:13, 8:16] = True
+    list_region = np.zeros((h, w), bool)
+    list_region[10:20, 0:12] = True
+    flat = list_region.T.ravel()
+    edges = np.flatnonzero(np.diff(np.r_[0, flat.astype(int), 0]))
+    list_counts = np.diff(np.r_[0, edges, h * w]).tolist()  # runs: 0s, 1s, 0s
+    anns = [
+        {"id": 1, "image_id": 2008000001, "category_id": 2, "segmentation": rect(2, 3, 10, 8)},
+        {"id": 2, "image_id": 2008000001, "category_id": 458,
+         "segmentation": {"size": [h, w], "counts": _rle_string(rle_region)}},
+        {"id": 3, "image_id": 2008000001, "category_id": 1, "segmentation": rect(14, 11, 20, 15)},
+        {"id": 4, "image_id": 2008000002, "category_id": 259,
+         "segmentation": {"size": [h, w], "counts": list_counts}},
+        {"id": 5, "image_id": 2008000002, "category_id": 260, "segmentation": rect(5, 0, 7, 14)},
+    ]
+    data = {
+        "images": [
+            {"image_id": 2008000001, "file_name": "2008_000001.jpg", "height": h, "width": w,
+             "phase": "train"},
+            {"image_id": 2008000002, "file_name": "2008_000002.jpg", "height": h, "width": w,
+             "phase": "val"},
+        ],
+        "annos_segmentation": anns,
+        "categories": [{"category_id": c, "name": str(c)} for c in (1, 2, 258, 259, 260, 458)],
+    }
+    json_path = tmp_path / "trainval_merged.json"
+    json_path.write_text(json.dumps(data))
+    # train ids: 2 -> 1, 259 -> 35, 260 -> 36, 458 -> 59, 1 (not among the 59) -> 0
+    ids = {c: int(np.searchsorted(np.sort(np.array(
+        [0, 2, 259, 260, 415, 324, 9, 258, 144, 18, 19, 22, 23, 397, 25, 284, 158, 159, 416, 33,
+         162, 420, 454, 295, 296, 427, 44, 45, 46, 308, 59, 440, 445, 31, 232, 65, 354, 424, 68,
+         326, 72, 458, 34, 207, 80, 355, 85, 347, 220, 349, 360, 98, 187, 104, 105, 366, 189,
+         368, 113, 115])), c)) for c in (2, 259, 260, 458)}
+    assert ids == {2: 1, 259: 35, 260: 36, 458: 59}
+    first = np.zeros((h, w), np.uint8)
+    first[3:9, 2:11] = 1      # polygon, drawn first
+    first[5:13, 8:16] = 59    # RLE, drawn later: wins the overlap
+    first[11:16, 14:21] = 0   # class outside the 59, drawn last: background
+    second = np.zeros((h, w), np.uint8)
+    second[10:20, 0:12] = 35  # uncompressed RLE
+    second[0:15, 5:8] = 36    # polygon drawn later
+    assert (first == 0).any() and (second == 0).any()
+
+    result = _prepare("pascal_context", str(tmp_path / "src"), str(tmp_path / "dst"),
+                      "--context-json", str(json_path), "--workers", "2")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "dst/VOCdevkit/VOC2010/SegmentationClassContext"
+    np.testing.assert_array_equal(_raw(out / "2008_000001.png"), first)
+    np.testing.assert_array_equal(_raw(out / "2008_000002.png"), second)
+    assert len(build_dataset("pascal_context", tmp_path / "dst", "val")) == 1
+
+    # found in SRC without the option; same files
+    shutil.copy(json_path, tmp_path / "src" / "trainval_merged.json")
+    CONVERTERS["pascal_context"](tmp_path / "src", tmp_path / "dst2", progress=False)
+    np.testing.assert_array_equal(_raw(tmp_path / "dst2" / out.relative_to(tmp_path / "dst")
+                                       / "2008_000001.png"), first)
+
+    # an image of the split lists missing from the JSON: exit 2, named
+    data["images"] = data["images"][:1]
+    data["annos_segmentation"] = anns[:3]
+    json_path.write_text(json.dumps(data))
+    result = _prepare("pascal_context", str(tmp_path / "src"), str(tmp_path / "dst3"),
+                      "--context-json", str(json_path))
+    assert result.exit_code == 2 and "2008_000002" in result.output

@@ -44,6 +44,7 @@ def prepare(
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
     sbd: Annotated[Optional[Path], typer.Option(help="pascal_voc: SBD benchmark_RELEASE folder (adds trainaug).")] = None,
     context_mats: Annotated[Optional[Path], typer.Option(help="pascal_context: folder of per-image .mat files (default SRC/trainval).")] = None,
+    context_json: Annotated[Optional[Path], typer.Option(help="pascal_context: Detail API trainval_merged.json instead of .mat files (found in SRC without this option when SRC has no trainval/).")] = None,
     label_format: Annotated[str, typer.Option(help="coco_stuff164k: stuffthingmaps (0-based, 255 unlabeled) or stuff-pixelmaps (92..182).")] = "stuffthingmaps",
     stride: Annotated[int, typer.Option(help="potsdam/vaihingen: patch step in pixels (512 gives mmseg's files).")] = 256,
     unknown_colours: Annotated[str, typer.Option(help="potsdam/vaihingen: error, or ignore (id 0, as mmseg).")] = "error",
@@ -64,6 +65,8 @@ def prepare(
         options["sbd"] = sbd
     if dataset.startswith("pascal_context") and context_mats is not None:
         options["context_mats"] = context_mats
+    if dataset.startswith("pascal_context") and context_json is not None:
+        options["context_json"] = context_json
     if dataset == "coco_stuff164k":
         options["label_format"] = label_format
     if dataset in ("potsdam", "vaihingen"):
