@@ -559,6 +559,137 @@ def fetch_checkpoints(url: str, local_dir: str | Path,
     return fetched
 
 
+_ITER_NAME = re.compile(r"^iter_(\d{7,})\.pt$")
+
+
+class CheckpointUploader:
+    """Copies each checkpoint to ``url`` right after it is written locally, from one background
+    thread fed by a queue, so that training waits only for the enqueue.
+
+    Every upload is atomic on the remote side (:func:`upload_atomic`). After a successful upload
+    of an ``iter_*.pt`` the remote ``iter_*.pt`` that the local folder no longer holds are
+    deleted (remote pruning follows local pruning); remote ones newer than the newest local one,
+    and anything that is not an ``iter_*.pt`` (``final.pt``), are never deleted. A file pruned
+    locally before its turn came is skipped. Failures are logged, never raised: the local
+    checkpoints remain and the end-of-job mirror (:func:`mirror_checkpoints`) catches up.
+    :meth:`close` drains the queue and joins the thread; call it before the job exits.
+    """
+
+    _STOP = object()
+
+    def __init__(self, url: str, local_dir: str | Path,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        import queue
+
+        self.url = url
+        self.local_dir = Path(local_dir)
+        self.storage_options = dict(storage_options or {})
+        self.uploaded: list[str] = []
+        self.failed: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._fs = None
+        self._root = ""
+
+    def submit(self, path: str | Path) -> None:
+        """Queue ``path`` (a file in the local checkpoint folder) for upload; returns at once."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="checkpoint-upload",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(Path(path))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait for every queued upload, then stop the thread. Returns False when ``timeout``
+        (seconds) passed first (the thread then finishes in the background)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        pending = self._queue.qsize()
+        if pending:
+            log.info("waiting for %d checkpoint upload(s) to %s", pending, self.url)
+        self._queue.put(self._STOP)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("checkpoint uploads to %s still running after %.0f s", self.url, timeout)
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is self._STOP:
+                    return
+                self._upload(item)
+            finally:
+                self._queue.task_done()
+
+    def _upload(self, path: Path) -> None:
+        try:
+            if self._fs is None:
+                self._fs, self._root = open_source(self.url, self.storage_options)
+            if not path.is_file():
+                log.debug("%s was pruned before its upload", path.name)
+                return
+            started = time.perf_counter()
+            upload_atomic(path, f"{self._root}/{path.name}", fs=self._fs)
+            self.uploaded.append(path.name)
+            log.info("uploaded %s to %s in %.1f s", path.name, self.url,
+                     time.perf_counter() - started)
+        except FileNotFoundError:
+            if not path.exists():  # pruned locally while it was being read
+                log.debug("%s was pruned during its upload", path.name)
+                return
+            self._failed(path, *sys.exc_info()[:2])
+            return
+        except Exception as exc:
+            self._failed(path, type(exc), exc)
+            return
+        if _ITER_NAME.match(path.name):
+            try:
+                self._prune()
+            except Exception as exc:
+                log.warning("old checkpoints at %s not pruned: %s: %s", self.url,
+                            type(exc).__name__, exc)
+
+    def _failed(self, path: Path, kind, exc) -> None:
+        self.failed.append(path.name)
+        log.warning("checkpoint %s not uploaded to %s: %s: %s", path.name, self.url,
+                    getattr(kind, "__name__", kind), exc)
+
+    def _prune(self) -> list[str]:
+        local = {int(m.group(1)) for p in self.local_dir.glob("iter_*.pt")
+                 if (m := _ITER_NAME.match(p.name))}
+        if not local:
+            return []
+        newest = max(local)
+        fs, root = self._fs, self._root
+        fs.invalidate_cache(root)
+        deleted = []
+        for path in fs.find(root):
+            name = path.rsplit("/", 1)[-1]
+            match = _ITER_NAME.match(name)
+            if match and int(match.group(1)) not in local and int(match.group(1)) < newest:
+                fs.rm_file(path)
+                deleted.append(name)
+        if deleted:
+            log.info("pruned %s at %s", ", ".join(sorted(deleted)), self.url)
+        return deleted
+
+
+def checkpoint_uploader(recipe, run_dir: str | Path, enabled: bool = True) -> CheckpointUploader | None:
+    """The job's (rank 0) :class:`CheckpointUploader` for ``train.checkpoint_dir``; None when
+    the recipe has none or ``enabled`` is False."""
+    url = recipe.train.checkpoint_dir
+    if not url or not enabled:
+        return None
+    return CheckpointUploader(url, Path(run_dir) / "checkpoints", recipe.data.storage_options)
+
+
 # --- what the job calls (trainer.entry) ------------------------------------------------------------
 
 
@@ -595,8 +726,9 @@ def stage_job_inputs(recipe, run_dir: str | Path):
 
 
 def mirror_job_checkpoints(recipe, run_dir: str | Path, enabled: bool = True) -> None:
-    """At job end (rank 0): copy new checkpoints to ``train.checkpoint_dir``. Failures are
-    logged, never raised: the local checkpoints remain."""
+    """At job end (rank 0): copy the checkpoints that ``train.checkpoint_dir`` still lacks (a
+    catch-up after :class:`CheckpointUploader`, which uploads each one as it is written).
+    Failures are logged, never raised: the local checkpoints remain."""
     url = recipe.train.checkpoint_dir
     if not url or not enabled:
         return

@@ -179,3 +179,79 @@ def test_cli_stage_keeps_secrets_out_of_every_output(moto_server, tmp_path, capl
 
     bad = runner.invoke(app, ["stage", "s3://x/y", str(tmp_path / "o"), "--storage-option", secret])
     assert bad.exit_code == 2 and secret not in bad.output
+
+
+# --- checkpoints uploaded as they are written -------------------------------------------------------
+
+
+def _remote_checkpoints(server, prefix: str) -> dict[str, bytes]:
+    fs = server.filesystem()
+    return {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in fs.find(prefix)}
+
+
+def test_checkpoints_uploaded_during_the_run_and_fetched_on_resume(
+        moto_server, real_data, tmp_path, monkeypatch, caplog):
+    """Each checkpoint reaches the server by the uploader alone (the end-of-job mirror is
+    switched off here), atomically, with remote pruning; a fresh run directory resumes from
+    the remote checkpoints."""
+    import trainer.entry
+    from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+    from trainer import checkpoint as ckpt
+
+    moto_server.filesystem().mkdir("ckpts")
+    url = "s3://ckpts/runs/upload"
+    city = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "cityscapes")
+    recipe = small_recipe(
+        city, f"sqlite:///{tmp_path / 'mlflow.db'}",
+        data={"crop_size": [64, 128], "storage_options": moto_server.storage_options()},
+        schedule={"max_iters": 6, "checkpoint_interval": 2, "log_interval": 2},
+        train={"batch_size": 1, "checkpoint_dir": url},
+    )
+    monkeypatch.setattr(trainer.entry, "mirror_job_checkpoints", lambda *a, **k: None)
+
+    first = make_run_dir(tmp_path / "first", recipe)
+    assert trainer.entry.run_training(first, stop_after=4)["iteration"] == 4
+    local = {p.name: p.read_bytes() for p in ckpt.checkpoint_dir(first).glob("*.pt")}
+    assert sorted(local) == ["iter_0000002.pt", "iter_0000004.pt"]
+    assert _remote_checkpoints(moto_server, "ckpts/runs/upload") == local  # identical bytes
+    assert moto_server.filesystem().find("ckpts") == [
+        f"ckpts/runs/upload/{name}" for name in sorted(local)
+    ]  # no temporary key left
+
+    second = make_run_dir(tmp_path / "second", recipe)  # another node: empty run directory
+    with caplog.at_level(logging.INFO):
+        result = trainer.entry.run_training(second)
+    assert result["iteration"] == 6 and result["finished"]
+    assert "resumed from" in caplog.text and "iter_0000004.pt at iteration 4" in caplog.text
+    local = {p.name: p.read_bytes() for p in ckpt.checkpoint_dir(second).glob("*.pt")}
+    assert sorted(local) == ["final.pt", "iter_0000004.pt", "iter_0000006.pt"]
+    remote = _remote_checkpoints(moto_server, "ckpts/runs/upload")
+    assert remote == local  # iter_0000002.pt pruned remotely as locally
+    assert not [p for p in moto_server.filesystem().find("ckpts") if p.endswith(".tmp")]
+
+
+def test_uploader_failures_are_logged_not_raised(tmp_path, caplog):
+    from segctl.staging import CheckpointUploader
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    local = tmp_path / "checkpoints"
+    local.mkdir()
+    (local / "iter_0000001.pt").write_bytes(b"weights")
+    uploader = CheckpointUploader(str(blocker / "remote"), local)
+    with caplog.at_level(logging.WARNING):
+        uploader.submit(local / "iter_0000001.pt")
+        uploader.submit(local / "iter_0000009.pt")  # pruned before its turn: skipped
+        assert uploader.close(timeout=30)
+    assert uploader.failed == ["iter_0000001.pt"] and uploader.uploaded == []
+    assert "not uploaded" in caplog.text
+
+    remote = tmp_path / "remote"
+    ok = CheckpointUploader(remote.as_uri(), local)
+    (local / "iter_0000002.pt").write_bytes(b"newer")
+    ok.submit(local / "iter_0000001.pt")
+    ok.submit(local / "iter_0000002.pt")
+    (local / "iter_0000001.pt").unlink()  # pruned locally: pruned remotely after the next upload
+    ok.submit(local / "iter_0000002.pt")
+    assert ok.close()
+    assert sorted(p.name for p in remote.iterdir()) == ["iter_0000002.pt"]

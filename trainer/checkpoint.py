@@ -13,14 +13,19 @@ Every file is written to a temporary name in the same folder, flushed, fsynced a
 with ``os.replace`` (:mod:`trainer.atomic`), so a reader never sees a partial file under a
 final name. Every file loads
 with ``torch.load(..., weights_only=True)``: RNG states are stored as tensors and plain ints.
+
+A job that copies checkpoints elsewhere (``train.checkpoint_dir``) registers a callback with
+:func:`add_save_listener`; it is called with each file's path right after the file is written
+(and, for ``iter_*.pt``, after pruning), on the writing process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,30 @@ FINAL_NAME = "final.pt"
 FINAL_RAW_NAME = "final_raw.pt"
 KEEP_LAST = 2
 _ITER_RE = re.compile(r"^iter_(\d{7,})\.pt$")
+
+log = logging.getLogger(__name__)
+_listeners: dict[Path, Callable[[Path], None]] = {}
+
+
+def add_save_listener(run_dir: str | Path, callback: Callable[[Path], None]) -> None:
+    """Call ``callback(path)`` after every checkpoint file written in ``run_dir`` (replaces an
+    earlier callback of the same run)."""
+    _listeners[Path(run_dir).resolve()] = callback
+
+
+def remove_save_listener(run_dir: str | Path) -> None:
+    """Stop calling the callback registered for ``run_dir``."""
+    _listeners.pop(Path(run_dir).resolve(), None)
+
+
+def _saved(run_dir: str | Path, path: Path) -> None:
+    callback = _listeners.get(Path(run_dir).resolve())
+    if callback is None:
+        return
+    try:
+        callback(path)
+    except Exception as exc:  # a copy elsewhere never stops training
+        log.warning("after saving %s: %s: %s", path.name, type(exc).__name__, exc)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -180,6 +209,7 @@ def save_training_state(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``iter_{iteration:07d}.pt`` atomically and prune older ones."""
     path = atomic_save(dict(state), iteration_path(run_dir, state["iteration"]))
     prune(run_dir)
+    _saved(run_dir, path)
     return path
 
 
@@ -193,9 +223,11 @@ def save_final_weights(
 ) -> Path:
     """Write a model state dict alone to ``checkpoints/<name>`` (default ``final.pt``)
     atomically."""
-    return atomic_save(
+    path = atomic_save(
         {k: v.detach().cpu() for k, v in model_state.items()}, checkpoint_dir(run_dir) / name
     )
+    _saved(run_dir, path)
+    return path
 
 
 def load_model_weights(path_or_url: str | os.PathLike) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from trainer.tracking import (
     Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
 )
 # segctl.staging uses only the standard library and fsspec: the job stages its own inputs
-from segctl.staging import mirror_job_checkpoints, stage_job_inputs
+from segctl.staging import checkpoint_uploader, mirror_job_checkpoints, stage_job_inputs
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,16 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
     progress = Progress(run_dir, recipe.schedule.max_iters or 0, enabled=main)
     tracker = Tracker.for_recipe(run_dir, recipe, enabled=main)
     status = "FAILED"
+    uploader = None
     try:
         progress.write()
         info = job_info()
         tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
         staged = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
+        # each checkpoint goes to train.checkpoint_dir (rank 0, background) once written
+        uploader = checkpoint_uploader(recipe, run_dir, enabled=main)
+        if uploader is not None:
+            ckpt.add_save_listener(run_dir, uploader.submit)
         staged, recipe = _resolve_schedule(staged, recipe, accelerator.num_processes, progress)
         tracker.log_params(recipe_params(recipe))
         recipe = staged
@@ -132,6 +137,9 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         progress.update(phase="failed", reason=f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        if uploader is not None:  # drained before the end-of-job catch-up and any requeue
+            ckpt.remove_save_listener(run_dir)
+            uploader.close()
         mirror_job_checkpoints(recipe, run_dir, enabled=main)
         tracker.close(status)
         teardown(accelerator, wait=status != "FAILED")
