@@ -20,7 +20,6 @@ split's size and the world size); that resolved recipe is the one the job uses e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
