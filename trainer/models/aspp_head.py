@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.models.fcn_head import INPUT_TRANSFORMS, select_inputs
+from trainer.models.fcn_head import resolve_inputs, select_inputs
 from trainer.models.layers import ConvBNReLU
 
 # mmseg configs/_base_/models/deeplabv3_r50-d8.py: rates for output stride 8.
@@ -73,26 +73,9 @@ class ASPPHead(nn.Module):
         align_corners: bool = False,
     ) -> None:
         super().__init__()
-        if input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(
-                f"input_transform must be one of {INPUT_TRANSFORMS}, got {input_transform!r}"
-            )
         if not dilations or min(dilations) < 1:
             raise ValueError(f"dilations must be a non-empty sequence of ints >= 1: {dilations}")
-        if input_transform == "resize_concat":
-            if isinstance(in_channels, int) or isinstance(in_index, int):
-                raise ValueError("resize_concat needs sequences for in_channels and in_index")
-            if len(in_channels) != len(in_index):
-                raise ValueError("in_channels and in_index differ in length")
-            self.in_index: int | tuple[int, ...] = tuple(in_index)
-            total_in = sum(in_channels)
-        else:
-            if not isinstance(in_channels, int) or not isinstance(in_index, int):
-                raise ValueError(
-                    "without an input_transform, in_channels and in_index must be single ints"
-                )
-            self.in_index = in_index
-            total_in = in_channels
+        self.in_index, total_in = resolve_inputs(in_channels, in_index, input_transform)
         self.in_channels = total_in
         self.channels = channels
         self.num_classes = num_classes

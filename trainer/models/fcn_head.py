@@ -21,6 +21,35 @@ from trainer.models.layers import ConvBNReLU
 INPUT_TRANSFORMS = (None, "resize_concat")
 
 
+def resolve_inputs(
+    in_channels: int | Sequence[int],
+    in_index: int | Sequence[int],
+    input_transform: str | None,
+) -> tuple[int | tuple[int, ...], int]:
+    """Check a head's input selection and return (in_index, total input channels).
+
+    The rules of mmseg's ``BaseDecodeHead._init_inputs``: with no ``input_transform`` both are
+    single ints; with ``"resize_concat"`` both are sequences of equal length and the channels
+    add up.
+
+    Raises:
+        ValueError: an unknown ``input_transform`` or arguments that do not fit it.
+    """
+    if input_transform not in INPUT_TRANSFORMS:
+        raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {input_transform!r}")
+    if input_transform == "resize_concat":
+        if isinstance(in_channels, int) or isinstance(in_index, int):
+            raise ValueError("resize_concat needs sequences for in_channels and in_index")
+        if len(in_channels) != len(in_index):
+            raise ValueError(
+                f"in_channels {tuple(in_channels)} and in_index {tuple(in_index)} differ in length"
+            )
+        return tuple(in_index), sum(in_channels)
+    if not isinstance(in_channels, int) or not isinstance(in_index, int):
+        raise ValueError("without an input_transform, in_channels and in_index must be single ints")
+    return in_index, in_channels
+
+
 def select_inputs(
     inputs: Sequence[Tensor],
     in_index: int | Sequence[int],
@@ -94,27 +123,7 @@ class FCNHead(nn.Module):
             raise ValueError(f"num_convs must be >= 0, got {num_convs}")
         if dilation < 1:
             raise ValueError(f"dilation must be >= 1, got {dilation}")
-        if input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(
-                f"input_transform must be one of {INPUT_TRANSFORMS}, got {input_transform!r}"
-            )
-        if input_transform == "resize_concat":
-            if isinstance(in_channels, int) or isinstance(in_index, int):
-                raise ValueError("resize_concat needs sequences for in_channels and in_index")
-            if len(in_channels) != len(in_index):
-                raise ValueError(
-                    f"in_channels {tuple(in_channels)} and in_index {tuple(in_index)} differ "
-                    "in length"
-                )
-            self.in_index: int | tuple[int, ...] = tuple(in_index)
-            total_in = sum(in_channels)
-        else:
-            if not isinstance(in_channels, int) or not isinstance(in_index, int):
-                raise ValueError(
-                    "without an input_transform, in_channels and in_index must be single ints"
-                )
-            self.in_index = in_index
-            total_in = in_channels
+        self.in_index, total_in = resolve_inputs(in_channels, in_index, input_transform)
         if num_convs == 0 and total_in != channels:
             raise ValueError(
                 f"num_convs=0 passes the input through: in_channels ({total_in}) must equal "
