@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +132,27 @@ def make_executor(
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
     executor.update_parameters(**parameters)
     return executor
+
+
+@contextmanager
+def interruptible_children() -> Iterator[None]:
+    """While submitting, make SIGINT interrupt processes started from here.
+
+    A process started by a non-interactive shell in the background inherits SIGINT as
+    *ignored*, and passes that on; a local job's controller would then never stop on
+    ``segctl cancel`` (which interrupts it). Setting Python's default handler for the duration
+    makes children start with the default disposition again. Only possible in the main thread;
+    elsewhere nothing changes.
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def local_gpu_count() -> int:

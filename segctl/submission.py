@@ -212,7 +212,8 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
             plan.executor, folder, plan.parameters, plan.recipe.cluster.max_requeues
         )
         callable_ = TrainJob() if plan.kind == "train" else EvalJob()
-        handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
+        with executors.interruptible_children():
+            handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
     except Exception:
         registry.forget_job(row)
         raise
@@ -245,7 +246,7 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         executor = executors.make_executor(
             first.executor, folder, first.parameters, first.recipe.cluster.max_requeues
         )
-        with executor.batch():
+        with executors.interruptible_children(), executor.batch():
             handles = [executor.submit(TrainJob(), str(plan.run_dir)) for plan in plans]
     except Exception:
         for row in rows:
