@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from segctl.recipe.schema import TrainConfig
 from segctl.recipe import (
     DATASET_PRESETS,
     Recipe,
@@ -145,6 +146,16 @@ def test_run_id_ignores_keys_that_do_not_change_results(tmp_path):
         assert run_id(load_recipe(write(tmp_path, GOOD), same).recipe) == rid, same
     for different in (["train.seed=1"], ["optim.lr=1e-4"], ["data.crop_size=[256, 256]"]):
         assert run_id(load_recipe(write(tmp_path, GOOD), different).recipe) != rid, different
+
+
+def test_run_id_ignores_values_equal_to_schema_defaults(tmp_path):
+    """Writing a default out names the same run; a new schema field with a default would too."""
+    base = load_recipe(write(tmp_path, GOOD)).recipe
+    default_seed = TrainConfig.model_fields["seed"].default
+    explicit = load_recipe(write(tmp_path, GOOD), [f"train.seed={default_seed}"]).recipe
+    assert run_id(explicit) == run_id(base)
+    changed = load_recipe(write(tmp_path, GOOD), [f"train.seed={default_seed + 1}"]).recipe
+    assert run_id(changed) != run_id(base)
 
 
 def test_resolved_recipe_round_trips_through_json(tmp_path):

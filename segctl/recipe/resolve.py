@@ -3,6 +3,10 @@
 :func:`resolve` fills every field a recipe may leave to its presets; :func:`run_id` names a run
 by a short hash of the resolved recipe's canonical JSON, leaving out keys that do not change
 the trained weights, so re-submitting the same recipe finds the same run.
+
+The hash covers only values that differ from the schema's defaults, so a new schema field
+(whose default keeps the old behaviour) leaves every existing run id unchanged, and writing a
+default out explicitly names the same run as leaving it out.
 """
 
 from __future__ import annotations
@@ -61,9 +65,13 @@ def resolve(recipe: Recipe) -> Recipe:
     return recipe.model_copy(update={"data": data, "eval": evaluation, "tracking": tracking})
 
 
-def canonical_json(recipe: Recipe, exclude: tuple[str, ...] = ()) -> str:
-    """Sorted-key, compact JSON of ``recipe`` without the dotted ``exclude`` keys."""
-    data = recipe.model_dump(mode="json")
+def canonical_json(recipe: Recipe, exclude: tuple[str, ...] = (), *,
+                   exclude_defaults: bool = False) -> str:
+    """Sorted-key, compact JSON of ``recipe`` without the dotted ``exclude`` keys.
+
+    With ``exclude_defaults``, values equal to the schema default are left out as well.
+    """
+    data = recipe.model_dump(mode="json", exclude_defaults=exclude_defaults)
     for key in exclude:
         *parents, last = key.split(".")
         target: Any = data
@@ -75,8 +83,9 @@ def canonical_json(recipe: Recipe, exclude: tuple[str, ...] = ()) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """SHA-256 (hex) of the resolved recipe's canonical JSON minus :data:`NON_RESULT_KEYS`."""
-    text = canonical_json(resolve(recipe), NON_RESULT_KEYS)
+    """SHA-256 (hex) of the resolved recipe's canonical JSON minus :data:`NON_RESULT_KEYS` and
+    minus values equal to their schema defaults."""
+    text = canonical_json(resolve(recipe), NON_RESULT_KEYS, exclude_defaults=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
