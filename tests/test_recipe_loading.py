@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from segctl.recipe.schema import TrainConfig
 from segctl.recipe import (
     DATASET_PRESETS,
     Recipe,
@@ -17,6 +16,7 @@ from segctl.recipe import (
     recipe_hash,
     run_id,
 )
+from segctl.recipe.schema import TrainConfig
 
 GOOD = """\
 name: city-b0
