@@ -405,6 +405,47 @@ def _rle_string(mask: np.ndarray) -> str:
     return "".join(out)
 
 
+def test_rle_decoding_agrees_with_pycocotools():
+    """Compressed strings and uncompressed count lists, on random and edge-case masks."""
+    from pycocotools import mask as coco_mask
+
+    from trainer.data.convert.pascal_context import decode_rle
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((37, 53)) < p for p in (0.02, 0.5, 0.97)]
+    masks += [np.zeros((9, 7), bool), np.ones((9, 7), bool)]
+    blob = np.zeros((300, 400), bool)
+    blob[40:260, 17:390] = True  # long runs: multi-character counts
+    masks.append(blob)
+    for mask in masks:
+        encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        np.testing.assert_array_equal(decode_rle(encoded), mask)
+        as_text = {"size": encoded["size"], "counts": encoded["counts"].decode()}
+        np.testing.assert_array_equal(decode_rle(as_text), mask)
+        flat = mask.T.ravel().astype(int)
+        edges = np.flatnonzero(np.diff(np.r_[0, flat, 0]))
+        counts = np.diff(np.r_[0, edges, flat.size]).tolist()
+        counts = [c for i, c in enumerate(counts) if c or i == 0]
+        reference = coco_mask.decode(coco_mask.frPyObjects(
+            {"size": list(mask.shape), "counts": counts}, *mask.shape))
+        np.testing.assert_array_equal(decode_rle({"size": list(mask.shape), "counts": counts}),
+                                      reference.astype(bool))
+
+
+def test_malformed_rle_and_polygons_are_named():
+    from trainer.data.convert.common import ConversionError
+    from trainer.data.convert.pascal_context import decode_rle, rasterise_polygons
+
+    with pytest.raises(ConversionError, match="img7: RLE runs cover 5 pixels"):
+        decode_rle({"size": [3, 3], "counts": [2, 3]}, "img7")
+    with pytest.raises(ConversionError, match="img7: truncated"):
+        decode_rle({"size": [3, 3], "counts": "0`"}, "img7")
+    with pytest.raises(ConversionError, match="img8: a polygon has an odd"):
+        rasterise_polygons([[1, 1, 5, 1, 5]], 9, 9, "img8")
+    with pytest.raises(ConversionError, match="img8: polygon coordinates"):
+        rasterise_polygons([[1, 1, "x", 1, 5, 5]], 9, 9, "img8")
+
+
 def test_pascal_context_from_detail_json(tmp_path: Path):
     import json
 
@@ -416,8 +457,8 @@ def test_pascal_context_from_detail_json(tmp_path: Path):
     (base / "ImageSets" / "Main" / "train.txt").write_text("2008_000001\n")
     (base / "ImageSets" / "Main" / "val.txt").write_text("2008_000002\n")
 
-    def rect(x0, y0, x1, y1):  # inclusive pixel corners -> polygon
-        return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+    def rect(x0, y0, x1, y1):  # inclusive pixel corners -> polygon around those pixels
+        return [[x0, y0, x1 + 1, y0, x1 + 1, y1 + 1, x0, y1 + 1]]
 
     rle_region = np.zeros((h, w), bool)
     rle_region[5:13, 8:16] = True

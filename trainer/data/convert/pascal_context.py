@@ -21,10 +21,12 @@ The JSON path (what mmseg's converter reads through ``detail.Detail.getMask``): 
 under ``annotations``; ``image_id``, ``category_id`` 1..459, ``segmentation``). Each image's
 459-class mask starts at 0 and its annotations are painted in file order, a later annotation
 overwriting an earlier one where they overlap, as ``getMask`` does. A ``segmentation`` is
-COCO RLE (``{"size": [h, w], "counts": str | list}``, column-major runs, decoded here without
-pycocotools) or a list of polygons ``[x1, y1, x2, y2, ...]`` filled with OpenCV ``fillPoly``
-(vertices rounded to whole pixels; boundary pixels included, so a polygon covers slightly more
-than pycocotools' rasteriser would). Differences from mmseg: images are chosen by the
+COCO RLE (``{"size": [h, w], "counts": str | list}``, column-major runs; decoded and checked
+here, since pycocotools' C decoder trusts the counts and a malformed file could overrun its
+buffer; tests compare the result with pycocotools) or a list of polygons
+``[x1, y1, x2, y2, ...]`` rasterised by pycocotools (``frPyObjects`` + ``merge`` + ``decode``),
+the rasteriser the Detail API itself uses, so polygon edges match the reference pixel for
+pixel. Differences from mmseg: images are chosen by the
 ImageSets split lists below, not by the JSON's ``phase``; ids outside the 59 classes become
 background 0 instead of failing mmseg's assertion.
 
@@ -38,7 +40,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from trainer.data.convert.common import (
@@ -141,14 +142,31 @@ def decode_rle(segmentation: dict, name: str = "segmentation") -> np.ndarray:
     return flat.reshape((w, h)).T
 
 
-def rasterise_polygons(polygons: list, height: int, width: int) -> np.ndarray:
-    """Fill ``[[x1, y1, x2, y2, ...], ...]`` (pixel coordinates) into a ``bool (h, w)`` mask."""
-    canvas = np.zeros((height, width), np.uint8)
-    points = [np.round(np.asarray(poly, np.float64).reshape(-1, 2)).astype(np.int32)
-              for poly in polygons if len(poly) >= 6]
-    if points:
-        cv2.fillPoly(canvas, points, 1)
-    return canvas.astype(bool)
+def rasterise_polygons(polygons: list, height: int, width: int,
+                       name: str = "segmentation") -> np.ndarray:
+    """Rasterise ``[[x1, y1, x2, y2, ...], ...]`` (pixel coordinates) into a ``bool (h, w)`` mask.
+
+    Uses pycocotools' polygon rasteriser (``mask.frPyObjects`` then ``merge`` and ``decode``),
+    as the Detail API and the COCO API do: a pixel is inside when its centre is, so the
+    rectangle with corners (2, 3) and (10, 8) covers columns 2..9 and rows 3..7. Polygons with
+    fewer than three vertices are skipped.
+
+    Raises:
+        ConversionError: a polygon with non-numeric or an odd number of coordinates.
+    """
+    from pycocotools import mask as coco_mask  # lazy: only this converter needs it
+
+    try:
+        polys = [[float(v) for v in poly] for poly in polygons]
+    except (TypeError, ValueError):
+        raise ConversionError(f"{name}: polygon coordinates must be numbers") from None
+    if any(len(poly) % 2 for poly in polys):
+        raise ConversionError(f"{name}: a polygon has an odd number of coordinates")
+    polys = [poly for poly in polys if len(poly) >= 6]
+    if not polys:
+        return np.zeros((height, width), bool)
+    rle = coco_mask.merge(coco_mask.frPyObjects(polys, height, width))
+    return coco_mask.decode(rle).astype(bool)
 
 
 def context_json_mask(height: int, width: int, annotations: list, name: str = "image") -> np.ndarray:
@@ -168,7 +186,7 @@ def context_json_mask(height: int, width: int, annotations: list, name: str = "i
                     f"{name}: RLE size {region.shape} differs from image size {(height, width)}"
                 )
         elif isinstance(seg, list):
-            region = rasterise_polygons(seg, height, width)
+            region = rasterise_polygons(seg, height, width, name)
         else:
             raise ConversionError(f"{name}: unsupported segmentation {type(seg).__name__}")
         mask[region] = category
