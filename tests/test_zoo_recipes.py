@@ -317,6 +317,8 @@ def test_recipe_carries_its_row(row):
         assert head_lr == pytest.approx(lr), where
 
     assert (recipe.train.ema_decay is not None) == (row["ema"] == "yes"), where
+    if row["ema"] == "yes":  # United-Perception's ExpEMA ramp (ema_type: exp in every EMA row)
+        assert recipe.train.ema_ramp_iters == 2000, where
 
     ref = recipe.reference
     assert ref is not None, where

@@ -5,6 +5,7 @@ test-server submission."""
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,10 +16,12 @@ import pytest
 import torch
 from torch import nn
 
+from segctl.recipe.schema import TrainConfig
 from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
 from trainer import checkpoint as ckpt
 from trainer.distributed import convert_sync_batchnorm
 from trainer.ema import ModelEMA
+from trainer.engine import build_ema
 from trainer.entry import run_evaluation, run_training
 from trainer.models import build_segmentor
 from trainer.models.losses import ohem_cross_entropy, ohem_pixel_weights, segmentation_loss
@@ -109,6 +112,45 @@ def test_ema_follows_the_formula_over_three_steps():
     assert restored.updates == 3
     assert all(torch.equal(a, b) for a, b in zip(restored.module.state_dict().values(),
                                                  ema.module.state_dict().values()))
+
+
+def test_ema_ramp_follows_united_perception_exp_ema():
+    """ExpEMA (up/utils/model/ema_helper.py) after the runner's 0-based step i:
+    decay * (1 - exp(-i / 2000)); the first update copies the weights."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.9998, ramp_iters=2000)
+    assert ema.current_decay(1) == 0.0
+    assert ema.current_decay(2001) == pytest.approx(0.9998 * (1 - math.exp(-1.0)))
+    assert ema.current_decay(10**6) == pytest.approx(0.9998)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        ema.update(model)
+        decay = 0.9998 * (1 - math.exp(-(step - 1) / 2000))
+        for key, value in model.state_dict().items():
+            expected[key] = decay * expected[key] + (1 - decay) * value
+        if step == 1:
+            assert all(torch.equal(ema.module.state_dict()[k], v)
+                       for k, v in model.state_dict().items())
+    for key, value in ema.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7)
+
+
+def test_ema_ramp_recipe_field_reaches_the_average():
+    model = nn.Linear(3, 2)
+    train = TrainConfig(batch_size=1, ema_decay=0.9998, ema_ramp_iters=2000)
+    ema = build_ema(model, train)
+    assert ema is not None and (ema.decay, ema.ramp_iters) == (0.9998, 2000)
+    constant = build_ema(model, TrainConfig(batch_size=1, ema_decay=0.9))
+    assert constant.ramp_iters is None and constant.current_decay(1) == 0.9
+    assert build_ema(model, TrainConfig(batch_size=1)) is None
+    with pytest.raises(ValueError, match="ema_ramp_iters needs ema_decay"):
+        TrainConfig(batch_size=1, ema_ramp_iters=2000)
+    with pytest.raises(ValueError):
+        TrainConfig(batch_size=1, ema_decay=0.9, ema_ramp_iters=0)
 
 
 def test_resume_with_ema_continues_exactly(city_root, tracking_uri, tmp_path):

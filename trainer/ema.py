@@ -8,11 +8,13 @@ After every optimizer step, for every floating-point entry of the model's state 
 and integer buffers (BatchNorm's ``num_batches_tracked``) are copied. This is timm's
 ``ModelEmaV2``/``ModelEmaV3`` update over the whole state dict with a constant decay, and the
 update of ModelTC/United-Perception ``up/utils/model/ema_helper.py`` (``EMA.step`` without a
-step count), which the seg-benchmark recipes cite. That file's ``exp`` variant (``ExpEMA``)
-also ramps the decay up as ``decay * (1 - exp(-step / 2000))`` when its runner passes the step;
-the recipe schema has no field for a ramp, so :class:`ModelEMA` keeps it off by default
-(``ramp_iters=None``) and offers it as an argument. Integer buffers stay untouched there
-(``v.dtype.is_floating_point``); copying them here changes no weight used in evaluation.
+step count). The seg-benchmark recipes use that file's ``exp`` variant (``ExpEMA``, selected by
+``ema_type: exp`` in their configs): its runner (``up/runner/base_runner.py``, ``train``) calls
+``ema.step(model, curr_step=iter_idx)`` after every optimizer step with the 0-based iteration
+index, and the decay ramps up as ``decay * (1 - exp(-iter_idx / 2000))``, so the first update
+copies the weights. ``ramp_iters`` (recipe field ``train.ema_ramp_iters``) turns that ramp on.
+Integer buffers stay untouched there (``v.dtype.is_floating_point``); copying them here changes
+no weight used in evaluation.
 
 The averaged copy lives on the model's device, never requires gradients, stays in eval mode,
 and is saved into and restored from training checkpoints (:meth:`ModelEMA.state_dict`).
@@ -35,8 +37,9 @@ class ModelEMA:
     Args:
         model: the (unwrapped) model; copied with ``copy.deepcopy`` at construction.
         decay: in (0, 1).
-        ramp_iters: None (constant ``decay``), or United-Perception ``ExpEMA``'s ramp:
-            the update after step ``t`` (1-based) uses ``decay * (1 - exp(-t / ramp_iters))``.
+        ramp_iters: None (constant ``decay``), or United-Perception ``ExpEMA``'s ramp: the
+            update after optimizer step ``t`` (1-based, the reference's 0-based iteration
+            index ``t - 1``) uses ``decay * (1 - exp(-(t - 1) / ramp_iters))``.
 
     Attributes:
         module: the averaged model (eval mode, no gradients); evaluate or save it.
@@ -59,10 +62,11 @@ class ModelEMA:
             param.requires_grad_(False)
 
     def current_decay(self, step: int) -> float:
-        """The decay used by the update after optimizer step ``step`` (1-based)."""
+        """The decay used by the update after optimizer step ``step`` (1-based): ``decay``,
+        or with ``ramp_iters`` ``decay * (1 - exp(-(step - 1) / ramp_iters))`` (0 at step 1)."""
         if self.ramp_iters is None:
             return self.decay
-        return self.decay * (1.0 - math.exp(-step / self.ramp_iters))
+        return self.decay * (1.0 - math.exp(-(step - 1) / self.ramp_iters))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

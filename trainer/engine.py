@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segctl.recipe import Recipe, dataset_preset
+from segctl.recipe.schema import TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data.layouts import build_dataset
 from trainer.data.transforms import Compose, eval_pipeline, seed_worker, train_pipeline
@@ -430,6 +431,14 @@ def train_step(
     return loss.detach()
 
 
+def build_ema(model: nn.Module, train_cfg: TrainConfig) -> ModelEMA | None:
+    """The weight average the recipe asks for (``train.ema_decay``, ramped by
+    ``train.ema_ramp_iters``), or None without ``ema_decay``."""
+    if train_cfg.ema_decay is None:
+        return None
+    return ModelEMA(model, train_cfg.ema_decay, ramp_iters=train_cfg.ema_ramp_iters)
+
+
 def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int, order: DataOrder,
                     ema: ModelEMA | None = None) -> None:
     """Gather every rank's RNG state; rank 0 writes ``iter_{iteration:07d}.pt`` (with the EMA
@@ -558,9 +567,7 @@ def train(
     train_set, val_set = build_train_dataset(recipe), build_val_dataset(recipe)
     recipe = resolve_schedule(recipe, len(train_set), world)  # no-op after run_training's
     sched = recipe.schedule
-    ema = None
-    if recipe.train.ema_decay is not None:
-        ema = ModelEMA(accelerator.unwrap_model(model), recipe.train.ema_decay)
+    ema = build_ema(accelerator.unwrap_model(model), recipe.train)
     eval_model = ema.module if ema is not None else model
     order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed)
     images_per_step = recipe.train.batch_size * world

@@ -194,6 +194,13 @@ class TrainConfig(Section):
         description="Keep an exponential moving average of the weights with this decay and "
         "evaluate with it (off if unset).",
     )
+    ema_ramp_iters: int | None = Field(
+        None,
+        gt=0,
+        description="Ramp the EMA decay up as ema_decay * (1 - exp(-i / ema_ramp_iters)), i the "
+        "0-based index of the optimizer step just taken (United-Perception's exp EMA, 2000 in "
+        "its seg configs); unset: constant ema_decay. Needs ema_decay.",
+    )
     sync_bn: bool = Field(True, description="SyncBatchNorm across GPUs (plain BN on CPU).")
     loss: Literal["ce", "ohem"] = Field(
         "ce", description="Cross-entropy, or OHEM cross-entropy (hard pixels only)."
@@ -209,6 +216,12 @@ class TrainConfig(Section):
         description="Also keep checkpoints at this fsspec URL (written atomically), read back "
         "for resume and evaluation when the run directory lacks them.",
     )
+
+    @model_validator(mode="after")
+    def _ramp_needs_ema(self) -> TrainConfig:
+        if self.ema_ramp_iters is not None and self.ema_decay is None:
+            raise ValueError("ema_ramp_iters needs ema_decay (e.g. ema_decay: 0.9998)")
+        return self
 
 
 class EvalConfig(Section):
@@ -285,6 +298,19 @@ class TrackingConfig(Section):
         "store ./mlflow.db in the submitting directory.",
     )
     experiment: str | None = Field(None, description="MLflow experiment (default: dataset name).")
+    system_metrics: bool = Field(
+        True,
+        description="Log MLflow's system metrics (system/cpu_utilization_percentage, memory, "
+        "disk, network; GPU utilisation and memory where nvidia-ml-py is installed) of rank "
+        "0's node during training. MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true/false in the "
+        "job's environment overrides this for every recipe.",
+    )
+    system_metrics_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between system metric samples (each sample is one step of the "
+        "system/* metrics); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, wins.",
+    )
 
 
 class ReferenceConfig(Section):
