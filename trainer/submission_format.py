@@ -17,6 +17,7 @@ bus 28, train 31, motorcycle 32, bicycle 33).
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -73,31 +74,66 @@ def write_submission(
     images: list[Path],
     predict: Callable[[Path], torch.Tensor | np.ndarray],
     zip_path: str | Path,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
 ) -> Path:
-    """Predict every image, write its labelId PNG into ``zip_path`` (atomically renamed).
+    """Predict every image, write its labelId PNG, and zip them into ``zip_path``.
+
+    The images are sharded over the ranks (rank ``r`` predicts ``images[r::world_size]``). Each
+    PNG is written to ``<zip_path>.parts/`` under a temporary name and renamed once complete,
+    so an interrupted job resumes where it stopped: PNGs already there are not predicted again.
+    After ``barrier()`` rank 0 zips the PNGs (in ``images`` order) into ``<zip_path>.partial``,
+    renames it to ``zip_path`` and removes the parts folder; a partial zip never takes the final
+    name. Every rank must call this with the same ``images``.
 
     Args:
         images: the test images.
         predict: image path -> (H, W) trainIds (int tensor or array) at the image's size.
-        zip_path: the zip to write; a partial file never takes this name.
+        zip_path: the zip to write.
+        rank, world_size: this process's rank and the number of ranks.
+        barrier: waits for every rank (``accelerator.wait_for_everyone``); called twice.
 
     Returns:
         ``zip_path``.
 
     Raises:
-        ValueError: a prediction outside the trainIds; RuntimeError: PNG encoding failed.
+        ValueError: a prediction outside the trainIds; RuntimeError: PNG encoding failed, or
+        (rank 0) a PNG of some image is missing after the barrier.
     """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
     zip_path = Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = zip_path.with_name(zip_path.name + ".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for image in images:
-            pred = predict(image)
-            if isinstance(pred, torch.Tensor):
-                pred = pred.cpu().numpy()
-            ok, png = cv2.imencode(".png", train_ids_to_label_ids(pred))
-            if not ok:
-                raise RuntimeError(f"PNG encoding failed for {image}")
-            archive.writestr(submission_name(image), png.tobytes())
-    partial.replace(zip_path)
+    parts = zip_path.with_name(zip_path.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    for image in images[rank::world_size]:
+        target = parts / submission_name(image)
+        if target.exists():
+            continue
+        pred = predict(image)
+        if isinstance(pred, torch.Tensor):
+            pred = pred.cpu().numpy()
+        ok, png = cv2.imencode(".png", train_ids_to_label_ids(pred))
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for {image}")
+        temporary = target.with_name(target.name + f".rank{rank}.tmp")
+        temporary.write_bytes(png.tobytes())
+        temporary.replace(target)
+    barrier()
+    if rank == 0:
+        names = [submission_name(image) for image in images]
+        missing = [name for name in names if not (parts / name).exists()]
+        if missing:
+            raise RuntimeError(
+                f"{len(missing)} of {len(names)} predictions missing under {parts} "
+                f"(first: {missing[0]}); run the evaluation again to complete them"
+            )
+        partial = zip_path.with_name(zip_path.name + ".partial")
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in names:
+                archive.write(parts / name, arcname=name)
+        partial.replace(zip_path)
+        shutil.rmtree(parts)
+    barrier()
     return zip_path
