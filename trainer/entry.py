@@ -206,7 +206,7 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> str:
 
 def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bool, name: str,
                                  source: str, iteration, run_dir: Path) -> dict[str, Any]:
-    """Predict the split's images (rank 0) and zip their labelId PNGs; see
+    """Predict the split's images (sharded over the ranks) and zip their labelId PNGs; see
     :func:`run_evaluation`."""
     import numpy as np
     import torch
@@ -243,10 +243,12 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
     images = submission_format.list_cityscapes_images(recipe.data.root, split)
     zip_path = run_dir / EVAL_DIR / f"{name}-cityscapes-submission.zip"
     started = time.perf_counter()
+    submission_format.write_submission(
+        images, predict, zip_path, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
+    )
     if accelerator.is_main_process:
-        submission_format.write_submission(images, predict, zip_path)
         log.info("wrote %d labelId PNGs of split %s to %s", len(images), split, zip_path)
-    accelerator.wait_for_everyone()
     return {
         "name": name,
         "format": "cityscapes-submission",
