@@ -73,6 +73,53 @@ def test_param_groups_without_custom_rules(model):
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
 
 
+def test_backbone_lr_mult_scales_the_backbone_groups_only(model):
+    optim = OptimConfig(type="sgd", lr=0.01, weight_decay=0.0, head_lr_mult=1.0,
+                        no_decay_norm_and_pos=False, backbone_lr_mult=0.1)
+    groups = param_groups(model, optim)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    lr_of = {n: g["lr"] for g in groups for n in g["names"]}
+    assert sorted(lr_of) == sorted(names)
+    assert any(n.startswith("backbone.") for n in names) and any(
+        not n.startswith("backbone.") for n in names)
+    for name in names:
+        expected = 0.001 if name.startswith("backbone.") else 0.01
+        assert lr_of[name] == pytest.approx(expected), name
+    # with the SegFormer custom keys: multipliers combine, norms keep no decay
+    combined = param_groups(model, OptimConfig(lr=6e-5, backbone_lr_mult=0.5))
+    norm = _group_of(combined, "backbone.layers.0.1.0.norm1.weight")
+    assert norm["lr"] == pytest.approx(3e-5) and norm["weight_decay"] == 0.0
+    assert _group_of(combined, "decode_head.conv_seg.weight")["lr"] == pytest.approx(6e-4)
+    optimizer = build_optimizer(model, optim)
+    schedule = ScheduleConfig(max_iters=100, warmup_iters=0, val_interval=10,
+                              checkpoint_interval=10, poly_power=0.9)
+    assert set_learning_rates(optimizer, 50, schedule) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert sorted({round(g["lr"], 12) for g in optimizer.param_groups}) == pytest.approx(
+        [0.001 * 0.5 ** 0.9, 0.01 * 0.5 ** 0.9])
+
+
+def test_backbone_lr_mult_on_the_mcibi_vit_large():
+    """sssegmentation's ViT-L MCIBI configs: backbone_net at 0.1x, everything else at 1x."""
+    model = build_segmentor("deeplabv3_mcibi_vit_large", num_classes=4)
+    optim = OptimConfig(type="sgd", lr=0.001, weight_decay=0.0, head_lr_mult=1.0,
+                        no_decay_norm_and_pos=False, backbone_lr_mult=0.1)
+    groups = param_groups(model, optim)
+    assert sorted(g["lr"] for g in groups) == pytest.approx([0.0001, 0.001])
+    backbone = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    for group in groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert in_backbone == {group["lr"] == pytest.approx(0.0001)}
+
+
+def test_backbone_lr_mult_is_validated():
+    with pytest.raises(ValueError):
+        OptimConfig(backbone_lr_mult=0.0)
+    with pytest.raises(ValueError, match="layer_decay_rate"):
+        OptimConfig(backbone_lr_mult=0.1, layer_decay_rate=0.9)
+    with pytest.raises(ValueError):
+        OptimConfig(backbone_lr_mult=0.1, unknown=1)
+
+
 def test_optimizer_types(model):
     adamw = build_optimizer(model, OptimConfig(type="adamw", betas=(0.8, 0.9)))
     assert adamw.__class__.__name__ == "AdamW" and adamw.param_groups[0]["betas"] == (0.8, 0.9)

@@ -312,9 +312,11 @@ def test_recipe_carries_its_row(row):
     if row["gpus"]:
         assert recipe.cluster.nodes * recipe.cluster.gpus_per_node == int(row["gpus"]), where
     if lr is not None:
-        # ViT-L: the table's lr is that of the heads; the backbone runs at a tenth of it.
+        # The table's lr is that of the heads (ViT-L: the backbone runs at a tenth of it).
         head_lr = recipe.optim.lr * recipe.optim.head_lr_mult
         assert head_lr == pytest.approx(lr), where
+        if row["backbone"] == "ViT-Large":  # params_rules backbone_net lr_multiplier 0.1
+            assert (recipe.optim.lr, recipe.optim.backbone_lr_mult) == (lr, 0.1), where
 
     assert (recipe.train.ema_decay is not None) == (row["ema"] == "yes"), where
     if row["ema"] == "yes":  # United-Perception's ExpEMA ramp (ema_type: exp in every EMA row)

@@ -35,6 +35,10 @@ def custom_keys(optim: OptimConfig) -> dict[str, dict[str, float]]:
     return keys
 
 
+#: Name prefix of the backbone's parameters in every segmentor (``self.backbone``).
+BACKBONE_PREFIX = "backbone."
+
+
 def match_custom_key(name: str, keys: Mapping[str, Mapping[str, float]]) -> str | None:
     """The custom key that governs parameter ``name``, or None.
 
@@ -58,6 +62,11 @@ def param_groups(
     ``decay_mult`` and ``names`` (the parameter names). Parameters without
     ``requires_grad`` are left out. Groups are ordered by first appearance in
     ``model.named_parameters()``, so the order is stable across runs (checkpoints rely on it).
+
+    The custom keys' ``lr_mult`` (mmcv's rule) is multiplied by ``optim.backbone_lr_mult`` for
+    the backbone's parameters (names starting with ``backbone.``): sssegmentation's
+    ``params_rules={'backbone_net': dict(lr_multiplier=...)}``, whose other parameters keep
+    the base rate (``ssseg/modules/models/optimizers/paramsconstructor.py``).
     """
     keys = custom_keys(optim)
     groups: dict[tuple[float, float], dict[str, object]] = {}
@@ -67,6 +76,8 @@ def param_groups(
         key = match_custom_key(name, keys)
         rule = keys[key] if key is not None else {}
         lr_mult = float(rule.get("lr_mult", 1.0))
+        if name.startswith(BACKBONE_PREFIX):
+            lr_mult *= optim.backbone_lr_mult
         decay_mult = float(rule.get("decay_mult", 1.0))
         group = groups.setdefault(
             (lr_mult, decay_mult),

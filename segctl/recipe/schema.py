@@ -136,6 +136,13 @@ class OptimConfig(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     head_lr_mult: float = Field(10.0, gt=0, description="Learning-rate multiplier of the heads.")
+    backbone_lr_mult: float = Field(
+        1.0,
+        gt=0,
+        description="Learning-rate multiplier of the backbone (parameters under `backbone.`), "
+        "as sssegmentation's params_rules backbone_net lr_multiplier; multiplies with "
+        "head_lr_mult where both apply. Not with layer_decay_rate.",
+    )
     no_decay_norm_and_pos: bool = Field(
         True, description="No weight decay on normalisation and position-block parameters."
     )
@@ -149,6 +156,15 @@ class OptimConfig(Section):
         description="Layer-wise lr decay (InternImage backbones): layer k of L gets "
         "lr * rate ** (L - 1 - k); replaces the custom-key groups. Off if unset.",
     )
+
+    @model_validator(mode="after")
+    def _one_backbone_rule(self) -> OptimConfig:
+        if self.layer_decay_rate is not None and self.backbone_lr_mult != 1.0:
+            raise ValueError(
+                "backbone_lr_mult does not combine with layer_decay_rate (the layer-wise groups "
+                "set the backbone's rates); drop one of them"
+            )
+        return self
 
 
 class ScheduleConfig(Section):
