@@ -176,6 +176,13 @@ class Registry:
         with self._connect() as db:
             db.execute("DELETE FROM jobs WHERE id = ? AND job_id IS NULL", (row,))
 
+    def forget_run(self, run_id: str) -> int:
+        """Delete a run and all its job rows in one transaction; returns the jobs deleted."""
+        with self._connect() as db:
+            deleted = db.execute("DELETE FROM jobs WHERE run_id = ?", (run_id,)).rowcount
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        return int(deleted)
+
     def jobs(self, run_id: str | None = None) -> list[JobRecord]:
         """Jobs of one run (or all), oldest first."""
         with self._connect() as db:

@@ -120,3 +120,43 @@ def test_sweep_runs_each_point_as_its_own_run(segctl_env, cityscapes_frame_root)
         assert (segctl_env / "runs" / row["run_id"] / "checkpoints" / "final.pt").is_file()
         logs = runner.invoke(app, ["logs", row["run_id"], "--follow"])
         assert logs.exit_code == 0 and logs.output
+
+
+def test_forget_drops_finished_runs_and_refuses_live_ones(segctl_env):
+    import subprocess
+    import sys
+
+    from segctl.registry import RunRecord
+
+    # a live local job: a process that status recognises as a submitit local controller
+    controller = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "submitit.local._local"]
+    )
+    try:
+        registry = Registry(segctl_home())
+        for name, job_id in (("done", "1"), ("busy", str(controller.pid)), ("gone", "1")):
+            run_dir = segctl_env / "runs" / f"{name}-00000000"
+            (run_dir / "jobs").mkdir(parents=True)
+            registry.add_run(RunRecord(f"{name}-00000000", name, "h", str(run_dir), "x.yaml",
+                                       time.time(), None))
+            row = registry.begin_job(f"{name}-00000000", "train", "local", str(run_dir / "jobs"),
+                                     None)
+            registry.submitted(row, job_id)
+            registry.set_state(row, "COMPLETED" if name == "done" else "RUNNING")
+        refused = runner.invoke(app, ["forget", "busy", "done"])
+        assert refused.exit_code == 2 and "segctl cancel busy-00000000" in refused.output
+        assert {r.name for r in registry.runs()} == {"done", "busy", "gone"}  # nothing changed
+
+        kept = runner.invoke(app, ["forget", "done"])
+        assert kept.exit_code == 0 and "forgotten (1 job record(s))" in kept.output
+        assert (segctl_env / "runs" / "done-00000000").is_dir()
+        # "gone" was recorded RUNNING, but its controller is not alive: status finds it FAILED
+        deleted = runner.invoke(app, ["forget", "gone", "--delete-dir"])
+        assert deleted.exit_code == 0, deleted.output
+        assert not (segctl_env / "runs" / "gone-00000000").exists()
+        assert [r.name for r in registry.runs()] == ["busy"]
+        assert {j.run_id for j in registry.jobs()} == {"busy-00000000"}
+        assert runner.invoke(app, ["forget", "nosuch"]).exit_code == 2
+    finally:
+        controller.kill()
+        controller.wait()

@@ -6,7 +6,7 @@ import typer
 
 from segctl.cli import data, recipes, report, stage, sync
 from segctl.cli.evaluate import evaluate
-from segctl.cli.status import cancel, logs, status
+from segctl.cli.status import cancel, forget, logs, status
 from segctl.cli.submit import submit
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("status")(status)
 app.command("logs")(logs)
 app.command("eval")(evaluate)
 app.command("cancel")(cancel)
+app.command("forget")(forget)
 app.command("stage")(stage.stage)
 app.command("sync")(sync.sync)
 app.command("report")(report.report)

@@ -1,5 +1,5 @@
-"""``segctl status``, ``segctl logs`` and ``segctl cancel``: what runs exist, how far they
-are, what they printed, and stopping them.
+"""``segctl status``, ``segctl logs``, ``segctl cancel`` and ``segctl forget``: what runs exist,
+how far they are, what they printed, stopping them, and dropping them from the registry.
 
 Status reads the registry, asks the schedulers about unfinished jobs in one batch (one sacct
 call for all Slurm jobs) and reads each run's ``progress.json``; it never contacts MLflow, so it
@@ -188,3 +188,44 @@ def cancel(
             cancel_job(job.executor, job.folder, job.job_id)
             reg.set_state(job.id, "CANCELLED")
             typer.echo(f"{record.run_id}: cancelled {job.kind} job {job.job_id}")
+
+
+@user_errors
+def forget(
+    runs: Annotated[list[str], typer.Argument(help="Run ids, id prefixes or names.")],
+    delete_dir: Annotated[
+        bool, typer.Option("--delete-dir", help="Also delete each run's directory (checkpoints too).")
+    ] = False,
+) -> None:
+    """Remove runs from the registry, so `segctl status` no longer lists them.
+
+    Refuses (exit 2, nothing changed) while any named run has an unfinished job: cancel it
+    first. The run directory stays unless ``--delete-dir`` is given; MLflow records are never
+    touched, so `segctl report` still sees the run.
+    """
+    import shutil
+
+    from segctl.submission import refresh_states
+
+    reg = registry()
+    records = list({r.run_id: r for r in (find_run(key) for key in runs)}.values())
+    busy = []
+    for record in records:
+        jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
+        if any(state in _LIVE for state in refresh_states(reg, jobs).values()):
+            busy.append(record.run_id)
+    if busy:
+        raise UserError(
+            f"{', '.join(busy)} still has unfinished jobs; stop them first with "
+            f"`segctl cancel {' '.join(busy)}`"
+        )
+    for record in records:
+        deleted = reg.forget_run(record.run_id)
+        message = f"{record.run_id}: forgotten ({deleted} job record(s))"
+        run_dir = Path(record.run_dir)
+        if delete_dir and run_dir.is_dir():
+            shutil.rmtree(run_dir)
+            message += f", deleted {run_dir}"
+        elif run_dir.is_dir():
+            message += f"; {run_dir} kept"
+        typer.echo(message)
