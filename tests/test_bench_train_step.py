@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,12 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.p
 def bench():
     spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def test_segformer_step_is_timed_with_its_peak_memory(bench):
