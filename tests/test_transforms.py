@@ -18,6 +18,7 @@ from trainer.data.transforms import (
     RandomCrop,
     RandomFlip,
     RandomResize,
+    RandomRotation,
     ToTensor,
     eval_pipeline,
     rescale_size,
@@ -243,3 +244,115 @@ def test_seed_worker_gives_workers_distinct_reproducible_streams():
     assert first == draws()
     # items 0, 2 come from worker 0 and 1, 3 from worker 1: their first draws differ
     assert first[0] != first[1]
+
+
+# --- sssegmentation's LIP options: square resize, flip with class swap, rotation -------------
+
+
+def _lip_sample(real_data):
+    dataset = build_dataset("lip", real_data / "lip", "train")
+    return dataset.load(0)
+
+
+def test_resize_without_keep_ratio_matches_the_image_orientation():
+    resize = RandomResize((1024, 512), (1.0, 1.0), keep_ratio=False, match_orientation=True)
+    assert resize.target_size(width=60, height=100, ratio=1.0) == (512, 1024)  # portrait
+    assert resize.target_size(width=100, height=60, ratio=1.0) == (1024, 512)
+    assert resize.target_size(width=80, height=80, ratio=1.0) == (1024, 512)  # square: width long
+    assert RandomResize((520, 520), keep_ratio=False, match_orientation=True).target_size(
+        300, 200, 0.75) == (390, 390)
+    mmcv_style = RandomResize((1024, 512), (1.0, 1.0), keep_ratio=False)
+    assert mmcv_style.target_size(width=60, height=100, ratio=1.0) == (1024, 512)
+
+
+def test_flip_swaps_left_and_right_classes():
+    label = np.array([[14, 15, 0, 16, 255]], dtype=np.uint8)
+    sample = {"image": np.zeros((1, 5, 3), np.uint8), "label": label}
+    out = RandomFlip(1.0, swap_pairs=[(15, 14), (17, 16)])(sample, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["label"], [[255, 17, 0, 14, 15]])
+    with pytest.raises(ValueError, match="once"):
+        RandomFlip(0.5, swap_pairs=[(1, 2), (2, 3)])
+
+
+def test_rotation_draws_whole_degrees_in_the_half_open_range():
+    rotation = RandomRotation(30, prob=0.6)
+    angles, rotated = [], 0
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        if rng.random() <= 0.6:
+            rotated += 1
+            angles.append(int(rng.integers(-30, 30)))
+    assert 0.5 < rotated / 400 < 0.7 and min(angles) >= -30 and max(angles) <= 29
+    # the transform draws exactly that: same seeds, same decisions
+    sample = {"image": np.zeros((9, 9, 3), np.uint8), "label": np.zeros((9, 9), np.uint8)}
+    changed = sum(
+        int((rotation(dict(sample), np.random.default_rng(seed))["label"] == 255).any())
+        for seed in range(400)
+    )
+    assert changed <= rotated
+
+
+def _drawn_angle(seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    rng.random()
+    return int(rng.integers(-30, 30))
+
+
+def test_rotation_on_real_lip_keeps_labels_and_alignment(real_data):
+    sample = _lip_sample(real_data)
+    image, label = sample["image"], sample["label"]
+    classes = set(np.unique(label).tolist())
+    assert classes <= set(range(20))
+    rotation = RandomRotation(30, prob=1.0, seg_fill=255)
+    height, width = label.shape
+    # a label-coded image goes through the image path: where the source label is constant over
+    # a 7x7 window (beyond the bicubic support and OpenCV's fixed-point rounding), the rotated
+    # image holds the rotated label's class (to 1 grey level)
+    coded = np.repeat(label[:, :, None] * 10, 3, axis=2).astype(np.uint8)
+    kernel = np.ones((7, 7), np.uint8)
+    flat_source = (cv2.dilate(label, kernel) == cv2.erode(label, kernel)).astype(np.uint8)
+    flat_source[:3], flat_source[-3:], flat_source[:, :3], flat_source[:, -3:] = 0, 0, 0, 0
+    for seed in range(6):
+        out = rotation({"image": coded.copy(), "label": label.copy()}, np.random.default_rng(seed))
+        rotated = out["label"]
+        assert rotated.shape == (height, width) and rotated.dtype == label.dtype
+        assert set(np.unique(rotated).tolist()) <= classes | {255}
+        flat = rotation({"image": coded.copy(), "label": flat_source.copy()},
+                        np.random.default_rng(seed))["label"] == 1
+        assert flat.sum() > 0.2 * rotated.size and (rotated[flat] != 255).all()
+        np.testing.assert_allclose(out["image"][..., 0][flat], rotated[flat] * 10.0, atol=1)
+    # geometry: a marker at (x, y) lands at matrix @ (x, y, 1) in both image and label
+    marker_label = np.zeros((height, width), np.uint8)
+    marker_label[40:47, 100:107] = 1  # centre (103, 43) in (x, y)
+    marker_image = np.repeat(marker_label[:, :, None] * 200, 3, axis=2).astype(np.uint8)
+    seed = next(s for s in range(100) if abs(_drawn_angle(s)) >= 20)
+    out = rotation({"image": marker_image, "label": marker_label}, np.random.default_rng(seed))
+    expected = rotation.matrix(height, width, _drawn_angle(seed)) @ np.array([103.0, 43.0, 1.0])
+    ys, xs = np.nonzero(out["label"] == 1)
+    np.testing.assert_allclose([xs.mean(), ys.mean()], expected, atol=0.75)
+    weights = out["image"][..., 0].astype(float)
+    ys, xs = np.mgrid[:height, :width]
+    centre = [(xs * weights).sum() / weights.sum(), (ys * weights).sum() / weights.sum()]
+    np.testing.assert_allclose(centre, expected, atol=0.75)
+    # a nonzero angle leaves the corners outside the source: label 255, image 0
+    seed = next(s for s in range(100) if _drawn_angle(s) not in (0, -1, 1))
+    out = rotation({"image": image.copy(), "label": label.copy()}, np.random.default_rng(seed))
+    assert out["label"][0, 0] == 255 and out["label"][-1, -1] == 255
+    assert not out["image"][0, 0].any()
+
+
+def test_lip_train_pipeline_on_the_real_sample(real_data):
+    sample = _lip_sample(real_data)
+    pipeline = train_pipeline(
+        scale=(520, 520), crop_size=(473, 473), mean=MEAN, std=STD, ratio_range=(0.75, 1.25),
+        keep_ratio=False, flip_swap_pairs=[(15, 14), (17, 16), (19, 18)], rotation=(30, 0.6),
+        seed=0,
+    )
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert names.index("RandomRotation") == names.index("RandomFlip") + 1
+    assert names.index("PhotoMetricDistortion") == names.index("RandomRotation") + 1
+    for _ in range(4):
+        out = pipeline({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                        for k, v in sample.items()})
+        assert out["image"].shape == (3, 473, 473) and out["label"].shape == (473, 473)
+        assert set(out["label"].unique().tolist()) <= set(range(20)) | {255}

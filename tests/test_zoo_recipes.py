@@ -345,6 +345,38 @@ def test_internimage_layer_decay_and_sgd_hrnet_settings():
         assert (recipe.schedule.poly_power, recipe.schedule.min_lr, recipe.schedule.warmup_iters) == (0.9, 1e-4, 0), path
 
 
+def test_lip_recipes_use_the_sssegmentation_lip_augmentations():
+    """ssseg/configs/_base_/datasets/lip_473x473.py: Resize (520, 520) keep_ratio False
+    x0.75..1.25, RandomFlip with fix_ann_pairs, RandomRotation angle_upper 30 p 0.6."""
+    paths = sorted(RECIPES.glob("lip/*.yaml"))
+    assert len(paths) == 4
+    for path in paths:
+        data = load_recipe(path).recipe.data
+        assert (data.train_scale, data.ratio_range, data.keep_ratio) == (
+            (520, 520), (0.75, 1.25), False), path
+        assert data.flip_swap_pairs == [(15, 14), (17, 16), (19, 18)], path
+        assert data.random_rotation is not None, path
+        assert (data.random_rotation.max_degrees, data.random_rotation.prob) == (30, 0.6), path
+    others = [p for p in RECIPES.rglob("*.yaml") if p.parent.name != "lip"]
+    for path in others:
+        data = load_recipe(path).recipe.data
+        assert data.keep_ratio and not data.flip_swap_pairs and data.random_rotation is None, path
+
+
+def test_augmentation_fields_are_validated():
+    from segctl.recipe.schema import DataConfig
+
+    base = {"dataset": "lip", "root": "x", "crop_size": [473, 473]}
+    with pytest.raises(ValueError, match="each at most once"):
+        DataConfig(**base, flip_swap_pairs=[[1, 2], [2, 3]])
+    with pytest.raises(ValueError):
+        DataConfig(**base, random_rotation={"max_degrees": 0, "prob": 0.5})
+    with pytest.raises(ValueError):
+        DataConfig(**base, random_rotation={"max_degrees": 30, "prob": 1.5})
+    with pytest.raises(ValueError):
+        DataConfig(**base, random_rotation={"max_degrees": 30, "prob": 0.5, "fill": 0})
+
+
 @pytest.fixture(scope="module")
 def listed() -> list[dict]:
     result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES), "--json"])

@@ -45,6 +45,15 @@ def _positive_pair(value: Size2 | None, field: str) -> Size2 | None:
     return value
 
 
+class RotationConfig(Section):
+    """Random rotation of training samples (sssegmentation's ``RandomRotation``)."""
+
+    max_degrees: int = Field(
+        gt=0, le=180, description="Angles are whole degrees drawn from [-max_degrees, max_degrees)."
+    )
+    prob: float = Field(ge=0, le=1, description="Probability that a sample is rotated.")
+
+
 class DataConfig(Section):
     """Which dataset, where it lives, and how training crops are made."""
 
@@ -61,6 +70,22 @@ class DataConfig(Section):
     )
     cat_max_ratio: float = Field(
         0.75, gt=0, le=1, description="Largest share of a random crop one class may take."
+    )
+    keep_ratio: bool = Field(
+        True,
+        description="Random resize keeping the aspect ratio (mmseg). False: resize to exactly "
+        "train_scale x ratio, its long edge along the image's longer side (sssegmentation "
+        "Resize keep_ratio=False).",
+    )
+    flip_swap_pairs: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="Class pairs swapped in the label when a sample is flipped (left/right "
+        "parts, e.g. LIP [[15, 14], [17, 16], [19, 18]]); each class at most once.",
+    )
+    random_rotation: RotationConfig | None = Field(
+        None,
+        description="Rotate after the flip, image bicubic (fill 0), label nearest (fill the "
+        "ignore index); off if unset.",
     )
     num_workers: int = Field(2, ge=0, description="Data loader worker processes per rank.")
     stage_to: str | None = Field(
@@ -96,6 +121,17 @@ class DataConfig(Section):
     def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
         if not 0 < value[0] <= value[1]:
             raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(value)}")
+        return value
+
+    @field_validator("flip_swap_pairs")
+    @classmethod
+    def _distinct_pairs(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        classes = [c for pair in value for c in pair]
+        if any(c < 0 for c in classes) or len(set(classes)) != len(classes):
+            raise ValueError(
+                "flip_swap_pairs must hold non-negative class indices, each at most once, "
+                f"got {[list(p) for p in value]}"
+            )
         return value
 
 

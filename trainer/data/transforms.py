@@ -17,7 +17,11 @@ References (behaviour matched, code written here): mmsegmentation
 ``mmseg/datasets/transforms/transforms.py`` (1.x) and ``mmseg/datasets/pipelines/transforms.py``
 (0.x) for ``RandomCrop``, ``PhotoMetricDistortion``, ``Pad``, ``Normalize``, ``RandomFlip``;
 mmcv ``mmcv/transforms/processing.py`` ``RandomResize`` and ``mmcv/image/geometric.py``
-``rescale_size``/``imrescale``/``imresize`` for the resize rule and interpolation.
+``rescale_size``/``imrescale``/``imresize`` for the resize rule and interpolation;
+sssegmentation ``ssseg/modules/datasets/pipelines/transforms.py`` for ``Resize`` with
+``keep_ratio=False`` (:class:`RandomResize` with ``match_orientation``), ``RandomRotation``
+(:class:`RandomRotation`) and ``RandomFlip`` with ``fix_ann_pairs`` (:class:`RandomFlip` with
+``swap_pairs``), which its LIP configs use.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "RandomCrop",
     "RandomFlip",
     "RandomResize",
+    "RandomRotation",
     "ToTensor",
     "eval_pipeline",
     "rescale_size",
@@ -79,13 +84,17 @@ class RandomResize:
     ``(int(scale[0] * ratio), int(scale[1] * ratio))`` and, with ``keep_ratio``, the image is
     rescaled by :func:`rescale_size` (long edge within the long target, short edge within the
     short target). Without ``keep_ratio`` the image is resized to exactly that target, read as
-    ``(width, height)`` as in mmcv. Interpolation: OpenCV ``INTER_LINEAR`` for the image and
-    ``INTER_NEAREST`` for the label, as mmcv's ``bilinear``/``nearest`` with the cv2 backend.
+    ``(width, height)`` as in mmcv; with ``match_orientation`` as well, the target's longer
+    edge goes along the image's longer side (the width when the image is square), as
+    sssegmentation's ``Resize(keep_ratio=False)`` does. Interpolation: OpenCV ``INTER_LINEAR``
+    for the image and ``INTER_NEAREST`` for the label, as mmcv's ``bilinear``/``nearest`` with
+    the cv2 backend and sssegmentation's defaults.
 
     Args:
         scale: base scale in pixels, ``(width, height)`` (e.g. ``(2048, 1024)``).
         ratio_range: ``(min_ratio, max_ratio)``.
         keep_ratio: keep the aspect ratio (the standard setting).
+        match_orientation: without ``keep_ratio``, orient the target like the image.
 
     Effect: ``image (H, W, 3) uint8 -> (H', W', 3) uint8``, ``label (H, W) -> (H', W')``.
     """
@@ -95,18 +104,23 @@ class RandomResize:
         scale: tuple[int, int] = (2048, 1024),
         ratio_range: tuple[float, float] = (0.5, 2.0),
         keep_ratio: bool = True,
+        match_orientation: bool = False,
     ) -> None:
         if not 0 < ratio_range[0] <= ratio_range[1]:
             raise ValueError(f"ratio_range must satisfy 0 < min <= max, got {ratio_range}")
         self.scale = tuple(scale)
         self.ratio_range = tuple(ratio_range)
         self.keep_ratio = keep_ratio
+        self.match_orientation = match_orientation
 
     def target_size(self, width: int, height: int, ratio: float) -> tuple[int, int]:
         """Output ``(width, height)`` in pixels for an input size and a drawn ratio."""
         target = int(self.scale[0] * ratio), int(self.scale[1] * ratio)
         if self.keep_ratio:
             return rescale_size(width, height, target)
+        if self.match_orientation:
+            long_edge, short_edge = max(target), min(target)
+            return (short_edge, long_edge) if height > width else (long_edge, short_edge)
         return target
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -124,7 +138,7 @@ class RandomResize:
 
     def __repr__(self) -> str:
         return (f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, "
-                f"keep_ratio={self.keep_ratio})")
+                f"keep_ratio={self.keep_ratio}, match_orientation={self.match_orientation})")
 
 
 class RandomCrop:
@@ -200,23 +214,100 @@ class RandomFlip:
     """Horizontal flip of image and label with probability ``prob``.
 
     Reference: mmseg/mmcv ``RandomFlip(prob, direction='horizontal')``: flip when a uniform draw
-    in ``[0, 1)`` is below ``prob``.
+    in ``[0, 1)`` is below ``prob``. ``swap_pairs`` exchanges the two classes of each pair in a
+    flipped label (left/right body parts in human parsing), as sssegmentation's
+    ``RandomFlip(fix_ann_pairs=...)``.
+
+    Args:
+        prob: flip probability.
+        swap_pairs: ``(a, b)`` class pairs exchanged after a flip; no class in two pairs.
     """
 
-    def __init__(self, prob: float = 0.5) -> None:
+    def __init__(self, prob: float = 0.5, swap_pairs: Sequence[tuple[int, int]] = ()) -> None:
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must lie in [0, 1], got {prob}")
         self.prob = prob
+        self.swap_pairs = tuple((int(a), int(b)) for a, b in swap_pairs)
+        classes = [c for pair in self.swap_pairs for c in pair]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"swap_pairs must name each class once, got {self.swap_pairs}")
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if rng.random() < self.prob:
             sample["image"] = cv2.flip(sample["image"], 1)
-            if sample.get("label") is not None:
-                sample["label"] = cv2.flip(sample["label"], 1)
+            label = sample.get("label")
+            if label is not None:
+                flipped = cv2.flip(label, 1)
+                if self.swap_pairs:
+                    swapped = flipped.copy()
+                    for a, b in self.swap_pairs:
+                        swapped[flipped == a] = b
+                        swapped[flipped == b] = a
+                    flipped = swapped
+                sample["label"] = flipped
         return sample
 
     def __repr__(self) -> str:
-        return f"RandomFlip(prob={self.prob})"
+        return f"RandomFlip(prob={self.prob}, swap_pairs={list(self.swap_pairs)})"
+
+
+class RandomRotation:
+    """Rotate image and label about the image centre by a random whole number of degrees.
+
+    Reference: sssegmentation ``RandomRotation(angle_upper, rotation_prob)``: skipped when a
+    uniform draw in ``[0, 1)`` exceeds ``prob``; otherwise the angle is an integer drawn
+    uniformly from ``[-max_degrees, max_degrees)`` (``np.random.randint``'s half-open range),
+    counter-clockwise for positive angles (``cv2.getRotationMatrix2D`` about ``(W / 2, H / 2)``,
+    scale 1), and both are warped to their own size: the image with ``INTER_CUBIC`` and
+    ``img_fill`` outside, the label with ``INTER_NEAREST`` and ``seg_fill`` (the ignore index)
+    outside, so no new label value appears.
+
+    Args:
+        max_degrees: angle bound in degrees (30 in the LIP configs).
+        prob: rotation probability (0.6 in the LIP configs).
+        img_fill: image fill value (0).
+        seg_fill: label fill value (255).
+
+    Effect: shapes and dtypes unchanged.
+    """
+
+    def __init__(self, max_degrees: int = 30, prob: float = 0.5, img_fill: float = 0,
+                 seg_fill: int = 255) -> None:
+        if max_degrees <= 0:
+            raise ValueError(f"max_degrees must be positive, got {max_degrees}")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must lie in [0, 1], got {prob}")
+        self.max_degrees = int(max_degrees)
+        self.prob = prob
+        self.img_fill = img_fill
+        self.seg_fill = seg_fill
+
+    def matrix(self, height: int, width: int, angle: float) -> np.ndarray:
+        """The 2x3 affine matrix rotating a ``height x width`` image by ``angle`` degrees."""
+        return cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if rng.random() > self.prob:
+            return sample
+        angle = int(rng.integers(-self.max_degrees, self.max_degrees))
+        image = sample["image"]
+        height, width = image.shape[:2]
+        matrix = self.matrix(height, width, angle)
+        sample["image"] = cv2.warpAffine(
+            image, matrix, (width, height), flags=cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=(self.img_fill,) * 3,
+        )
+        label = sample.get("label")
+        if label is not None:
+            sample["label"] = cv2.warpAffine(
+                label, matrix, (width, height), flags=cv2.INTER_NEAREST,
+                borderMode=cv2.BORDER_CONSTANT, borderValue=self.seg_fill,
+            )
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"RandomRotation(max_degrees={self.max_degrees}, prob={self.prob}, "
+                f"img_fill={self.img_fill}, seg_fill={self.seg_fill})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,12 +548,17 @@ def train_pipeline(
     cat_max_ratio: float = 0.75,
     ignore_index: int = 255,
     seed: int | None = None,
+    keep_ratio: bool = True,
+    flip_swap_pairs: Sequence[tuple[int, int]] = (),
+    rotation: tuple[int, float] | None = None,
 ) -> Compose:
-    """The standard mmseg training pipeline.
+    """The standard mmseg training pipeline, with sssegmentation's options.
 
-    RandomResize(scale, ratio_range) -> RandomCrop(crop_size, cat_max_ratio) -> RandomFlip(0.5)
-    -> PhotoMetricDistortion -> Normalize(mean, std) -> Pad(crop_size, 0, ignore_index) ->
-    ToTensor. Output: image ``float32 (3, h, w)``, label ``int64 (h, w)`` with
+    RandomResize(scale, ratio_range, keep_ratio) -> RandomCrop(crop_size, cat_max_ratio) ->
+    RandomFlip(0.5, flip_swap_pairs) [-> RandomRotation] -> PhotoMetricDistortion ->
+    Normalize(mean, std) -> Pad(crop_size, 0, ignore_index) -> ToTensor (the rotation sits
+    where sssegmentation's LIP pipeline has it, between the flip and the photometric
+    distortion). Output: image ``float32 (3, h, w)``, label ``int64 (h, w)`` with
     ``(h, w) = crop_size``.
 
     Args:
@@ -471,19 +567,26 @@ def train_pipeline(
         mean, std: RGB, 0..255 scale.
         ratio_range, cat_max_ratio, ignore_index: see the transforms.
         seed: seed of the pipeline's generator (see :class:`Compose`).
+        keep_ratio: False resizes to exactly ``scale x ratio``, oriented like the image
+            (:class:`RandomResize` with ``match_orientation``).
+        flip_swap_pairs: class pairs exchanged by a flip (:class:`RandomFlip`).
+        rotation: ``(max_degrees, prob)`` adds :class:`RandomRotation` with the label filled
+            with ``ignore_index``; None leaves it out.
     """
-    return Compose(
-        [
-            RandomResize(scale, ratio_range, keep_ratio=True),
-            RandomCrop(crop_size, cat_max_ratio, ignore_index),
-            RandomFlip(0.5),
-            PhotoMetricDistortion(),
-            Normalize(mean, std),
-            Pad(crop_size, pad_val=0, seg_pad_val=ignore_index),
-            ToTensor(),
-        ],
-        seed=seed,
-    )
+    transforms = [
+        RandomResize(scale, ratio_range, keep_ratio=keep_ratio, match_orientation=not keep_ratio),
+        RandomCrop(crop_size, cat_max_ratio, ignore_index),
+        RandomFlip(0.5, swap_pairs=flip_swap_pairs),
+    ]
+    if rotation is not None:
+        transforms.append(RandomRotation(rotation[0], rotation[1], seg_fill=ignore_index))
+    transforms += [
+        PhotoMetricDistortion(),
+        Normalize(mean, std),
+        Pad(crop_size, pad_val=0, seg_pad_val=ignore_index),
+        ToTensor(),
+    ]
+    return Compose(transforms, seed=seed)
 
 
 def eval_pipeline(mean: Sequence[float], std: Sequence[float]) -> Compose:
