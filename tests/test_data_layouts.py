@@ -140,3 +140,46 @@ def test_ade20k_bad_layouts(tmp_path: Path):
 
 def test_layout_error_is_value_error():
     assert issubclass(DatasetLayoutError, ValueError)
+
+
+# --- Cityscapes train+val (test-server training) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cityscapes(tmp_path_factory) -> Path:
+    from trainer.data.synthetic import make_synthetic_cityscapes
+
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("tiny_city"), n_train=3, n_val=2,
+                                     size=(32, 64))
+
+
+def test_cityscapes_joins_splits_in_order(tiny_cityscapes: Path):
+    train = build_dataset("cityscapes", tiny_cityscapes, "train")
+    val = build_dataset("cityscapes", tiny_cityscapes, "val")
+    both = build_dataset("cityscapes", tiny_cityscapes, "train+val")
+    assert (len(train), len(val), len(both)) == (3, 2, 5)
+    assert both.pairs == train.pairs + val.pairs
+    assert [p[0].parts[-3] for p in both.pairs] == ["train"] * 3 + ["val"] * 2
+    assert build_dataset("cityscapes", tiny_cityscapes, "val+train").pairs == val.pairs + train.pairs
+    sample = both[4]
+    assert sample["image"].shape == (32, 64, 3) and sample["label"].shape == (32, 64)
+    for bad in ("train+train", "train+", "train+test"):
+        with pytest.raises(DatasetLayoutError):
+            build_dataset("cityscapes", tiny_cityscapes, bad)
+
+
+def test_recipe_trains_on_train_plus_val(tiny_cityscapes: Path, tmp_path: Path):
+    from segctl.recipe.schema import DataConfig
+    from tests.trainer_runs import small_recipe
+    from trainer.engine import build_train_dataset
+
+    recipe = small_recipe(tiny_cityscapes, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          data={"train_split": "train+val", "crop_size": [32, 64],
+                                "train_scale": [64, 32]})
+    dataset = build_train_dataset(recipe)
+    assert len(dataset) == 5
+    assert dataset[(4, 0)]["label"].shape == (32, 64)
+    with pytest.raises(ValueError, match="only the cityscapes layout"):
+        DataConfig(dataset="ade20k", root="x", crop_size=[512, 512], train_split="train+val")
+    with pytest.raises(ValueError, match="distinct"):
+        DataConfig(dataset="cityscapes", root="x", crop_size=[512, 512], train_split="train+train")

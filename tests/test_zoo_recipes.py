@@ -328,6 +328,10 @@ def test_recipe_carries_its_row(row):
     assert ref.miou_ms_flip == number(row["miou_ms_flip"]), where
     if "test server" in row["eval_split"]:
         assert "test server" in ref.source, where
+    if "trainval training" in row["eval_split"]:
+        assert recipe.data.train_split == "train+val", where
+    else:
+        assert recipe.data.train_split in (None, "train", "trainaug"), where
 
 
 def test_internimage_layer_decay_and_sgd_hrnet_settings():

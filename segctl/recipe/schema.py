@@ -60,7 +60,11 @@ class DataConfig(Section):
     dataset: str = Field(description="Dataset preset name (see `segctl recipes presets`).")
     root: str = Field(description="Dataset root: a local path or any fsspec URL.")
     crop_size: Size2 = Field(description="Training crop [height, width] in pixels.")
-    train_split: str | None = Field(None, description="Split to train on (preset default).")
+    train_split: str | None = Field(
+        None,
+        description="Split to train on (preset default); Cityscapes also takes splits joined "
+        "by '+' (train+val, as test-server entries train).",
+    )
     val_split: str | None = Field(None, description="Split to evaluate on (preset default).")
     train_scale: Size2 | None = Field(
         None, description="[long, short] edge in pixels scaled by the random resize ratio."
@@ -122,6 +126,19 @@ class DataConfig(Section):
         if not 0 < value[0] <= value[1]:
             raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _combined_split(self) -> DataConfig:
+        for name in ("train_split", "val_split"):
+            split = getattr(self, name)
+            if split is None or "+" not in split:
+                continue
+            parts = split.split("+")
+            if DATASET_PRESETS[self.dataset].layout != "cityscapes":
+                raise ValueError(f"{name} {split!r}: only the cityscapes layout joins splits")
+            if "" in parts or len(set(parts)) != len(parts):
+                raise ValueError(f"{name} {split!r}: join distinct split names, e.g. train+val")
+        return self
 
     @field_validator("flip_swap_pairs")
     @classmethod

@@ -27,7 +27,9 @@ class CityscapesDataset(SegmentationDataset):
 
     Args:
         root: the folder holding ``leftImg8bit`` and ``gtFine``.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``, or several joined by ``+``
+            (``"train+val"``: the 3475 finely annotated frames, on which Cityscapes test-server
+            entries are trained), listed split by split in the order given.
         transform, reduce_zero_label, ignore_index: see :class:`SegmentationDataset`.
 
     Raises:
@@ -41,11 +43,22 @@ class CityscapesDataset(SegmentationDataset):
     )
 
     def list_pairs(self) -> list[tuple[Path, Path]]:
-        image_dir = self.root / "leftImg8bit" / self.split
-        label_dir = self.root / "gtFine" / self.split
+        parts = self.split.split("+")
+        if "" in parts or len(set(parts)) != len(parts):
+            raise self.layout_error(
+                self.root, f"split {self.split!r}: join distinct split names with '+'"
+            )
+        pairs = []
+        for part in parts:
+            pairs += self._split_pairs(part)
+        return self.check_labels_exist(pairs)
+
+    def _split_pairs(self, split: str) -> list[tuple[Path, Path]]:
+        image_dir = self.root / "leftImg8bit" / split
+        label_dir = self.root / "gtFine" / split
         for folder in (image_dir, label_dir):
             if not folder.is_dir():
-                raise self.layout_error(folder, f"split folder for {self.split!r} does not exist")
+                raise self.layout_error(folder, f"split folder for {split!r} does not exist")
         images = sorted(image_dir.glob("*/*" + IMAGE_SUFFIX))
         if not images:
             raise self.layout_error(image_dir, f"no *{IMAGE_SUFFIX} files in <city> subfolders")
@@ -53,4 +66,4 @@ class CityscapesDataset(SegmentationDataset):
         for image in images:
             stem = image.name[: -len(IMAGE_SUFFIX)]
             pairs.append((image, label_dir / image.parent.name / (stem + LABEL_SUFFIX)))
-        return self.check_labels_exist(pairs)
+        return pairs
