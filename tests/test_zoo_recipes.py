@@ -418,3 +418,20 @@ def test_list_table_groups_rows_by_dataset():
     assert len(headers) == len(set(headers)) == 11
     block = result.output.split("DATASET ade20k", 1)[1].split("DATASET ", 1)[0]
     assert "InternImage-H" in block and "1.12B" in block and "59.90" in block and "60.30" in block
+
+
+def test_coco_stuff10k_uses_the_171_annotated_classes_of_the_182_id_space():
+    """sssegmentation's COCOStuff10kDataset: num_classes 182, label = raw id - 1; the 11 thing
+    ids below are never annotated in COCO-Stuff, so the 171 train ids are the same classes in
+    the same order (the recipes' comment explains the choice)."""
+    from segctl.recipe.datasets import COCO_STUFF_CLASSES
+
+    unannotated = {"street sign", "hat", "shoe", "eye glasses", "plate", "mirror", "window",
+                   "desk", "door", "blender", "hair brush"}
+    assert len(COCO_STUFF_CLASSES) == 182 - len(unannotated) == 171
+    assert not unannotated & set(COCO_STUFF_CLASSES)
+    assert COCO_STUFF_CLASSES[:3] == ("person", "bicycle", "car")
+    assert COCO_STUFF_CLASSES[-1] == "wood"
+    for path in sorted(RECIPES.glob("coco_stuff10k/*.yaml")):
+        assert load_recipe(path).recipe.data.dataset == "coco_stuff10k", path
+        assert "num_classes 182" in path.read_text(), path
