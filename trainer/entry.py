@@ -286,7 +286,8 @@ def run_evaluation(
         checkpoint: a path, an fsspec URL, or a file name in ``RUN_DIR/checkpoints``; default
             ``final.pt``, else the latest ``iter_*.pt`` (its EMA weights when it has them). Any
             format :func:`~trainer.models.converters.pretrained.load_pretrained` reads that
-            holds a full segmentor (mmseg 0.x/1.x, official HRNet).
+            holds a full segmentor (mmseg 0.x/1.x, official HRNet, official NVlabs SegFormer
+            for the ``segformer_official_mit_*`` models).
         output_format: ``"metrics"`` (default) or ``"cityscapes-submission"``.
         ms_flip: multi-scale (``eval.scales``) + flip; None takes ``eval.ms_flip``.
         name: output name; default ``"<checkpoint stem>-<ss|ms_flip>"`` (e.g. ``final-ss``).
@@ -304,8 +305,10 @@ def run_evaluation(
         The dict written to the JSON file.
 
     Raises:
-        FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model, or
-            an unknown ``output_format`` (or a submission for a non-Cityscapes recipe).
+        FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model
+            (holds a backbone only, or an official SegFormer decoder for a model with mmseg's
+            head: the message names the preset to use), or an unknown ``output_format`` (or a
+            submission for a non-Cityscapes recipe).
     """
     if output_format not in submission_format.FORMATS:
         raise ValueError(
@@ -325,9 +328,7 @@ def run_evaluation(
         state = ckpt.load_model_weights(source)
         iteration = state.get("iteration") if isinstance(state, dict) else None
         model = build_model(recipe, load_init=False)
-        report = load_pretrained(model, state)
-        if report.target != "model":
-            raise ValueError(f"{source} holds a backbone only ({report.kind}), not a segmentor")
+        load_pretrained(model, state, require_full=True, source=str(source))
         model.to(accelerator.device)
         name = name or f"{Path(source).stem}-{mode}"
         if output_format == "cityscapes-submission":

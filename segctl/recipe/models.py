@@ -32,6 +32,11 @@ _MIT_SOURCE = (
     "Xie et al. 2021, SegFormer (arXiv 2105.15203); parameter names of mmsegmentation 1.x "
     "mmseg/models/backbones/mit.py and decode_heads/segformer_head.py"
 )
+_MIT_OFFICIAL_SOURCE = (
+    "Xie et al. 2021, SegFormer (arXiv 2105.15203); the official NVlabs/SegFormer decoder "
+    "(decode_heads/segformer_head.py: linear_c1..c4, linear_fuse, linear_pred; 256 wide for B0/B1, "
+    "768 for B2..B5), for the official checkpoints; encoder names of mmsegmentation 1.x"
+)
 
 _HRNET_SOURCE = (
     "Wang et al. 2020, Deep High-Resolution Representation Learning (arXiv 1908.07919); "
@@ -73,6 +78,15 @@ _DEEPLAB_BACKBONES = {
 def _presets() -> list[ModelPreset]:
     presets = [
         ModelPreset(name=f"segformer_mit_b{i}", method="SegFormer", backbone=f"MiT-B{i}", source=_MIT_SOURCE)
+        for i in range(6)
+    ]
+    presets += [
+        ModelPreset(
+            name=f"segformer_official_mit_b{i}",
+            method="SegFormer (official head)",
+            backbone=f"MiT-B{i}",
+            source=_MIT_OFFICIAL_SOURCE,
+        )
         for i in range(6)
     ]
     presets += [

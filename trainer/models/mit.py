@@ -12,7 +12,8 @@ checkpoints load with ``strict=True``:
 Every LayerNorm uses eps 1e-6, as mmseg's MiT passes ``norm_cfg=dict(type='LN', eps=1e-6)`` to
 the patch embeddings, the blocks, the reduction norms and the stage norms alike (the official
 NVlabs code uses 1e-5 in the patch embeddings and reduction norms; mmseg's checkpoints were
-trained and evaluated with 1e-6 throughout).
+trained and evaluated with 1e-6 throughout). ``MixVisionTransformer(patch_and_sr_norm_eps=1e-5)``
+reproduces the NVlabs numerics, for its checkpoints.
 """
 
 from __future__ import annotations
@@ -79,12 +80,19 @@ class OverlapPatchEmbed(nn.Module):
     patch sizes used by MiT).
     """
 
-    def __init__(self, in_channels: int, embed_dims: int, patch_size: int, stride: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dims: int,
+        patch_size: int,
+        stride: int,
+        norm_eps: float = LAYER_NORM_EPS,
+    ) -> None:
         super().__init__()
         self.projection = nn.Conv2d(
             in_channels, embed_dims, patch_size, stride=stride, padding=patch_size // 2
         )
-        self.norm = nn.LayerNorm(embed_dims, eps=LAYER_NORM_EPS)
+        self.norm = nn.LayerNorm(embed_dims, eps=norm_eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.projection(x)
@@ -154,6 +162,7 @@ class EfficientSelfAttention(nn.Module):
         attn_drop: float,
         proj_drop: float,
         drop_path_rate: float,
+        sr_norm_eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.attn = PackedAttention(embed_dims, num_heads, bias=qkv_bias, dropout=attn_drop)
@@ -162,7 +171,7 @@ class EfficientSelfAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(embed_dims, embed_dims, sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(embed_dims, eps=LAYER_NORM_EPS)
+            self.norm = nn.LayerNorm(embed_dims, eps=sr_norm_eps)
 
     def forward(self, x: Tensor, hw: tuple[int, int], identity: Tensor) -> Tensor:
         kv = x
@@ -208,11 +217,19 @@ class MiTBlock(nn.Module):
         drop_rate: float,
         attn_drop_rate: float,
         drop_path_rate: float,
+        sr_norm_eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims, eps=LAYER_NORM_EPS)
         self.attn = EfficientSelfAttention(
-            embed_dims, num_heads, sr_ratio, qkv_bias, attn_drop_rate, drop_rate, drop_path_rate
+            embed_dims,
+            num_heads,
+            sr_ratio,
+            qkv_bias,
+            attn_drop_rate,
+            drop_rate,
+            drop_path_rate,
+            sr_norm_eps,
         )
         self.norm2 = nn.LayerNorm(embed_dims, eps=LAYER_NORM_EPS)
         self.ffn = MixFFN(embed_dims, mlp_ratio * embed_dims, drop_rate, drop_path_rate)
@@ -227,6 +244,8 @@ class MixVisionTransformer(nn.Module):
 
     Stage ``i`` has width ``embed_dims * num_heads[i]`` and ``num_layers[i]`` blocks; the
     stochastic-depth rate grows linearly from 0 to ``drop_path_rate`` over all blocks.
+    ``patch_and_sr_norm_eps`` is the eps of the patch-embedding and spatial-reduction
+    LayerNorms (1e-6 as mmseg; 1e-5 as the NVlabs code); the block and stage norms use 1e-6.
 
     forward(x: float (N, in_channels, H, W)) -> list of float feature maps, one per index in
     ``out_indices``, stage ``i`` shaped (N, embed_dims * num_heads[i], H_i, W_i) with
@@ -253,6 +272,7 @@ class MixVisionTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        patch_and_sr_norm_eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
         per_stage = dict(
@@ -276,7 +296,9 @@ class MixVisionTransformer(nn.Module):
         first = 0
         for i in range(num_stages):
             width = self.out_channels[i]
-            embed = OverlapPatchEmbed(in_channels, width, patch_sizes[i], strides[i])
+            embed = OverlapPatchEmbed(
+                in_channels, width, patch_sizes[i], strides[i], patch_and_sr_norm_eps
+            )
             blocks = nn.ModuleList(
                 MiTBlock(
                     width,
@@ -287,6 +309,7 @@ class MixVisionTransformer(nn.Module):
                     drop_rate,
                     attn_drop_rate,
                     rates[first + j],
+                    patch_and_sr_norm_eps,
                 )
                 for j in range(num_layers[i])
             )

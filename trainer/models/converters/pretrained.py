@@ -11,7 +11,11 @@ Formats (``kind``), detected from the keys with ``kind="auto"``:
   heads, InternImage/ViT with UperNet) use the same parameter names in mmseg 0.x (0.13+) and
   1.x, whose SegFormer names are those ``tools/model_converters/mit2mmseg.py`` writes in both
   series, so no renaming is applied between the two.
-* ``"segformer_official"``: NVlabs SegFormer (:mod:`.segformer_official`); encoder only.
+* ``"segformer_official"``: NVlabs SegFormer (:mod:`.segformer_official`). A segmentation file
+  (official decoder ``decode_head.linear_*``) loads in full, strictly, into a model with the
+  official head (presets ``segformer_official_mit_b*``); into any other model (mmseg's head)
+  only its encoder loads, with a warning naming the preset, or, with ``require_full``, it is
+  an error naming the preset. ImageNet files (``mit_b*.pth``) load into the backbone.
 * ``"hrnet_official"``: HRNet-Semantic-Segmentation (:mod:`.hrnet_official`).
 * ``"internimage"``: InternImage segmentation checkpoints (keys already ``backbone.``-prefixed
   as ours: handled as ``"mmseg"``) and ImageNet classification checkpoints (backbone only,
@@ -48,8 +52,12 @@ from trainer.models.converters.internimage_official import (
 )
 from trainer.models.converters.segformer_official import (
     convert_segformer_official,
+    convert_segformer_official_segmentor,
+    has_official_decoder,
     is_segformer_official,
+    official_preset,
 )
+from trainer.models.segformer_official_head import SegFormerOfficialHead
 from trainer.models.weights import load_segmentor_weights
 
 log = logging.getLogger(__name__)
@@ -155,10 +163,37 @@ def _strip_backbone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(state)
 
 
+def _segformer_official(
+    model: nn.Module, state: dict[str, Tensor], source: str, require_full: bool
+) -> tuple[dict[str, Tensor], list[str], bool]:
+    """``(state, dropped, full)`` for an NVlabs SegFormer checkpoint (see the module docstring)."""
+    if not has_official_decoder(list(state)):
+        converted, dropped = convert_segformer_official(state)
+        return converted, dropped, False
+    head = getattr(model, "decode_head", None)
+    if isinstance(head, SegFormerOfficialHead):
+        converted, dropped = convert_segformer_official_segmentor(state)
+        return converted, dropped, True
+    preset = official_preset(state)
+    mismatch = (
+        f"{source} is a full NVlabs SegFormer segmentor whose official decoder "
+        f"(decode_head.linear_c1..c4, linear_fuse, linear_pred) does not fit this model's "
+        f"{type(head).__name__}; use model {preset} (recipe model.name) to load it in full"
+    )
+    if require_full:
+        raise ValueError(mismatch)
+    log.warning("%s; loading its encoder only", mismatch)
+    converted, dropped = convert_segformer_official(state)
+    return converted, dropped, False
+
+
 def load_pretrained(
     model: nn.Module,
     path_or_url: str | os.PathLike | Mapping,
     kind: str = "auto",
+    *,
+    require_full: bool = False,
+    source: str | None = None,
 ) -> PretrainedLoad:
     """Load pretrained weights into a segmentor (``backbone``, ``decode_head``, ...).
 
@@ -167,6 +202,10 @@ def load_pretrained(
         path_or_url: a local path, an fsspec URL (``s3://``, ``https://``, ``memory://``, ...),
             or an already loaded checkpoint mapping.
         kind: one of :data:`KINDS`; ``"auto"`` detects it from the keys.
+        require_full: the checkpoint must fill the whole segmentor (evaluation); one that
+            would fill only the backbone is an error.
+        source: the checkpoint's name in the report and in error messages; default the path
+            or URL (``"<dict>"`` for a mapping).
 
     Returns:
         A :class:`PretrainedLoad` report (log its :meth:`~PretrainedLoad.summary`).
@@ -174,12 +213,15 @@ def load_pretrained(
     Raises:
         ValueError: unknown ``kind``; a converter rejects the keys; a full checkpoint does not
             fit the model (missing, unexpected or mis-shaped keys, listed); a backbone
-            checkpoint shares no key with the backbone.
+            checkpoint shares no key with the backbone; with ``require_full``, a checkpoint
+            that holds a backbone only, or an official SegFormer segmentor for a model
+            without the official head (the message names the preset to use).
         FileNotFoundError: a local path does not exist.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    source = "<dict>" if isinstance(path_or_url, Mapping) else os.fspath(path_or_url)
+    if source is None:
+        source = "<dict>" if isinstance(path_or_url, Mapping) else os.fspath(path_or_url)
     checkpoint = path_or_url if isinstance(path_or_url, Mapping) else read_checkpoint(path_or_url)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a state dict")
@@ -190,8 +232,7 @@ def load_pretrained(
     dropped: list[str] = []
     known = True
     if kind == "segformer_official":
-        state, dropped = convert_segformer_official(state)  # backbone-relative
-        full = False
+        state, dropped, full = _segformer_official(model, state, source, require_full)
     elif kind == "hrnet_official":
         state = convert_hrnet_official(state)
         full = any(k.startswith("decode_head.") for k in state)
@@ -204,6 +245,8 @@ def load_pretrained(
     else:
         full, known = False, False
 
+    if require_full and not full:
+        raise ValueError(f"{source} ({kind}) holds a backbone only, not a full segmentor")
     if full:
         try:
             load_segmentor_weights(model, state, strict=True)

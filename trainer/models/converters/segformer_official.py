@@ -22,8 +22,13 @@ Mapping (stage ``N`` = 1..4, block ``j``):
 
 The official decoder cannot be mapped onto mmseg's ``SegformerHead``: ``linear_c{i}`` is a
 plain linear layer (no BatchNorm, no ReLU) while mmseg's ``convs.{i}`` is conv + BN + ReLU,
-and the official head is 768 wide for B2..B5. Its keys are returned in ``dropped`` and a
-segmentation checkpoint therefore initialises the encoder only.
+and the official head is 768 wide for B2..B5. :func:`convert_segformer_official` therefore
+returns the encoder only (decoder keys in ``dropped``). The models
+``segformer_official_mit_b*`` carry the official head
+(:class:`trainer.models.segformer_official_head.SegFormerOfficialHead`, same parameter names):
+:func:`convert_segformer_official_segmentor` converts a whole segmentation checkpoint for them,
+``decode_head.*`` unchanged except ``decode_head.conv_seg.*`` (built by the official
+``BaseDecodeHead`` but never used by its forward), which is dropped.
 
 Numerics: the official code uses LayerNorm eps 1e-5 in the patch embeddings and reduction
 norms, this project 1e-6 everywhere (mmseg's choice); the weights are identical.
@@ -37,18 +42,50 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from trainer.models import MIT_VARIANTS
+
 _PATCH = re.compile(r"^patch_embed(\d)\.(proj|norm)\.(.+)$")
 _BLOCK = re.compile(r"^block(\d)\.(\d+)\.(.+)$")
 _NORM = re.compile(r"^norm(\d)\.(.+)$")
 _FFN = {"mlp.fc1.": "ffn.layers.0.", "mlp.dwconv.dwconv.": "ffn.layers.1.", "mlp.fc2.": "ffn.layers.4."}
 DECODER_PREFIXES = ("decode_head.", "auxiliary_head.")
 CLASSIFIER_PREFIXES = ("head.",)
+_OFFICIAL_DECODER = re.compile(
+    r"^decode_head\.(linear_c[1-4]\.proj\.(weight|bias)|linear_fuse\.conv\.weight"
+    r"|linear_fuse\.bn\.(weight|bias|running_mean|running_var|num_batches_tracked)"
+    r"|linear_pred\.(weight|bias))$"
+)
+_UNUSED_DECODER_PREFIXES = ("decode_head.conv_seg.",)
 
 
 def is_segformer_official(keys: list[str]) -> bool:
     """Whether the keys (optionally ``backbone.``-prefixed) are NVlabs MiT names."""
     return any(_PATCH.match(k.removeprefix("backbone.")) or _BLOCK.match(k.removeprefix("backbone."))
                for k in keys)
+
+
+def has_official_decoder(keys: list[str]) -> bool:
+    """Whether the keys (optionally ``module.``-prefixed) hold the official SegFormer decoder
+    (``decode_head.linear_c{i}`` / ``linear_fuse`` / ``linear_pred``)."""
+    return any(k.removeprefix("module.").startswith("decode_head.linear_") for k in keys)
+
+
+def official_preset(state_dict: Mapping[str, Tensor]) -> str:
+    """The model preset that loads this official checkpoint in full, e.g.
+    ``"segformer_official_mit_b2"``, read from the encoder's first width and its depths;
+    ``"segformer_official_mit_b0 .. b5"`` when they match no MiT variant."""
+    keys = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state_dict.items()}
+    embed = keys.get("patch_embed1.proj.weight")
+    depths = []
+    for stage in range(1, 5):
+        blocks = {
+            int(m.group(2)) for k in keys if (m := _BLOCK.match(k)) and m.group(1) == str(stage)
+        }
+        depths.append(max(blocks) + 1 if blocks else 0)
+    for variant, (width, layers) in MIT_VARIANTS.items():
+        if embed is not None and embed.shape[0] == width and tuple(depths) == tuple(layers):
+            return f"segformer_official_mit_{variant}"
+    return "segformer_official_mit_b0 .. b5"
 
 
 def _block_key(rest: str, value: Tensor) -> tuple[str, Tensor] | None:
@@ -121,4 +158,61 @@ def convert_segformer_official(
         raise ValueError(
             f"{len(unknown)} keys are not NVlabs SegFormer names: " + ", ".join(sorted(unknown)[:20])
         )
+    return converted, sorted(dropped)
+
+
+def convert_segformer_official_segmentor(
+    state_dict: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Convert a whole NVlabs SegFormer segmentation checkpoint for the ``segformer_official_mit_*``
+    models (MiT encoder + :class:`~trainer.models.segformer_official_head.SegFormerOfficialHead`).
+
+    The encoder goes through :func:`convert_segformer_official` and gains the ``backbone.``
+    prefix; the decoder keeps its official names (``decode_head.linear_c{1..4}.proj.*``,
+    ``linear_fuse.conv.weight``, ``linear_fuse.bn.*``, ``linear_pred.*``). Tensors are passed
+    through unchanged (same objects, dtypes and shapes). A checkpoint whose ``linear_fuse.bn``
+    lacks ``num_batches_tracked`` (written before PyTorch 0.4.1) gets a zero int64 counter, the
+    value a fresh BatchNorm holds.
+
+    Args:
+        state_dict: official tensors, keys ``backbone.*`` and ``decode_head.*``, optionally
+            prefixed ``module.``.
+
+    Returns:
+        ``(converted, dropped)``: ``converted`` is the full model's state dict (load into the
+        segmentor with ``strict=True``); ``dropped`` lists the source keys without a
+        counterpart (``decode_head.conv_seg.*``, unused by the official forward).
+
+    Raises:
+        ValueError: no official decoder keys (``decode_head.linear_*``); decoder or auxiliary
+            keys the official head does not have (listed); whatever
+            :func:`convert_segformer_official` raises for the encoder.
+    """
+    state = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    if not has_official_decoder(list(state)):
+        raise ValueError(
+            "no official SegFormer decoder keys (decode_head.linear_c*, linear_fuse, linear_pred) "
+            "in the checkpoint: it holds an encoder only"
+        )
+    encoder = {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    backbone, dropped = convert_segformer_official(encoder)
+    converted = {f"backbone.{k}": v for k, v in backbone.items()}
+    unknown: list[str] = []
+    for key, value in state.items():
+        if not key.startswith(DECODER_PREFIXES):
+            continue
+        if _OFFICIAL_DECODER.match(key):
+            converted[key] = value
+        elif key.startswith(_UNUSED_DECODER_PREFIXES):
+            dropped.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} decoder keys are not the official SegFormer head's: "
+            + ", ".join(sorted(unknown)[:20])
+        )
+    counter = "decode_head.linear_fuse.bn.num_batches_tracked"
+    if "decode_head.linear_fuse.bn.running_mean" in converted and counter not in converted:
+        converted[counter] = torch.tensor(0, dtype=torch.long)
     return converted, sorted(dropped)
