@@ -24,7 +24,12 @@ from trainer.ema import ModelEMA
 from trainer.engine import build_ema
 from trainer.entry import run_evaluation, run_training
 from trainer.models import build_segmentor
-from trainer.models.losses import ohem_cross_entropy, ohem_pixel_weights, segmentation_loss
+from trainer.models.losses import (
+    ohem_cross_entropy,
+    ohem_kept_cross_entropy,
+    ohem_pixel_weights,
+    segmentation_loss,
+)
 from trainer.optim import iterations_for_epochs
 from trainer.progress import read_progress
 
@@ -215,6 +220,79 @@ def test_ohem_matches_a_hand_computation():
                                               reduction="none").mean()
     assert parts["decode"].item() == pytest.approx(expected, rel=1e-5)
     assert parts["aux"].item() == pytest.approx(0.4 * plain.item(), rel=1e-5)
+
+
+def _up_ohem_reference(logits, labels, thresh, min_kept, ignore_index=255):
+    """United-Perception OhemCrossEntropy2dTensor.forward, step by step in numpy."""
+    n, c, h, w = logits.shape
+    target = labels.reshape(-1).numpy().copy()
+    valid = target != ignore_index
+    target = target * valid
+    prob = torch.softmax(logits, 1).transpose(0, 1).reshape(c, -1).numpy()
+    if min_kept > valid.sum():
+        pass
+    elif valid.sum() > 0:
+        prob = np.where(valid[None], prob, 1.0)
+        mask_prob = prob[target, np.arange(len(target))]
+        threshold = thresh
+        if min_kept > 0:
+            index = np.argsort(mask_prob, kind="stable")
+            threshold_index = index[min(len(index), min_kept) - 1]
+            if mask_prob[threshold_index] > thresh:
+                threshold = mask_prob[threshold_index]
+            valid = valid & (mask_prob <= threshold)
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=ignore_index,
+                                           reduction="none").reshape(-1).numpy()
+    return ce[valid].mean()
+
+
+def test_up_seg_ohem_matches_united_perception():
+    probs_true = torch.tensor([0.95, 0.6, 0.8, 0.3])
+    logit = torch.log(probs_true / (1 - probs_true))
+    logits = torch.stack([torch.zeros(4), logit]).reshape(1, 2, 1, 4)
+    labels = torch.tensor([[[1, 1, 1, 255]]])
+    # min_kept 2 (whole batch): 2nd smallest valid p = 0.8 > 0.7 -> keep p <= 0.8: 0.6 and 0.8,
+    # averaged over those two (mmseg's sampler would keep 0.6 only and divide by 4)
+    expected = -(np.log(0.6) + np.log(0.8)) / 2
+    loss = ohem_kept_cross_entropy(logits, labels, 0.7, 2, ignore_index=255)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # fewer valid pixels than min_kept: every valid pixel, mean over the 3
+    every = -(np.log(0.95) + np.log(0.6) + np.log(0.8)) / 3
+    assert ohem_kept_cross_entropy(logits, labels, 0.1, 10).item() == pytest.approx(every, rel=1e-5)
+    # min_kept 0: no selection at all in the reference
+    assert ohem_kept_cross_entropy(logits, labels, 0.1, 0).item() == pytest.approx(every, rel=1e-5)
+    # random batches against the step-by-step reference
+    gen = torch.Generator().manual_seed(0)
+    for min_kept, thresh in [(1, 0.7), (50, 0.7), (200, 0.9), (10_000, 0.7), (0, 0.5)]:
+        logits = torch.randn(2, 5, 8, 12, generator=gen) * 3
+        labels = torch.randint(0, 5, (2, 8, 12), generator=gen)
+        labels[torch.rand(2, 8, 12, generator=gen) < 0.2] = 255
+        got = ohem_kept_cross_entropy(logits, labels, thresh, min_kept).item()
+        assert got == pytest.approx(_up_ohem_reference(logits, labels, thresh, min_kept),
+                                    rel=1e-5), (min_kept, thresh)
+    # every head goes through it (OCR's auxiliary head at its 0.4 weight, as CriterionOhem)
+    outputs = {"decode": logits, "aux": logits * 0.5}
+    _, parts = segmentation_loss(outputs, labels, weights={"aux": 0.4}, ohem=(0.7, 50),
+                                 ohem_style="up_seg_ohem")
+    assert parts["decode"].item() == pytest.approx(_up_ohem_reference(logits, labels, 0.7, 50),
+                                                   rel=1e-5)
+    assert parts["aux"].item() == pytest.approx(
+        0.4 * _up_ohem_reference(logits * 0.5, labels, 0.7, 50), rel=1e-5)
+    with pytest.raises(ValueError, match="ohem_style"):
+        segmentation_loss(outputs, labels, ohem=(0.7, 50), ohem_style="other")
+
+
+def test_united_perception_recipes_use_its_ohem():
+    from segctl.recipe import load_recipe
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    users = sorted(p for p in recipes.rglob("*.yaml") if load_recipe(p).recipe.train.loss == "ohem")
+    assert len(users) == 6
+    for path in users:
+        train = load_recipe(path).recipe.train
+        assert (train.ohem_style, train.ohem_thresh, train.ohem_min_kept) == (
+            "up_seg_ohem", 0.9, 100000), path
+        assert "United-Perception" in path.read_text(), path
 
 
 def test_train_step_uses_ohem_on_the_decode_head(tmp_path):

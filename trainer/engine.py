@@ -390,7 +390,9 @@ def train_step(
     weight the model declares in ``loss_weights`` (e.g. 0.4 for the auxiliary FCN head),
     averaged over all pixels (``avg_non_ignore=False``, the mmseg default the published configs
     ran with). With ``train.loss: ohem`` the decode head's term is OHEM cross-entropy
-    (``train.ohem_thresh``, ``train.ohem_min_kept``; :func:`~trainer.models.losses.ohem_cross_entropy`).
+    (``train.ohem_thresh``, ``train.ohem_min_kept``; :func:`~trainer.models.losses.ohem_cross_entropy`),
+    or with ``train.ohem_style: up_seg_ohem`` every head's term is United-Perception's
+    (:func:`~trainer.models.losses.ohem_kept_cross_entropy`).
 
     An :class:`~trainer.models.mcibi.MCIBISegmentor` follows the training contract of
     :mod:`trainer.models.mcibi`: the (wrapped) model is called with the labels, ``lr`` and
@@ -415,7 +417,7 @@ def train_step(
             memory_logits = outputs.pop("memory", None)
             loss, _ = segmentation_loss(
                 outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
-                avg_non_ignore=True, ohem=ohem,
+                avg_non_ignore=True, ohem=ohem, ohem_style=train_cfg.ohem_style,
             )
             if memory_logits is not None:
                 loss = loss + net.memory_loss_weight * memory_classification_loss(
@@ -425,7 +427,7 @@ def train_step(
             outputs = model(images)
             loss, _ = segmentation_loss(
                 outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
-                avg_non_ignore=False, ohem=ohem,
+                avg_non_ignore=False, ohem=ohem, ohem_style=train_cfg.ohem_style,
             )
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)

@@ -278,7 +278,16 @@ class TrainConfig(Section):
         0.7, gt=0, le=1, description="OHEM: keep pixels whose true-class probability is below this."
     )
     ohem_min_kept: int = Field(
-        100000, ge=0, description="OHEM: keep at least this many pixels per batch."
+        100000,
+        ge=0,
+        description="OHEM: keep at least this many pixels (per image with mmseg_sampler, per "
+        "batch with up_seg_ohem).",
+    )
+    ohem_style: Literal["mmseg_sampler", "up_seg_ohem"] = Field(
+        "mmseg_sampler",
+        description="OHEM semantics. mmseg_sampler: mmseg OHEMPixelSampler on the decode head, "
+        "min_kept per image, loss averaged over all pixels. up_seg_ohem: United-Perception "
+        "seg_ohem on every head, min_kept per batch, averaged over the kept pixels.",
     )
     checkpoint_dir: str | None = Field(
         None,

@@ -11,6 +11,14 @@ gives each pixel a weight 0 or 1, the weighted cross-entropy is then reduced as 
 (by default summed and divided by all N*H*W pixels, dropped pixels included). mmseg configures
 the sampler on the decode head only (``decode_head=dict(sampler=...)``); auxiliary heads keep
 plain cross-entropy, and so does :func:`segmentation_loss`.
+
+ModelTC/United-Perception's ``seg_ohem`` (``up/tasks/seg/models/losses/seg_loss.py``,
+``CriterionOhem`` over ``OhemCrossEntropy2dTensor``), which its seg-benchmark HRNet configs
+use, differs: ``min_kept`` counts pixels of the whole batch, pixels at the threshold are kept,
+no pixel is dropped when the batch has fewer than ``min_kept`` valid ones, the loss is averaged
+over the kept pixels only, and every head's output (OCR's auxiliary one too, at its weight)
+goes through it: :func:`ohem_kept_cross_entropy`, ``style="up_seg_ohem"`` of
+:func:`segmentation_loss`.
 """
 
 from __future__ import annotations
@@ -152,6 +160,56 @@ def ohem_cross_entropy(
     return per_pixel.sum() / (labels != ignore_index).sum().clamp(min=1)
 
 
+def ohem_kept_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    thresh: float,
+    min_kept: int,
+    ignore_index: int = 255,
+    align_corners: bool = False,
+) -> Tensor:
+    """United-Perception's ``OhemCrossEntropy2dTensor``: cross-entropy averaged over kept pixels.
+
+    With ``p`` the softmax probability of each valid pixel's true class (float32) and ``n``
+    the number of valid pixels in the batch::
+
+        n < min_kept or min_kept == 0: keep every valid pixel
+        otherwise: threshold = max(thresh, k-th smallest p, k = min_kept)
+                   keep valid pixels with p <= threshold
+
+    and the loss is the mean cross-entropy over the kept pixels (0 when none is kept). Logits
+    are resized bilinearly to the label size first (the reference's heads upsample before the
+    loss). No gradient flows through the selection.
+
+    Args:
+        logits: float (N, C, h, w); labels: int64 (N, H, W).
+        thresh: probability threshold in (0, 1].
+        min_kept: pixels kept at least, for the whole batch.
+        ignore_index: label value that is never kept.
+
+    Returns:
+        A float scalar tensor.
+    """
+    _check_labels(logits, labels)
+    if logits.shape[2:] != labels.shape[1:]:
+        logits = F.interpolate(
+            logits, size=labels.shape[1:], mode="bilinear", align_corners=align_corners
+        )
+    with torch.no_grad():
+        valid = labels != ignore_index
+        kept = valid
+        num_valid = int(valid.sum())
+        if 0 < min_kept <= num_valid:
+            target = labels.masked_fill(~valid, 0).unsqueeze(1)
+            prob = F.softmax(logits.float(), dim=1).gather(1, target).squeeze(1)
+            prob = prob.masked_fill(~valid, 1.0)
+            kth = float(prob.flatten().kthvalue(min(min_kept, prob.numel())).values)
+            kept = valid & (prob <= max(float(thresh), kth))
+    per_pixel = F.cross_entropy(logits, labels.masked_fill(~kept, ignore_index),
+                                ignore_index=ignore_index, reduction="none")
+    return per_pixel.sum() / kept.sum().clamp(min=1)
+
+
 def _check_labels(logits: Tensor, labels: Tensor) -> None:
     if labels.dtype != torch.int64 or labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
         raise ValueError(
@@ -167,6 +225,7 @@ def segmentation_loss(
     weights: Mapping[str, float] | None = None,
     avg_non_ignore: bool = False,
     ohem: tuple[float, int] | None = None,
+    ohem_style: str = "mmseg_sampler",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of :func:`pixel_cross_entropy` over a segmentor's outputs.
 
@@ -181,6 +240,8 @@ def segmentation_loss(
         ohem: ``(thresh, min_kept)``: the ``"decode"`` output uses :func:`ohem_cross_entropy`
             (mmseg's decode-head sampler); every other output keeps plain cross-entropy.
             None: plain cross-entropy everywhere.
+        ohem_style: ``"mmseg_sampler"`` (above) or ``"up_seg_ohem"``: every output uses
+            :func:`ohem_kept_cross_entropy` (``avg_non_ignore`` does not apply).
 
     Returns:
         ``(total, parts)`` where ``parts[name]`` is the weighted loss of each head and
@@ -196,9 +257,13 @@ def segmentation_loss(
     unknown = sorted(set(weights) - set(outputs))
     if unknown:
         raise ValueError(f"weights name heads {unknown} not among outputs {sorted(outputs)}")
+    if ohem_style not in ("mmseg_sampler", "up_seg_ohem"):
+        raise ValueError(f"unknown ohem_style {ohem_style!r}; use mmseg_sampler or up_seg_ohem")
     parts = {}
     for name, logits in outputs.items():
-        if ohem is not None and name == "decode":
+        if ohem is not None and ohem_style == "up_seg_ohem":
+            loss = ohem_kept_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index)
+        elif ohem is not None and name == "decode":
             loss = ohem_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index,
                                       avg_non_ignore)
         else:
