@@ -276,3 +276,44 @@ def test_two_gloo_ranks_reduce_to_single_process_matrix(tmp_path):
     # without a process group a rank keeps only its own shard's counts
     _, shard = _evaluate(rank=0, world_size=world_size)
     assert 0 < int(shard.matrix.sum()) < int(single.matrix.sum())
+
+
+class HandedModel(torch.nn.Module):
+    """Scores class 0 by the image's horizontal gradient and class 1 by its negation.
+
+    Mirroring the image negates the gradient, so the flipped view scores as class 1 what the
+    plain view scores as class 0: a "left"/"right" pair, as LIP's arms and legs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grad = (torch.roll(x, -1, dims=3) - torch.roll(x, 1, dims=3)).sum(1, keepdim=True)
+        return torch.cat([grad, -grad, torch.zeros_like(grad)], dim=1)
+
+
+def test_flipped_views_exchange_handed_classes():
+    image = _image(16, 24, seed=3)
+    plain = predict_probs(HandedModel(), image, test_scale=None, num_classes=3)
+    swapped = predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3,
+                            flip_swap_pairs=[(0, 1)])
+    torch.testing.assert_close(swapped, plain)  # both views agree once the pair is exchanged
+    unswapped = predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3)
+    assert (unswapped - plain).abs().max() > 0.1  # without it, the flipped view contradicts
+    with pytest.raises(ValueError, match="names class 3 of 3"):
+        predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3,
+                      flip_swap_pairs=[(0, 3)])
+    with pytest.raises(ValueError, match="each at most once"):
+        InferenceSettings(flip=True, flip_swap_pairs=((0, 1), (1, 2)))
+
+
+def test_recipe_flip_swap_pairs_reach_the_inference_settings():
+    from pathlib import Path
+
+    from segctl.recipe import load_recipe
+    from trainer.engine import inference_settings
+
+    recipe = next((Path(__file__).resolve().parents[1] / "recipes" / "lip").glob("*.yaml"))
+    loaded = load_recipe(recipe).recipe
+    assert loaded.data.flip_swap_pairs, recipe
+    settings = inference_settings(loaded, ms_flip=True)
+    assert settings.flip_swap_pairs == tuple(tuple(p) for p in loaded.data.flip_swap_pairs)
+    assert inference_settings(loaded, ms_flip=False).flip is False

@@ -332,7 +332,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
-    """The recipe's test-time settings: single scale, or ``eval.scales`` with flip."""
+    """The recipe's test-time settings: single scale, or ``eval.scales`` with flip (flipped views
+    exchange the scores of ``data.flip_swap_pairs``, as training's flips exchange the labels)."""
     ev = recipe.eval
     return InferenceSettings(
         mode=ev.mode,
@@ -341,6 +342,7 @@ def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
         flip=ms_flip,
         crop_size=tuple(ev.crop_size) if ev.crop_size else None,
         stride=tuple(ev.stride) if ev.stride else None,
+        flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
     )
 
 

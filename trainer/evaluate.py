@@ -65,6 +65,10 @@ class InferenceSettings:
         flip: also run every scale on the horizontally flipped image.
         crop_size: (height, width) of a sliding window in pixels; required for ``"slide"``.
         stride: (height, width) step between windows in pixels; required for ``"slide"``.
+        flip_swap_pairs: class pairs whose scores are exchanged in flipped views before they
+            are flipped back (left/right body parts in LIP: a left arm seen mirrored is scored
+            as a right arm). Empty for datasets without handed classes. As sssegmentation
+            ``BaseSegmentor.auginference`` (``fixed_seg_target_pairs``).
 
     Raises:
         ValueError: listing every invalid field at once.
@@ -76,10 +80,20 @@ class InferenceSettings:
     flip: bool = False
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
+    flip_swap_pairs: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(
+            self, "flip_swap_pairs", tuple((int(a), int(b)) for a, b in self.flip_swap_pairs)
+        )
         errors = []
+        swapped = [c for pair in self.flip_swap_pairs for c in pair]
+        if any(c < 0 for c in swapped) or len(set(swapped)) != len(swapped):
+            errors.append(
+                "flip_swap_pairs must hold non-negative class indices, each at most once, "
+                f"got {list(self.flip_swap_pairs)}"
+            )
         if self.mode not in ("whole", "slide"):
             errors.append(f"mode must be 'whole' or 'slide', got {self.mode!r}")
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -226,6 +240,7 @@ def predict_probs(
     stride: tuple[int, int] | None = None,
     num_classes: int,
     autocast_dtype: torch.dtype | None = None,
+    flip_swap_pairs: Sequence[tuple[int, int]] = (),
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
@@ -233,7 +248,7 @@ def predict_probs(
     ``rescale_size(H, W, test_scale, ratio)`` (or, with ``test_scale`` None, to
     ``rescale_size(H, W, (W, H), ratio)``, i.e. the original size times the ratio, as mmseg
     does without ``img_scale``); for each flip variant the input is flipped horizontally and
-    the logits flipped back; the logits are resized bilinearly to (H, W), softmaxed over
+    the logits flipped back (after exchanging the channels of ``flip_swap_pairs``); the logits are resized bilinearly to (H, W), softmaxed over
     classes in float32, and the mean over views is returned (mmseg 0.x ``aug_test``).
 
     Args:
@@ -247,6 +262,7 @@ def predict_probs(
         num_classes: C.
         autocast_dtype: run the model under ``torch.autocast`` with this dtype; resizing,
             softmax and averaging stay in float32.
+        flip_swap_pairs: see :class:`InferenceSettings`; every index must be < ``num_classes``.
 
     Returns:
         float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images).
@@ -262,7 +278,13 @@ def predict_probs(
         flip=flip,
         crop_size=crop_size,
         stride=stride,
+        flip_swap_pairs=tuple(flip_swap_pairs),
     )
+    channel_order = torch.arange(num_classes, device=image.device)
+    for a, b in settings.flip_swap_pairs:
+        if max(a, b) >= num_classes:
+            raise ValueError(f"flip_swap_pairs names class {max(a, b)} of {num_classes}")
+        channel_order[a], channel_order[b] = b, a
     n, _, h, w = image.shape
     bounds = settings.test_scale if settings.test_scale is not None else (w, h)
     probs = torch.zeros((n, num_classes, h, w), dtype=torch.float32, device=image.device)
@@ -283,6 +305,8 @@ def predict_probs(
                 else:
                     logits = _run(model, x, autocast_dtype)
                 if flipped:
+                    if settings.flip_swap_pairs:
+                        logits = logits.index_select(1, channel_order)
                     logits = logits.flip(-1)
                 if size != (h, w):
                     logits = F.interpolate(
@@ -350,6 +374,7 @@ def evaluate_dataset(
             stride=settings.stride,
             num_classes=num_classes,
             autocast_dtype=autocast_dtype,
+            flip_swap_pairs=settings.flip_swap_pairs,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
         if progress is not None:
