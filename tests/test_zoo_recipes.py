@@ -373,6 +373,8 @@ def test_augmentation_fields_are_validated():
     base = {"dataset": "lip", "root": "x", "crop_size": [473, 473]}
     with pytest.raises(ValueError, match="each at most once"):
         DataConfig(**base, flip_swap_pairs=[[1, 2], [2, 3]])
+    with pytest.raises(ValueError, match="names class 20, but lip has classes 0..19"):
+        DataConfig(**base, flip_swap_pairs=[[14, 15], [19, 20]])
     with pytest.raises(ValueError):
         DataConfig(**base, random_rotation={"max_degrees": 0, "prob": 0.5})
     with pytest.raises(ValueError):

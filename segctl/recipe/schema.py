@@ -140,6 +140,17 @@ class DataConfig(Section):
                 raise ValueError(f"{name} {split!r}: join distinct split names, e.g. train+val")
         return self
 
+    @model_validator(mode="after")
+    def _swap_pairs_within_classes(self) -> DataConfig:
+        num_classes = DATASET_PRESETS[self.dataset].num_classes
+        outside = sorted({c for pair in self.flip_swap_pairs for c in pair if c >= num_classes})
+        if outside:
+            raise ValueError(
+                f"flip_swap_pairs names class {outside[0]}, but {self.dataset} has classes "
+                f"0..{num_classes - 1}"
+            )
+        return self
+
     @field_validator("flip_swap_pairs")
     @classmethod
     def _distinct_pairs(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
