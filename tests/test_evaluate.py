@@ -317,3 +317,41 @@ def test_recipe_flip_swap_pairs_reach_the_inference_settings():
     settings = inference_settings(loaded, ms_flip=True)
     assert settings.flip_swap_pairs == tuple(tuple(p) for p in loaded.data.flip_swap_pairs)
     assert inference_settings(loaded, ms_flip=False).flip is False
+
+
+def test_stretch_size_ignores_the_aspect_ratio():
+    from trainer.evaluate import stretch_size
+
+    assert stretch_size(300, 200, (473, 473)) == (473, 473)
+    assert stretch_size(200, 300, (600, 400), 0.5) == (200, 300)  # longer edge stays the width
+    assert stretch_size(300, 200, (600, 400), 0.5) == (300, 200)
+    with pytest.raises(ValueError):
+        stretch_size(300, 200, (473, 473), 0.001)
+
+
+def test_keep_ratio_false_runs_the_model_at_test_scale_exactly():
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[2:]))
+        return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    probs = predict_probs(model, _image(30, 20), test_scale=(47, 47), scales=(1.0, 0.5),
+                          num_classes=3, keep_ratio=False)
+    assert seen == [(47, 47), (23, 23)] and probs.shape == (1, 3, 30, 20)
+    seen.clear()
+    predict_probs(model, _image(30, 20), test_scale=(47, 47), num_classes=3)
+    assert seen == [(47, 31)]  # keep-ratio: the long edge bounded by 47
+    with pytest.raises(ValueError, match="keep_ratio False needs test_scale"):
+        InferenceSettings(keep_ratio=False)
+
+
+def test_lip_recipes_test_at_473_without_keeping_the_ratio():
+    from pathlib import Path
+
+    from segctl.recipe import load_recipe
+    from trainer.engine import inference_settings
+
+    for path in (Path(__file__).resolve().parents[1] / "recipes" / "lip").glob("*.yaml"):
+        settings = inference_settings(load_recipe(path).recipe, ms_flip=False)
+        assert settings.keep_ratio is False and settings.test_scale == (473, 473), path

@@ -343,6 +343,7 @@ def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
         crop_size=tuple(ev.crop_size) if ev.crop_size else None,
         stride=tuple(ev.stride) if ev.stride else None,
         flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
+        keep_ratio=ev.keep_ratio,
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "whole_inference",
     "slide_inference",
     "rescale_size",
+    "stretch_size",
     "predict_probs",
     "evaluate_dataset",
 ]
@@ -65,6 +66,10 @@ class InferenceSettings:
         flip: also run every scale on the horizontally flipped image.
         crop_size: (height, width) of a sliding window in pixels; required for ``"slide"``.
         stride: (height, width) step between windows in pixels; required for ``"slide"``.
+        keep_ratio: False resizes to ``test_scale`` exactly (:func:`stretch_size`: the longer
+            edge to ``test_scale[0]``, the shorter to ``test_scale[1]``, times the ratio), as
+            sssegmentation's LIP test ``Resize(output_size=(473, 473), keep_ratio=False)``;
+            needs ``test_scale``.
         flip_swap_pairs: class pairs whose scores are exchanged in flipped views before they
             are flipped back (left/right body parts in LIP: a left arm seen mirrored is scored
             as a right arm). Empty for datasets without handed classes. As sssegmentation
@@ -81,6 +86,7 @@ class InferenceSettings:
     crop_size: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
     flip_swap_pairs: tuple[tuple[int, int], ...] = ()
+    keep_ratio: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -102,6 +108,8 @@ class InferenceSettings:
             len(self.test_scale) != 2 or min(self.test_scale) <= 0
         ):
             errors.append(f"test_scale must be two positive ints, got {self.test_scale}")
+        if not self.keep_ratio and self.test_scale is None:
+            errors.append("keep_ratio False needs test_scale, the size to resize to")
         if self.mode == "slide":
             for field in ("crop_size", "stride"):
                 value = getattr(self, field)
@@ -189,6 +197,28 @@ def slide_inference(
     return logits / count
 
 
+def stretch_size(
+    h: int, w: int, scale: tuple[int, int], ratio: float = 1.0
+) -> tuple[int, int]:
+    """Size of an (h, w) image after a test resize that does not keep the aspect ratio.
+
+    The longer of the image's edges becomes ``int(scale[0] * ratio)``, the other
+    ``int(scale[1] * ratio)`` (a square ``scale`` such as LIP's (473, 473) gives a square).
+
+    Returns:
+        (new_h, new_w) in pixels.
+
+    Raises:
+        ValueError: a size, a bound or the ratio not positive, or an empty result.
+    """
+    if min(h, w) <= 0 or min(scale) <= 0 or ratio <= 0:
+        raise ValueError(f"sizes, scale and ratio must be positive, got {(h, w)}, {scale}, {ratio}")
+    long_edge, short_edge = int(scale[0] * ratio), int(scale[1] * ratio)
+    if min(long_edge, short_edge) <= 0:
+        raise ValueError(f"scale {scale} x ratio {ratio} leaves an empty image")
+    return (long_edge, short_edge) if h >= w else (short_edge, long_edge)
+
+
 def rescale_size(
     h: int, w: int, scale: tuple[int, int], ratio: float = 1.0
 ) -> tuple[int, int]:
@@ -241,6 +271,7 @@ def predict_probs(
     num_classes: int,
     autocast_dtype: torch.dtype | None = None,
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
+    keep_ratio: bool = True,
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
@@ -263,6 +294,8 @@ def predict_probs(
         autocast_dtype: run the model under ``torch.autocast`` with this dtype; resizing,
             softmax and averaging stay in float32.
         flip_swap_pairs: see :class:`InferenceSettings`; every index must be < ``num_classes``.
+        keep_ratio: False resizes each view with :func:`stretch_size` instead of
+            :func:`rescale_size` (see :class:`InferenceSettings`).
 
     Returns:
         float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images).
@@ -279,6 +312,7 @@ def predict_probs(
         crop_size=crop_size,
         stride=stride,
         flip_swap_pairs=tuple(flip_swap_pairs),
+        keep_ratio=keep_ratio,
     )
     channel_order = torch.arange(num_classes, device=image.device)
     for a, b in settings.flip_swap_pairs:
@@ -291,7 +325,7 @@ def predict_probs(
     views = 0
     with torch.no_grad():
         for ratio in settings.scales:
-            size = rescale_size(h, w, bounds, ratio)
+            size = (rescale_size if settings.keep_ratio else stretch_size)(h, w, bounds, ratio)
             resized = image
             if size != (h, w):
                 resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
@@ -375,6 +409,7 @@ def evaluate_dataset(
             num_classes=num_classes,
             autocast_dtype=autocast_dtype,
             flip_swap_pairs=settings.flip_swap_pairs,
+            keep_ratio=settings.keep_ratio,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
         if progress is not None:

@@ -322,6 +322,11 @@ class EvalConfig(Section):
     test_scale: Size2 | None = Field(
         None, description="[long, short] edge the image is resized to (preset default)."
     )
+    keep_ratio: bool = Field(
+        True,
+        description="false: resize to test_scale exactly (longer edge to its first value), "
+        "as sssegmentation's LIP test; true: keep the aspect ratio within test_scale (mmseg).",
+    )
     ms_flip: bool = Field(False, description="Multi-scale + flip test-time augmentation.")
     scales: tuple[float, ...] = Field(
         MS_FLIP_RATIOS, description="Ratios of test_scale used when ms_flip is on."
