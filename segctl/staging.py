@@ -15,11 +15,22 @@ threads. Staging unchanged data again costs one listing and one manifest read.
   where they stopped (the name says whether the partial bytes belong to the same version).
 - **Checksums**: an S3 ETag of 32 hex digits is the MD5 of a single-part upload; the copied
   bytes are hashed and compared, and a mismatch is an error (:class:`StagingError`), the
-  partial file is removed. A multipart ETag (``<hex>-<parts>``) is not an MD5 of the content
-  (it is the MD5 of the parts' MD5s, and the part size is not recorded in S3), so for
-  multipart objects only the size is verified and the ETag serves as the change marker.
-  GCS ``md5Hash`` (base64) is verified the same way. Other sources (local files, HTTP) give no
-  content checksum: the MD5 computed while copying is stored in the manifest.
+  partial file is removed. A multipart ETag (``<hex>-<parts>``) is the MD5 of the parts' MD5s;
+  S3 does not record the part size, so the usual ones are tried (the size over the part count
+  rounded up to a whole MiB, then :data:`MULTIPART_PART_BYTES`: 5, 8, 16, 32, 50 MiB, ...; those
+  that give exactly that many parts) and the parts' MD5s are computed while the bytes land; no
+  match is a mismatch. When no candidate part size fits, only the size is verified (logged at
+  debug level). GCS ``md5Hash`` (base64) is verified like an MD5
+  ETag. Other sources (local files, HTTP) give no content checksum: the MD5 computed while
+  copying is stored in the manifest (``md5`` is null for multipart objects verified by parts).
+- **Transfers**: on S3 each file (or each segment of a large file) is one GET whose body is
+  streamed to the ``.part`` file in blocks of :data:`BLOCK_BYTES`; a file larger than
+  ``split_bytes`` is fetched as ``chunk_bytes`` segments, ``streams`` of them at once, appended in
+  order (so a ``.part`` file is always a prefix of the object). Smaller files take one request
+  each: the pool's workers already keep many requests in flight, and every extra request costs
+  a round trip. Other backends are read with ``cat_file`` ranges of ``chunk_bytes``. Files are not fsynced one by one unless
+  ``durable=True`` (an fsync costs milliseconds per file; a staged tree is a cache of the
+  source, and the size check of the next stage catches truncated files after a crash).
 - **Credentials** come from where fsspec's backends look (environment, ``~/.aws`` config and
   profiles for s3fs, application-default credentials for gcsfs) and from ``storage_options``
   (e.g. ``endpoint_url``). Storage options are never printed, logged or written to the manifest:
@@ -40,7 +51,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +62,19 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = ".segctl-manifest.json"
 MANIFEST_VERSION = 1
 DEFAULT_WORKERS = 8
-CHUNK_BYTES = 64 * 1024 * 1024  # bytes per ranged read (and per resume step)
+DEFAULT_STREAMS = 4  # ranged requests in flight for one file larger than SPLIT_BYTES
+SPLIT_BYTES = 256 * 1024 * 1024  # files larger than this (bytes) are fetched in segments
+CHUNK_BYTES = 16 * 1024 * 1024  # bytes per segment (one ranged request) of such a file
+BLOCK_BYTES = 4 * 1024 * 1024  # bytes per read from a response body (and per write)
+MIB = 1024 * 1024
+# part sizes of common uploaders: 5 MiB (S3's minimum, rclone), 8 MiB (AWS CLI, boto3; doubled
+# for more than 10,000 parts), 50 MiB (s3fs' block size)
+MULTIPART_PART_BYTES = (5 * MIB, 8 * MIB, 16 * MIB, 32 * MIB, 50 * MIB, 64 * MIB, 128 * MIB,
+                        256 * MIB, 512 * MIB, 1024 * MIB)
+UPLOAD_CLOSE_TIMEOUT_S = 300.0  # how long CheckpointUploader.close waits by default, seconds
 NODE_LOCAL = "node-local"
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-([0-9]+)$")
 _SAVE_EVERY_S = 1.0
 
 
@@ -87,6 +108,11 @@ class SourceFile:
         if self.etag.startswith("md5:"):
             return self.etag[4:]
         return self.etag if _MD5_ETAG.match(self.etag) else None
+
+    def multipart_parts(self) -> int | None:
+        """The part count of an S3 multipart ETag (``<hex>-<parts>``), else None."""
+        match = _MULTIPART_ETAG.match(self.etag or "")
+        return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -257,75 +283,310 @@ def list_source(fs, root: str) -> list[SourceFile]:
     return sorted(files, key=lambda f: f.rel)
 
 
+# --- checksums -----------------------------------------------------------------------------------
+
+
+def multipart_part_sizes(size: int, parts: int) -> list[int]:
+    """Part sizes (bytes) that split ``size`` bytes into exactly ``parts`` parts, from the usual
+    choices of uploaders: ``ceil(size / parts)`` rounded up to a whole MiB, then
+    :data:`MULTIPART_PART_BYTES`. Empty when none fits."""
+    if size <= 0 or parts <= 0:
+        return []
+    even = -(-size // parts)
+    found: list[int] = []
+    for part in (-(-even // MIB) * MIB, *MULTIPART_PART_BYTES):
+        if -(-size // part) == parts:
+            # one part: any size >= the object gives the same digest
+            part = max(part, size) if parts == 1 else part
+            if part not in found:
+                found.append(part)
+    return found[:1] if parts == 1 else found
+
+
+class _PartDigests:
+    """MD5s of consecutive ``part_bytes`` parts, fed in order; :meth:`etag` is the S3 multipart
+    ETag those parts make (``md5(concat(part md5s))-<parts>``)."""
+
+    def __init__(self, part_bytes: int) -> None:
+        self.part_bytes = part_bytes
+        self.digests: list[bytes] = []
+        self._current = hashlib.md5(usedforsecurity=False)
+        self._filled = 0  # bytes of the current part
+
+    def update(self, block: bytes | memoryview) -> None:
+        view = memoryview(block)
+        while view:
+            take = min(len(view), self.part_bytes - self._filled)
+            self._current.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.part_bytes:
+                self.digests.append(self._current.digest())
+                self._current = hashlib.md5(usedforsecurity=False)
+                self._filled = 0
+
+    def etag(self) -> str:
+        digests = self.digests + ([self._current.digest()] if self._filled else [])
+        return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+class ContentDigest:
+    """What verifies one file's bytes, fed in order with :meth:`update`.
+
+    An MD5 of the whole content, except for an S3 multipart ETag for which candidate part sizes
+    exist (:func:`multipart_part_sizes`): then the part MD5s for the first candidate, computed as
+    the bytes land; the other candidates are tried on the written file only when the first one
+    does not match (each candidate costs a pass of MD5 over the file).
+    """
+
+    def __init__(self, source: SourceFile) -> None:
+        self.source = source
+        parts = source.multipart_parts()
+        self.candidates = multipart_part_sizes(source.size, parts) if parts else []
+        self._parts = _PartDigests(self.candidates[0]) if self.candidates else None
+        self._whole = None if self.candidates else hashlib.md5(usedforsecurity=False)
+        if parts and not self.candidates:
+            log.debug("%s: no usual part size gives %d parts of %d bytes; multipart ETag %s not "
+                      "verified, only the size", source.rel, parts, source.size, source.etag)
+
+    def update(self, block: bytes | memoryview) -> None:
+        if self._whole is not None:
+            self._whole.update(block)
+        else:
+            self._parts.update(block)
+
+    def check(self, copied: Path) -> dict[str, Any]:
+        """The manifest fields ``md5``, ``verified`` (and ``part_bytes`` for a multipart ETag)
+        of the bytes fed so far, which are also the content of the file ``copied``.
+
+        Raises:
+            StagingError: the bytes do not match the checksum the source states.
+        """
+        source = self.source
+        if self._parts is not None:
+            tried = [self._parts]
+            for part_bytes in self.candidates[1:]:
+                if tried[-1].etag() == source.etag:
+                    break
+                digest = _PartDigests(part_bytes)
+                with open(copied, "rb") as handle:
+                    for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
+                        digest.update(block)
+                tried.append(digest)
+            if tried[-1].etag() == source.etag:
+                return {"md5": None, "verified": True, "part_bytes": tried[-1].part_bytes}
+            listed = ", ".join(f"{d.etag()} with {d.part_bytes} B parts" for d in tried)
+            raise StagingError(
+                f"{source.rel}: checksum mismatch (source multipart ETag {source.etag}, copied "
+                f"bytes {listed}); the object is corrupt or changed while it was copied"
+            )
+        md5 = self._whole.hexdigest()
+        expected = source.expected_md5()
+        if expected is not None and expected != md5:
+            raise StagingError(
+                f"{source.rel}: checksum mismatch (source MD5 {expected}, copied bytes {md5}); "
+                "the object is corrupt or changed while it was copied"
+            )
+        return {"md5": md5, "verified": expected is not None}
+
+
+# --- reading the source --------------------------------------------------------------------------
+
+
+def _streams_s3(fs) -> bool:
+    """Whether ``fs`` is s3fs (whose GET bodies are read here block by block)."""
+    return callable(getattr(fs, "_call_s3", None)) and callable(getattr(fs, "split_path", None))
+
+
+def _s3_range(fs, source: SourceFile, start: int, end: int, stop: threading.Event,
+              block_bytes: int) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` of an S3 object from one GET, in blocks of at most
+    ``block_bytes``. The GET is conditional on the listed ETag, so a segment of another version
+    of the object is never mixed in."""
+    from fsspec.asyn import sync
+
+    bucket, key, version = fs.split_path(source.path)
+    kwargs: dict[str, Any] = dict(getattr(fs, "req_kw", None) or {})
+    if version:
+        kwargs["VersionId"] = version
+    if start > 0 or end < source.size:
+        kwargs["Range"] = f"bytes={start}-{end - 1}"
+    if source.etag and not source.etag.startswith(("md5:", "crc32c:")):
+        kwargs["IfMatch"] = f'"{source.etag}"'
+    want = end - start
+
+    async def open_body():  # the request and the first block in one trip to the event loop
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key, **kwargs)
+        body = response["Body"]
+        try:
+            return body, await body.read(min(block_bytes, want))
+        except BaseException:
+            body.close()
+            raise
+
+    async def close_body():  # on the event loop's thread, which owns the connection
+        body.close()
+
+    body, block = sync(fs.loop, open_body)
+    got = 0
+    try:
+        while block:
+            got += len(block)
+            yield block
+            if got >= want:
+                break
+            if stop.is_set():
+                raise StagingError("stopped")
+            block = sync(fs.loop, body.read, min(block_bytes, want - got))
+    finally:
+        sync(fs.loop, close_body)
+    if got != want:
+        raise StagingError(f"{source.rel}: source ended at byte {start + got} of {source.size}")
+
+
+def _ranged_reads(fs, source: SourceFile, start: int, end: int, stop: threading.Event,
+                  chunk_bytes: int) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` with ``cat_file`` reads of at most ``chunk_bytes`` (any backend)."""
+    offset = start
+    while offset < end:
+        if stop.is_set():
+            raise StagingError("stopped")
+        block = fs.cat_file(source.path, start=offset, end=min(offset + chunk_bytes, end))
+        if not block:
+            raise StagingError(f"{source.rel}: source ended at byte {offset} of {source.size}")
+        offset += len(block)
+        yield block
+
+
+def _read_range(fs, source: SourceFile, start: int, end: int, stop: threading.Event,
+                chunk_bytes: int) -> Iterator[bytes]:
+    if _streams_s3(fs):
+        return _s3_range(fs, source, start, end, stop, min(BLOCK_BYTES, chunk_bytes))
+    return _ranged_reads(fs, source, start, end, stop, chunk_bytes)
+
+
+def read_source(fs, source: SourceFile, start: int, stop: threading.Event,
+                chunk_bytes: int = CHUNK_BYTES, streams: int = DEFAULT_STREAMS,
+                split_bytes: int = SPLIT_BYTES) -> Iterator[bytes]:
+    """The bytes of ``source`` from byte ``start`` to its end, in order, as blocks.
+
+    A file larger than ``split_bytes`` (bytes), with ``streams`` > 1, is fetched as segments of
+    ``chunk_bytes`` by ``streams`` threads at once, yielded in order; memory holds at most
+    ``streams`` segments. Otherwise one request streams the rest (S3) or ``chunk_bytes`` reads
+    follow one another (other backends).
+    """
+    if start >= source.size:
+        return
+    if streams <= 1 or source.size <= split_bytes or source.size - start <= chunk_bytes:
+        yield from _read_range(fs, source, start, source.size, stop, chunk_bytes)
+        return
+    bounds = [(a, min(a + chunk_bytes, source.size)) for a in range(start, source.size, chunk_bytes)]
+
+    def fetch(a: int, b: int) -> list[bytes]:
+        return list(_read_range(fs, source, a, b, stop, chunk_bytes))
+
+    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stage-range")
+    try:
+        pending = [pool.submit(fetch, a, b) for a, b in bounds[:streams]]
+        following = iter(bounds[streams:])
+        while pending:
+            blocks = pending.pop(0).result()
+            nxt = next(following, None)
+            if nxt is not None:
+                pending.append(pool.submit(fetch, *nxt))
+            yield from blocks
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 # --- staging -------------------------------------------------------------------------------------
 
 
 def _safe_target(dest: Path, rel: str) -> Path:
-    target = (dest / rel).resolve()
-    if dest.resolve() not in target.parents:
+    """``dest / rel`` where ``rel`` is a relative path that stays inside ``dest`` (``dest``
+    resolved; checked on the text, without a file system call)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
         raise StagingError(f"source path {rel!r} would be written outside {dest}")
-    return target
+    return dest.joinpath(*parts)
 
 
 def _unchanged(entry: Mapping[str, Any] | None, source: SourceFile, target: Path) -> bool:
-    if not entry or {k: entry.get(k) for k in ("size", "etag", "mtime")} != source.identity():
+    if not entry or (entry.get("size"), entry.get("etag"), entry.get("mtime")) != (
+            source.size, source.etag, None if source.etag else source.mtime):
         return False
     try:
-        return target.stat().st_size == source.size
+        return os.stat(target).st_size == source.size
     except OSError:
         return False
 
 
-def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar,
-              stop: threading.Event, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+class _PartFiles:
+    """The ``.part`` files already in the destination's folders, one directory scan per folder."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, target: Path) -> list[Path]:
+        """Partial files of ``target`` (``<name>.*.part``) that were there when its folder was
+        first looked at."""
+        folder = target.parent
+        with self._lock:
+            names = self._seen.get(folder)
+            if names is None:
+                try:
+                    names = [n for n in os.listdir(folder) if n.endswith(".part")]
+                except OSError:
+                    names = []
+                self._seen[folder] = names
+        prefix = target.name + "."
+        return [folder / n for n in names if n.startswith(prefix)]
+
+
+def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: threading.Event,
+              chunk_bytes: int = CHUNK_BYTES, streams: int = DEFAULT_STREAMS,
+              split_bytes: int = SPLIT_BYTES, part_files: _PartFiles | None = None,
+              durable: bool = False) -> dict[str, Any]:
     """Copy one file to ``target`` via its ``.part`` file; returns its manifest entry."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f"{target.name}.{source.tag8()}.part")
-    for stale in target.parent.glob(f"{target.name}.*.part"):
+    existing = (part_files or _PartFiles()).of(target)
+    for stale in existing:
         if stale != part:
             stale.unlink(missing_ok=True)  # a partial of an older version
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = ContentDigest(source)
     offset = 0
-    if part.exists():
+    if part in existing:
         offset = part.stat().st_size
         if offset > source.size:
             part.unlink()
             offset = 0
-        else:
+        elif offset:
             with open(part, "rb") as handle:  # continue the hash over the bytes already there
-                for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
                     digest.update(block)
-            if offset:
-                log.info("resuming %s at byte %d", source.rel, offset)
+            log.info("resuming %s at byte %d", source.rel, offset)
     with open(part, "ab") as handle:
-        while offset < source.size:
-            if stop.is_set():
-                raise StagingError("stopped")
-            end = min(offset + chunk_bytes, source.size)
-            block = fs.cat_file(source.path, start=offset, end=end)
-            if not block:
-                raise StagingError(f"{source.rel}: source ended at byte {offset} of {source.size}")
+        for block in read_source(fs, source, offset, stop, chunk_bytes, streams, split_bytes):
             handle.write(block)
             digest.update(block)
-            offset += len(block)
             bar.add(len(block))
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     size = part.stat().st_size
     if size != source.size:
         part.unlink(missing_ok=True)
         raise StagingError(f"{source.rel}: copied {size} bytes, the source lists {source.size}")
-    md5 = digest.hexdigest()
-    expected = source.expected_md5()
-    if expected is not None and expected != md5:
+    try:
+        checked = digest.check(part)
+    except StagingError:
         part.unlink(missing_ok=True)
-        raise StagingError(
-            f"{source.rel}: checksum mismatch (source MD5 {expected}, copied bytes {md5}); "
-            "the object is corrupt or changed while it was copied"
-        )
+        raise
     os.replace(part, target)
     bar.add(files=1)
-    return {**source.identity(), "md5": md5, "verified": expected is not None}
+    return {**source.identity(), **checked}
 
 
 def stage(
@@ -339,6 +600,9 @@ def stage(
     on_bytes: Callable[[int], None] | None = None,
     fs=None,
     chunk_bytes: int = CHUNK_BYTES,
+    streams: int = DEFAULT_STREAMS,
+    split_bytes: int = SPLIT_BYTES,
+    durable: bool = False,
 ) -> StageResult:
     """Copy the tree at ``src`` (any fsspec URL or path) into the local directory ``dest``.
 
@@ -351,7 +615,13 @@ def stage(
         progress: draw a progress line on ``stream`` (stderr).
         on_bytes: called with the running count of copied bytes.
         fs: an already opened filesystem for ``src`` (then ``src`` is its root path).
-        chunk_bytes: bytes per ranged read; an interrupted copy resumes at a multiple of it.
+        chunk_bytes: bytes per segment (ranged request) of a file larger than ``split_bytes``,
+            and per ``cat_file`` read on backends other than S3.
+        streams: segments of one such file fetched at once (ranged requests in flight per
+            file); memory holds up to ``streams * chunk_bytes`` bytes per large file. 1 reads
+            every file with a single request.
+        split_bytes: files larger than this (bytes) are fetched in segments.
+        durable: fsync every file before it takes its final name (slower: an fsync per file).
 
     Returns:
         A :class:`StageResult`.
@@ -397,6 +667,7 @@ def stage(
     lock = threading.Lock()
     stop = threading.Event()
     last_save = [time.monotonic()]
+    part_files = _PartFiles()
 
     def done(source: SourceFile, entry: dict[str, Any]) -> None:
         with lock:
@@ -409,7 +680,8 @@ def stage(
                 last_save[0] = time.monotonic()
 
     def task(source: SourceFile, target: Path) -> None:
-        done(source, _copy_one(fs, source, target, bar, stop, chunk_bytes))
+        done(source, _copy_one(fs, source, target, bar, stop, chunk_bytes, streams, split_bytes,
+                               part_files, durable))
 
     failures: list[str] = []
     # largest first: the long transfers start early and the small ones fill in around them
@@ -601,9 +873,18 @@ class CheckpointUploader:
                 self._thread.start()
         self._queue.put(Path(path))
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Wait for every queued upload, then stop the thread. Returns False when ``timeout``
-        (seconds) passed first (the thread then finishes in the background)."""
+    def close(self, timeout: float | None = UPLOAD_CLOSE_TIMEOUT_S) -> bool:
+        """Wait for every queued upload, then stop the thread.
+
+        Args:
+            timeout: the longest wait, in seconds (default :data:`UPLOAD_CLOSE_TIMEOUT_S`), so a
+                hung upload cannot hold the job's exit; None waits without limit.
+
+        Returns:
+            False when ``timeout`` passed first: the uploads left are abandoned to the
+            (daemon) thread, which dies with the process; the end-of-job mirror
+            (:func:`mirror_checkpoints`) or the next run catches up.
+        """
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is None:
@@ -614,7 +895,8 @@ class CheckpointUploader:
         self._queue.put(self._STOP)
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("checkpoint uploads to %s still running after %.0f s", self.url, timeout)
+            log.warning("checkpoint uploads to %s still running after %.0f s; not waiting longer",
+                        self.url, timeout)
             return False
         return True
 

@@ -19,8 +19,13 @@ from typer.testing import CliRunner
 from segctl.cli import app
 from segctl.staging import (
     MANIFEST_NAME,
+    MIB,
+    UPLOAD_CLOSE_TIMEOUT_S,
+    CheckpointUploader,
+    ContentDigest,
     SourceFile,
     StagingError,
+    multipart_part_sizes,
     read_manifest,
     stage,
 )
@@ -93,8 +98,11 @@ def test_stage_restage_and_change_one_object(moto_server, tmp_path):
     assert not list(dst.rglob("*.part"))
 
 
-def test_server_killed_mid_stage_then_resumed(moto_server, tmp_path):
-    files = _tree(seed=1, big_bytes=CHUNK_BYTES * 2 + 12345)
+@pytest.mark.parametrize("streams", [1, 3])
+def test_server_killed_mid_stage_then_resumed(moto_server, tmp_path, streams):
+    """One streamed GET per file (``streams=1``) or ranged segments fetched in parallel: either
+    way the ``.part`` file holds a prefix of the object, and the next stage continues it."""
+    files = _tree(seed=1, big_bytes=CHUNK_BYTES * 24 + 12345)  # more than socket buffers hold
     _upload(moto_server, files)
     src, dst = f"s3://{BUCKET}/cityscapes", tmp_path / "staged"
     options = {**moto_server.storage_options(), "config_kwargs": {"retries": {"max_attempts": 1}}}
@@ -107,20 +115,25 @@ def test_server_killed_mid_stage_then_resumed(moto_server, tmp_path):
 
     with pytest.raises(StagingError, match="stage again to continue"):
         stage(src, dst, storage_options=options, workers=1, progress=False,
-              on_bytes=kill_after_first_chunk, chunk_bytes=CHUNK_BYTES)
+              on_bytes=kill_after_first_chunk, chunk_bytes=CHUNK_BYTES, streams=streams,
+              split_bytes=CHUNK_BYTES)
     assert killed
     big_part = list(dst.glob("leftImg8bit/big.bin.*.part"))
-    assert len(big_part) == 1 and big_part[0].stat().st_size == CHUNK_BYTES
+    assert len(big_part) == 1
+    kept = big_part[0].stat().st_size
+    assert CHUNK_BYTES <= kept < len(files[BIG])
+    assert big_part[0].read_bytes() == files[BIG][:kept]  # a prefix, no hole
     assert not (dst / BIG).exists()  # a partial file never takes the final name
 
     moto_server.start()  # same port, empty (moto keeps nothing): upload the same bytes again
     _upload(moto_server, files)
     moved: list[int] = []
     resumed = stage(src, dst, storage_options=options, workers=2, progress=False,
-                    on_bytes=moved.append, chunk_bytes=CHUNK_BYTES)
+                    on_bytes=moved.append, chunk_bytes=CHUNK_BYTES, streams=streams,
+                    split_bytes=CHUNK_BYTES)
     assert _local_tree(dst) == files  # byte-identical
     total = sum(len(b) for b in files.values())
-    assert moved[-1] <= total - CHUNK_BYTES  # the first chunk of the big file was not read again
+    assert moved[-1] <= total - kept  # the bytes already in the .part file were not read again
     assert BIG in resumed.copied and resumed.verified == len(resumed.copied)
     assert not list(dst.rglob("*.part"))
 
@@ -141,6 +154,73 @@ def test_corrupt_bytes_are_detected(moto_server, tmp_path):
     assert (dst / "b.txt").read_bytes() == b"fine"  # the good file was kept
     stage(src, dst, storage_options=moto_server.storage_options(), progress=False)
     assert _local_tree(dst) == files
+
+
+def _multipart_etag(data: bytes, part_bytes: int) -> str:
+    digests = [hashlib.md5(data[i:i + part_bytes]).digest() for i in range(0, len(data), part_bytes)]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def test_multipart_etags_are_verified(moto_server, tmp_path):
+    """Real multipart uploads (s3fs ``put_file`` with 5 MiB and 8 MiB parts): the part size is
+    found among the usual ones and the parts' MD5s checked; a corrupt copy is an error."""
+    rng = random.Random(7)
+    files = {"five.bin": rng.randbytes(12 * MIB + 123), "eight.bin": rng.randbytes(17 * MIB),
+             "small.txt": b"single part"}
+    fs = moto_server.filesystem()
+    fs.mkdir(BUCKET)
+    for rel, data in files.items():
+        local = tmp_path / rel
+        local.write_bytes(data)
+        part_bytes = 8 * MIB if rel == "eight.bin" else 5 * MIB
+        fs.put_file(str(local), f"{BUCKET}/multi/{rel}", chunksize=part_bytes)
+    etags = {rel: fs.info(f"{BUCKET}/multi/{rel}")["ETag"].strip('"') for rel in files}
+    assert etags["five.bin"] == _multipart_etag(files["five.bin"], 5 * MIB)  # a real multipart
+    assert etags["eight.bin"] == _multipart_etag(files["eight.bin"], 8 * MIB)
+    assert multipart_part_sizes(17 * MIB, 3) == [6 * MIB, 8 * MIB]  # 8 MiB is the second guess
+
+    src, options = f"s3://{BUCKET}/multi", moto_server.storage_options()
+    result = stage(src, tmp_path / "good", storage_options=options, progress=False)
+    assert result.verified == 3 and _local_tree(tmp_path / "good") == files
+    entries = read_manifest(tmp_path / "good")["files"]
+    assert entries["five.bin"]["part_bytes"] == 5 * MIB
+    assert entries["eight.bin"]["part_bytes"] == 8 * MIB and entries["eight.bin"]["verified"]
+    assert entries["small.txt"]["md5"] == hashlib.md5(files["small.txt"]).hexdigest()
+
+    # a partial copy whose bytes differ from the object's: the resumed copy must not pass
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    source = SourceFile(rel="eight.bin", path="", size=len(files["eight.bin"]),
+                        etag=etags["eight.bin"])
+    (bad / f"eight.bin.{source.tag8()}.part").write_bytes(b"\0" * 1000)
+    with pytest.raises(StagingError, match="checksum mismatch.*multipart ETag"):
+        stage(src, bad, storage_options=options, progress=False)
+    assert not list(bad.glob("eight.bin*")) and (bad / "five.bin").read_bytes() == files["five.bin"]
+
+
+def test_multipart_etag_without_a_fitting_part_size_checks_the_size_only(caplog):
+    data = b"0123456789"
+    source = SourceFile(rel="odd.bin", path="", size=len(data), etag="0" * 32 + "-7")
+    with caplog.at_level(logging.DEBUG, logger="segctl.staging"):
+        digest = ContentDigest(source)
+    digest.update(data)
+    assert digest.check(Path("/nonexistent")) == {"md5": hashlib.md5(data).hexdigest(),
+                                                 "verified": False}
+    assert "not verified, only the size" in caplog.text
+
+
+def test_object_replaced_after_the_listing_is_not_mixed_in(moto_server):
+    """Reads are conditional on the listed ETag: bytes of a newer version are refused."""
+    import threading
+
+    from segctl.staging import list_source, open_source, read_source
+
+    _upload(moto_server, {"x.bin": b"old" * 1000}, prefix="race")
+    fs, root = open_source(f"s3://{BUCKET}/race", moto_server.storage_options())
+    (listed,) = list_source(fs, root)
+    _upload(moto_server, {"x.bin": b"new" * 1000}, prefix="race")
+    with pytest.raises(OSError, match="pre-condition"):
+        b"".join(read_source(fs, listed, 0, threading.Event()))
 
 
 def test_local_sources_and_deleted_files(tmp_path):
@@ -231,8 +311,6 @@ def test_checkpoints_uploaded_during_the_run_and_fetched_on_resume(
 
 
 def test_uploader_failures_are_logged_not_raised(tmp_path, caplog):
-    from segctl.staging import CheckpointUploader
-
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     local = tmp_path / "checkpoints"
@@ -255,3 +333,29 @@ def test_uploader_failures_are_logged_not_raised(tmp_path, caplog):
     ok.submit(local / "iter_0000002.pt")
     assert ok.close()
     assert sorted(p.name for p in remote.iterdir()) == ["iter_0000002.pt"]
+
+
+def test_uploader_close_does_not_wait_for_a_hung_upload(moto_server, tmp_path, caplog):
+    """A server that stops answering (SIGSTOP) hangs the upload; ``close`` gives up after its
+    timeout, and callers that pass none get a finite default."""
+    import inspect
+    import signal
+    import time
+
+    assert inspect.signature(CheckpointUploader.close).parameters["timeout"].default == (
+        UPLOAD_CLOSE_TIMEOUT_S) < float("inf")
+    moto_server.filesystem().mkdir("ckpts")
+    local = tmp_path / "checkpoints"
+    local.mkdir()
+    (local / "iter_0000001.pt").write_bytes(b"weights")
+    uploader = CheckpointUploader("s3://ckpts/hung", local, moto_server.storage_options())
+    os.kill(moto_server.proc.pid, signal.SIGSTOP)
+    try:
+        uploader.submit(local / "iter_0000001.pt")
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert uploader.close(timeout=1.0) is False
+        assert time.monotonic() - started < 10
+        assert "still running after 1 s" in caplog.text
+    finally:
+        os.kill(moto_server.proc.pid, signal.SIGCONT)
