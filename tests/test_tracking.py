@@ -16,11 +16,13 @@ from trainer.entry import run_training
 from trainer.tracking import (
     BUFFER_FILE,
     RUN_ID_FILE,
+    SYSTEM_METRICS_ENV,
     Tracker,
     flatten_params,
     recipe_params,
     run_tags,
     sanitize_name,
+    system_metrics_enabled,
     tracking_uri,
 )
 
@@ -151,3 +153,43 @@ def test_ensure_store_creates_a_missing_sqlite_store_once(tmp_path):
     ensure_store(uri)  # existing store: untouched
     assert db.stat().st_mtime_ns == modified
     ensure_store("http://127.0.0.1:9")  # other URIs: nothing happens, nothing is contacted
+
+
+def test_system_metrics_switch_follows_the_environment_over_the_recipe(tmp_path, monkeypatch):
+    on = small_recipe(tmp_path, "sqlite:///a.db")
+    off = small_recipe(tmp_path, "sqlite:///a.db", tracking={"system_metrics": False})
+    assert on.tracking.system_metrics and on.tracking.system_metrics_interval_s == 10.0
+    monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
+    assert system_metrics_enabled(on) and not system_metrics_enabled(off)
+    monkeypatch.setenv(SYSTEM_METRICS_ENV, "false")
+    assert not system_metrics_enabled(on)
+    monkeypatch.setenv(SYSTEM_METRICS_ENV, "true")
+    assert system_metrics_enabled(off)
+    with pytest.raises(ValueError):
+        small_recipe(tmp_path, "sqlite:///a.db", tracking={"system_metrics_interval_s": 0})
+
+
+def test_training_goes_on_without_psutil(tmp_path):
+    """Where psutil cannot be imported the tracker warns once and logs everything else."""
+    import subprocess
+    import sys
+
+    script = f"""
+import logging, sys
+sys.modules["psutil"] = None  # import psutil now raises ImportError
+logging.basicConfig(level=logging.WARNING)
+from mlflow import MlflowClient
+from trainer.tracking import Tracker
+uri = "sqlite:///{tmp_path / 'mlflow.db'}"
+tracker = Tracker("{tmp_path / 'run'}", uri=uri, experiment="x", system_metrics=True,
+                  system_metrics_interval_s=0.1)
+for step in range(1, 4):
+    tracker.log_metrics({{"loss": 1.0 / step}}, step=step)
+tracker.close()
+print(sorted(MlflowClient(uri).get_run(tracker.run_id).data.metrics))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['loss']"
+    assert out.stderr.count("system metrics not logged") == 1, out.stderr

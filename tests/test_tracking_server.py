@@ -1,10 +1,12 @@
 """Tracking against a real MLflow server on 127.0.0.1: a training run's full record, an outage
-in the middle of a run (nothing lost), and a run whose dataset lives on a moto S3 server.
+in the middle of a run (nothing lost), system metrics (through an outage, and switched off), and
+a run whose dataset lives on a moto S3 server.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -16,7 +18,7 @@ from segctl.cli import app
 from tests.servers import aws_env, mlflow_server, moto_server  # noqa: F401  (fixtures)
 from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
 from trainer.entry import run_evaluation, run_training
-from trainer.tracking import BUFFER_FILE, RUN_ID_FILE
+from trainer.tracking import BUFFER_FILE, RUN_ID_FILE, SYSTEM_METRICS_ENV, Tracker
 
 SECRET = "S3CR3T-tracking-7d2e"
 runner = CliRunner()
@@ -39,6 +41,32 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def _system_keys(client: MlflowClient, run_id: str) -> list[str]:
+    return sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("system/"))
+
+
+class _Records(logging.Handler):
+    """Collects the records of one logger (MLflow's loggers do not propagate to the root)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _Records:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
 def test_training_run_logs_everything_to_the_server(real_data, tmp_path, mlflow_server, capfd):
     root = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "data")
     recipe = small_recipe(
@@ -46,6 +74,7 @@ def test_training_run_logs_everything_to_the_server(real_data, tmp_path, mlflow_
         data={"crop_size": [64, 128], "storage_options": {"secret": SECRET}},
         schedule={"max_iters": 4, "log_interval": 1, "val_interval": 2},
         reference={"miou_ss": 76.2, "miou_ms_flip": 78.1, "source": "SegFormer table 1"},
+        tracking={"system_metrics_interval_s": 0.2},
     )
     run_dir = make_run_dir(tmp_path / "run", recipe)
     result = run_training(run_dir)
@@ -64,6 +93,8 @@ def test_training_run_logs_everything_to_the_server(real_data, tmp_path, mlflow_
     assert _steps(client, run_id, "mIoU") == [2, 4]
     assert "IoU.road" in metrics and "eval/ss/mIoU" in metrics
     assert metrics["iterations_done"] == 4 and "gpu_hours" in metrics
+    assert "system/cpu_utilization_percentage" in metrics  # MLflow's monitor, every 0.2 s
+    assert "system/system_memory_usage_megabytes" in metrics
     for tag in ("segctl.run_id", "segctl.recipe_hash", "segctl.nodes", "segctl.gpus",
                 "segctl.version", "segctl.job_id", "segctl.final_checkpoint"):
         assert tag in tags, tag
@@ -96,6 +127,7 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
         data={"crop_size": [64, 128]},
         schedule={"max_iters": max_iters, "log_interval": 1, "val_interval": 5,
                   "checkpoint_interval": 5},
+        tracking={"system_metrics_interval_s": 0.2},  # the monitor meets the outage too
     )
     run_dir = make_run_dir(tmp_path / "run", recipe)
     events: list[str] = []
@@ -119,9 +151,12 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
     killer = threading.Thread(target=outage)
     killer.start()
     started = time.perf_counter()
-    result = run_training(run_dir)
+    with _Records("mlflow.system_metrics") as monitor_log:
+        result = run_training(run_dir)
     seconds = time.perf_counter() - started
     killer.join(timeout=180)
+    failures = [m for m in monitor_log.messages(logging.WARNING) if "Failed to" in m]
+    assert len(failures) <= 1, failures  # the monitor gives up once, quietly
     assert events == ["down", "up"]
     assert result["finished"] and result["iteration"] == max_iters  # training went on
     assert seconds < 120
@@ -137,6 +172,7 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "plots/learning_curve.png" in _artifacts(client, run_id)
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled before the outage
     again = runner.invoke(app, ["sync", str(run_dir)])
     assert "nothing to sync" in again.output
 
@@ -145,6 +181,76 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
     row = next(r for r in json.loads(report.output) if r["recipe"] == "outage")
     assert (row["iterations_done"], row["iterations_planned"]) == (max_iters, max_iters)
     assert row["reproduced_ss"] is not None and row["mlflow_run_id"] == run_id
+
+
+def test_system_metrics_stop_quietly_in_an_outage_and_start_again(tmp_path, mlflow_server):
+    """MLflow's monitor samples every 0.2 s; when the server dies it ends after one warning
+    while the tracker buffers; once the server answers, the tracker's next delivery starts a
+    new monitor whose steps continue the old ones."""
+    recipe = small_recipe(tmp_path, mlflow_server.url, name="sysmetrics",
+                          tracking={"system_metrics_interval_s": 0.2})
+    client = MlflowClient(mlflow_server.url)
+    key = "system/cpu_utilization_percentage"
+    with _Records("mlflow.system_metrics") as monitor_log:
+        tracker = Tracker.for_recipe(tmp_path / "run", recipe, cooldown_s=0.5)
+        try:
+            tracker.log_metrics({"loss": 1.0}, step=1)
+            deadline = time.monotonic() + 20
+            while not client.get_metric_history(tracker.run_id, key):
+                assert time.monotonic() < deadline, "no system metrics before the outage"
+                time.sleep(0.2)
+
+            mlflow_server.stop(hard=True)
+            tracker.log_metrics({"loss": 0.9}, step=2)  # buffered
+            time.sleep(1.5)  # the monitor meets the dead server: one warning, then it ends
+            tracker.log_metrics({"loss": 0.8}, step=3)  # buffered
+            time.sleep(1.0)
+            failures = [m for m in monitor_log.messages(logging.WARNING) if "Failed to" in m]
+            assert len(failures) == 1, failures
+
+            mlflow_server.start()
+            time.sleep(0.6)  # past the tracker's cool-down
+            restarted = int(time.time() * 1000)
+            tracker.log_metrics({"loss": 0.7}, step=4)  # replays the buffer, starts a monitor
+            time.sleep(1.5)
+        finally:
+            tracker.close()
+    assert tracker.pending() == 0
+    assert _steps(client, tracker.run_id, "loss") == [1, 2, 3, 4]
+    history = sorted(client.get_metric_history(tracker.run_id, key), key=lambda m: m.timestamp)
+    assert [m for m in history if m.timestamp >= restarted]  # sampled again after the outage
+    steps = [m.step for m in history]
+    assert steps == sorted(set(steps))  # the new monitor continues the step count
+    started = [m for m in monitor_log.messages() if m.startswith("Started monitoring")]
+    assert len(started) == 2
+    failures = [m for m in monitor_log.messages(logging.WARNING) if "Failed to" in m]
+    assert len(failures) == 1, failures
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_system_metrics_switched_off_log_none(tmp_path, mlflow_server, monkeypatch):
+    """``tracking.system_metrics: false``, or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false over a
+    recipe that wants them: no system/* metric at all."""
+    client = MlflowClient(mlflow_server.url)
+    off = small_recipe(tmp_path, mlflow_server.url, name="sysoff",
+                       tracking={"system_metrics": False, "system_metrics_interval_s": 0.1})
+    on = small_recipe(tmp_path, mlflow_server.url, name="syson",
+                      tracking={"system_metrics_interval_s": 0.1})
+    monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
+    runs = []
+    for recipe, env in ((off, None), (on, "false"), (on, None)):
+        if env is not None:
+            monkeypatch.setenv(SYSTEM_METRICS_ENV, env)
+        else:
+            monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
+        tracker = Tracker.for_recipe(tmp_path / f"run-{len(runs)}", recipe)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        time.sleep(0.8)
+        tracker.close()
+        runs.append(tracker.run_id)
+    assert _system_keys(client, runs[0]) == []
+    assert _system_keys(client, runs[1]) == []
+    assert "system/cpu_utilization_percentage" in _system_keys(client, runs[2])  # the control
 
 
 @pytest.mark.slow

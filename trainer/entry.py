@@ -368,7 +368,7 @@ def run_evaluation(
             atomic_write_json(out / f"{name}.json", result)
             atomic_write(out / f"{name}.txt", lambda h: h.write((table + "\n").encode("utf-8")))
             print(table, flush=True)
-            tracker = Tracker.for_recipe(run_dir, recipe)
+            tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False)  # no job to watch
             tracker.log_metrics(
                 metrics_in_percent(metrics.to_dict(classes), prefix=f"eval/{mode}/"), step=step
             )

@@ -16,12 +16,24 @@ tries once more; whatever is still buffered then is delivered by ``segctl sync R
 timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, unless already
 set) so that an outage costs seconds, not minutes.
 
-What a run gets (rank 0): params (the flattened recipe, ``data.storage_options`` values
-redacted), metrics with the iteration as step, per-class IoU as metrics, text tables and a bar
-chart (``plots/per_class_iou_iter_*.png``) at each evaluation, prediction overlays
-(:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close` the resolved recipe (redacted,
-``recipe.json``), a learning-curve plot (``plots/learning_curve.png``), the final checkpoint's
-location (tag ``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``.
+What a run gets (rank 0): params (the flattened recipe, the values of ``data.storage_options``
+and of any other ``storage_options`` redacted), metrics with the iteration as step, per-class
+IoU as metrics, text tables and a bar chart (``plots/per_class_iou_iter_*.png``) at each
+evaluation, prediction overlays (:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close`
+the resolved recipe (redacted, ``recipe.json``), a learning-curve plot
+(``plots/learning_curve.png``), the final checkpoint's location (tag
+``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``.
+
+System metrics (training jobs, ``tracking.system_metrics``, on by default): MLflow's own
+monitor samples rank 0's node every ``tracking.system_metrics_interval_s`` seconds in a daemon
+thread and logs ``system/cpu_utilization_percentage``, ``system/system_memory_usage_*``,
+``system/disk_*``, ``system/network_*`` and, where ``nvidia-ml-py`` is installed and a GPU
+answers, ``system/gpu_<i>_*``, with the sample count as step (continued on resume).
+``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` set to true or false overrides the recipe for every
+run; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides the interval (MLflow reads it).
+Samples are not buffered: during an outage MLflow's monitor logs one warning and ends, and the
+tracker starts a new one after its next successful delivery. Without ``psutil`` (or when the
+monitor cannot start) one warning is logged and training goes on without system metrics.
 
 Conventions: metric values are logged in percent for segmentation scores (``mIoU``, ``aAcc``,
 ``mAcc``, ``IoU.<class>``), as published tables state them; ``step`` is the iteration.
@@ -59,6 +71,8 @@ REDACTED = "***"
 #: Dotted recipe keys whose values may hold secrets: redacted in params and artifacts.
 SECRET_KEYS: tuple[str, ...] = ("data.storage_options",)
 #: MLflow HTTP client settings used when the environment does not set them.
+#: MLflow's switch for system metrics; set (true/false) it overrides ``tracking.system_metrics``.
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
 HTTP_CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -75,6 +89,18 @@ def tracking_uri(recipe: Recipe) -> str:
     serve recipes run by hand. The SQLite default is relative to the current directory.
     """
     return recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def system_metrics_enabled(recipe: Recipe) -> bool:
+    """Whether a training job logs system metrics: ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``
+    when it is set to a boolean (``true``/``1`` or ``false``/``0``), else
+    ``recipe.tracking.system_metrics``."""
+    value = os.environ.get(SYSTEM_METRICS_ENV, "").strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    return recipe.tracking.system_metrics
 
 
 def ensure_store(uri: str) -> None:
@@ -108,6 +134,9 @@ def sanitize_name(name: str) -> str:
 
 
 def _is_secret(name: str, secret_keys: Sequence[str]) -> bool:
+    """Under one of ``secret_keys``, or inside any ``storage_options`` mapping of the recipe."""
+    if ".storage_options." in f".{name}.":
+        return True
     return any(name == key or name.startswith(key + ".") for key in secret_keys)
 
 
@@ -318,6 +347,9 @@ class Tracker:
             recipe artifact, GPU count and the final checkpoint's location.
         reopen: mark a finished MLflow run ``RUNNING`` again when continuing it (False for
             ``segctl sync``, which only delivers what a job left behind).
+        system_metrics: run MLflow's system metrics monitor on this run while the tracker is
+            open (see the module docstring); ``system_metrics_interval_s`` is its sampling
+            interval in seconds.
 
     Never raises from any method. :attr:`run_id` is None while no MLflow run is known.
     """
@@ -334,6 +366,8 @@ class Tracker:
         client_factory: Callable[[str], Any] | None = None,
         recipe: Recipe | None = None,
         reopen: bool = True,
+        system_metrics: bool = False,
+        system_metrics_interval_s: float = 10.0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.reopen = reopen
@@ -351,23 +385,39 @@ class Tracker:
         self._max_step = 0
         self._history: dict[str, list[tuple[int, float]]] = {"loss": [], "mIoU": []}
         self._previous = {"gpu_hours": 0.0, "iterations_done": 0.0}
+        self.system_metrics = system_metrics
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self._monitor = None  # MLflow's SystemMetricsMonitor while one runs
+        self._monitor_done = None  # threading.Event set when its thread has ended
+        self._monitor_started = -math.inf
+        self._closed = False
         if enabled:
             if uri.startswith(("http://", "https://")):
                 for key, value in HTTP_CLIENT_ENV.items():
                     os.environ.setdefault(key, value)  # this process talks to MLflow only here
             self._call("start", self._start)
+            self._ensure_system_metrics()
 
     @classmethod
     def for_recipe(
-        cls, run_dir: str | Path, recipe: Recipe, *, enabled: bool = True, **kwargs: Any
+        cls, run_dir: str | Path, recipe: Recipe, *, enabled: bool = True,
+        system_metrics: bool | None = None, **kwargs: Any
     ) -> Tracker:
-        """A tracker at :func:`tracking_uri` in ``recipe.tracking.experiment`` (or the dataset)."""
+        """A tracker at :func:`tracking_uri` in ``recipe.tracking.experiment`` (or the dataset).
+
+        ``system_metrics`` None follows :func:`system_metrics_enabled` (training jobs); pass
+        False where no job is being watched (``segctl sync``, evaluation records).
+        """
+        if system_metrics is None:
+            system_metrics = system_metrics_enabled(recipe)
         return cls(
             run_dir,
             uri=tracking_uri(recipe),
             experiment=recipe.tracking.experiment or recipe.data.dataset,
             enabled=enabled,
             recipe=recipe,
+            system_metrics=system_metrics,
+            system_metrics_interval_s=recipe.tracking.system_metrics_interval_s,
             **kwargs,
         )
 
@@ -401,6 +451,50 @@ class Tracker:
                 what, type(exc).__name__, exc, self.buffer_path, self.cooldown_s,
             )
             return None
+
+    # --- system metrics (MLflow's monitor thread) -------------------------------------------
+
+    def _ensure_system_metrics(self) -> None:
+        """Start MLflow's system metrics monitor when none is running: at start, and again
+        after an outage ended the previous one (called after each successful delivery; at
+        most one start per cool-down)."""
+        if not (self.enabled and self.system_metrics and self.run_id) or self._closed:
+            return
+        if self._monitor_done is not None and not self._monitor_done.is_set():
+            return  # the current monitor is alive
+        if self._monitor is not None and getattr(self._monitor, "error", None) is not None:
+            self.system_metrics = False  # sampling itself failed: starting again would too
+            return
+        now = time.monotonic()
+        if now - self._monitor_started < max(self.cooldown_s, self.system_metrics_interval_s):
+            return
+        self._monitor_started = now
+        self._stop_system_metrics()  # an ended monitor: deliver the samples it still holds
+        try:
+            monitor, done = _system_metrics_monitor(
+                self.run_id, self.uri, self.system_metrics_interval_s
+            )
+            monitor.start()
+        except ImportError as exc:  # psutil missing (or an MLflow without the monitor)
+            self.system_metrics = False  # say it once, not at every delivery
+            log.warning("system metrics not logged (%s); training continues", exc)
+            return
+        except Exception as exc:
+            log.warning("system metrics monitor not started: %s: %s", type(exc).__name__, exc)
+            return
+        self._monitor, self._monitor_done = monitor, done
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor thread (it flushes its last samples); never raises."""
+        monitor, self._monitor = self._monitor, None
+        self._monitor_done = None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()
+        except Exception as exc:
+            log.warning("system metrics monitor did not stop cleanly: %s: %s",
+                        type(exc).__name__, exc)
 
     def _client_(self):
         if self._client is None:
@@ -470,11 +564,14 @@ class Tracker:
             return
         if queued:
             self._append(record)
-            self._call(what, self._replay)
+            if self._call(what, self._replay) is not None:  # the server answers again
+                self._ensure_system_metrics()
             return
         delivered = self._call(what, lambda: (work(), True)[1])
         if not delivered:
             self._append(record)
+        elif record["op"] != "status":
+            self._ensure_system_metrics()
 
     def _append(self, record: dict[str, Any]) -> None:
         try:
@@ -621,6 +718,8 @@ class Tracker:
         whatever is still not delivered stays in the buffer for ``segctl sync``."""
         if not self.enabled:
             return
+        self._closed = True
+        self._stop_system_metrics()
         self._quiet_until = 0.0
         if self.recipe is not None:
             self._end_of_run_record()
@@ -651,6 +750,37 @@ class Tracker:
             self.set_tags({"segctl.final_checkpoint": where})
         if any(self._history.values()):
             self._log_png(lambda: learning_curve_chart(self._history), "plots/learning_curve.png")
+
+
+def _system_metrics_monitor(run_id: str, uri: str, interval_s: float):
+    """``(monitor, done)``: MLflow's ``SystemMetricsMonitor`` for ``run_id`` (steps continue
+    after those already logged) and an event set when its thread ends, for whatever reason.
+
+    Raises:
+        ImportError: psutil (or MLflow's monitor) is missing; whatever MLflow raises when the
+            run cannot be read.
+    """
+    import threading
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    done = threading.Event()
+
+    class Monitor(SystemMetricsMonitor):
+        error: Exception | None = None
+
+        def monitor(self) -> None:
+            try:
+                super().monitor()  # returns (after one warning) when MLflow cannot be reached
+            except Exception as exc:  # a sampling failure: not worth a traceback per start
+                self.error = exc
+                log.warning("system metrics stopped: %s: %s", type(exc).__name__, exc)
+            finally:
+                done.set()
+
+    monitor = Monitor(run_id, sampling_interval=interval_s, resume_logging=True,
+                      tracking_uri=uri)
+    return monitor, done
 
 
 def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:

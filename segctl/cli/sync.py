@@ -27,7 +27,8 @@ def sync(
         recipe = parse_json_recipe((run_dir / "recipe.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{run_dir} is not a run directory (no recipe.json)") from None
-    tracker = Tracker.for_recipe(run_dir, recipe, cooldown_s=0.0, reopen=False)
+    tracker = Tracker.for_recipe(run_dir, recipe, cooldown_s=0.0, reopen=False,
+                                 system_metrics=False)
     waiting = tracker.pending()
     if not waiting:
         typer.echo(f"{run_dir.name}: nothing to sync")
