@@ -155,6 +155,24 @@ def interruptible_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def job_environment(env: dict[str, str]) -> Iterator[None]:
+    """While submitting, add ``env`` to this process's environment, which the submitted job
+    inherits (submitit's local executor copies it into the job's process; ``sbatch`` exports
+    it to the Slurm job unless the profile sets ``export``). Nothing of it is written to the
+    sbatch script or submitit's files. Previous values come back afterwards."""
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def local_gpu_count() -> int:
     """GPUs visible to a local job: ``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidia[0-9]*``."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -2,7 +2,8 @@
 
 Layout of a run directory (the contract between the control plane and the trainer)::
 
-    recipe.json       resolved recipe (written once, here; read by the job)
+    recipe.json       resolved recipe (written once, here; read by the job); storage-option
+                      secrets only as ${VAR} references (segctl.recipe.secrets)
     progress.json     rewritten atomically by rank 0 of a training job
     checkpoints/      iter_NNNNNNN.pt, final.pt
     eval/             <label>.json and <label>.txt per evaluation
@@ -39,8 +40,16 @@ def create_run_dir(run_dir: Path, recipe: Recipe) -> bool:
 
     Raises:
         RunDirError: ``run_dir`` exists with a recipe of another name or missing its recipe.
+        ValueError: ``recipe`` holds a literal secret in its storage options (the run directory
+            is on shared storage: plan the submission, which moves them out, see
+            :func:`segctl.recipe.secrets.externalize_secrets`).
         OSError: the directory cannot be written.
     """
+    from segctl.recipe.secrets import literal_secrets
+
+    secret = literal_secrets(recipe)
+    if secret:
+        raise ValueError(f"refusing to write {', '.join(secret)} into {run_dir / RECIPE_FILE}")
     text = recipe.model_dump_json(indent=2) + "\n"
     if run_dir.exists():
         existing = run_dir / RECIPE_FILE

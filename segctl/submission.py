@@ -3,10 +3,16 @@
 :func:`plan_training` and :func:`plan_evaluation` have no side effects: they resolve the run id,
 the run directory, the executor and its parameters. ``--dry-run`` prints the plan. :func:`apply`
 creates the run directory, writes the registry marker, submits, and records the job id.
+
+Literal secrets in a recipe's storage options never reach the run directory: planning replaces
+them by ``${SEGCTL_SECRET_...}`` references (:func:`segctl.recipe.secrets.externalize_secrets`)
+and keeps their values in :attr:`SubmitPlan.job_env`, which :func:`apply` puts into the
+environment of the submission only (the local job's process, or ``sbatch``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +45,9 @@ class SubmitPlan:
         parameters: the submitit parameters.
         args: positional arguments of the job callable after ``run_dir``.
         label: for eval jobs, the name of the result files under ``eval/``.
+        notes: warnings for the user (printed by ``submit``, part of ``--dry-run``).
+        job_env: environment variables the job gets at submission (literal secrets moved out
+            of the recipe); never printed, never written.
     """
 
     kind: str
@@ -51,6 +60,7 @@ class SubmitPlan:
     args: tuple = ()
     label: str | None = None
     notes: list[str] = field(default_factory=list)
+    job_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def sbatch_script(self) -> str | None:
         """The sbatch script of a Slurm plan (None for local jobs)."""
@@ -101,6 +111,31 @@ def concretise(recipe: Recipe) -> Recipe:
     )
 
 
+def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], list[str]]:
+    """``(recipe to write, job environment, notes)``: literal secrets of ``recipe``'s storage
+    options replaced by references to variables the job gets in its environment, with a note
+    per moved secret and per reference to a variable not set here."""
+    from segctl.recipe.secrets import (
+        externalize_secrets, literal_secrets, references, secret_variable,
+    )
+
+    written, env = externalize_secrets(recipe, rid)
+    notes = [
+        f"{path} holds a literal secret: it is kept out of the run directory and handed to "
+        f"this job in its environment (${var}); later jobs of this run need ${var} exported "
+        "again. Prefer an AWS profile or a reference to your own variable (e.g. "
+        "secret: ${MY_S3_SECRET})."
+        for path, var in ((p, secret_variable(rid, p)) for p in literal_secrets(recipe))
+    ]
+    notes += [
+        f"{path} refers to ${var}, which is not set here; the job fails at start unless its "
+        "environment sets it"
+        for path, var in references(recipe).items()
+        if var not in os.environ
+    ]
+    return written, env, notes
+
+
 def with_placement(recipe: Recipe, placement: list[str], source: str) -> Recipe:
     """A stored recipe with placement overrides of its cluster section (run id unchanged)."""
     from segctl.recipe.loader import override_recipe
@@ -115,6 +150,7 @@ def plan_training(
     recipe = concretise(loaded.recipe)
     rid = run_id(recipe)
     kind = executors.choose_executor(recipe.cluster, executor)
+    recipe, env, notes = keep_secrets_out(recipe, rid)
     return SubmitPlan(
         kind="train",
         run_id=rid,
@@ -123,6 +159,8 @@ def plan_training(
         source=loaded.source,
         executor=kind,
         parameters=executors.executor_parameters(kind, recipe.cluster, rid, profile),
+        notes=notes,
+        job_env=env,
     )
 
 
@@ -140,6 +178,7 @@ def plan_evaluation(
     use_ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
     label = f"{'ms_flip' if use_ms_flip else 'ss'}-{time.strftime('%Y%m%d-%H%M%S')}"
     kind = executors.choose_executor(recipe.cluster, executor)
+    recipe, env, notes = keep_secrets_out(recipe, run_dir.name)
     return SubmitPlan(
         kind="eval",
         run_id=run_dir.name,
@@ -152,6 +191,8 @@ def plan_evaluation(
         ),
         args=(checkpoint, ms_flip, label),
         label=label,
+        notes=notes,
+        job_env=env,
     )
 
 
@@ -200,6 +241,7 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     from segctl.jobs import EvalJob, TrainJob
 
     _check_run_dir(plan)
+    _check_secret_references(plan)
     _refuse_if_active(plan, registry)
     _ensure_tracking_store(plan)
     if plan.kind == "train":
@@ -212,7 +254,7 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
             plan.executor, folder, plan.parameters, plan.recipe.cluster.max_requeues
         )
         callable_ = TrainJob() if plan.kind == "train" else EvalJob()
-        with executors.interruptible_children():
+        with executors.interruptible_children(), executors.job_environment(plan.job_env):
             handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
     except Exception:
         registry.forget_job(row)
@@ -234,6 +276,7 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
 
     for plan in plans:
         _check_run_dir(plan)
+        _check_secret_references(plan)
         _refuse_if_active(plan, registry)
     _ensure_tracking_store(plans[0])
     for plan in plans:
@@ -246,7 +289,8 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         executor = executors.make_executor(
             first.executor, folder, first.parameters, first.recipe.cluster.max_requeues
         )
-        with executors.interruptible_children(), executor.batch():
+        env = {k: v for plan in plans for k, v in plan.job_env.items()}
+        with executors.interruptible_children(), executors.job_environment(env), executor.batch():
             handles = [executor.submit(TrainJob(), str(plan.run_dir)) for plan in plans]
     except Exception:
         for row in rows:
@@ -275,6 +319,23 @@ def _check_run_dir(plan: SubmitPlan) -> None:
         check_no_control(str(plan.run_dir), "run directory")
     except ValueError as exc:
         raise SubmitError(f"{exc}: choose a runs directory without newlines (SEGCTL_RUNS_DIR)") from None
+
+
+def _check_secret_references(plan: SubmitPlan) -> None:
+    """A local job inherits exactly this environment: a storage option referring to a variable
+    that is not set would fail the job at start, so refuse now. (Slurm jobs may get it from
+    the profile's setup lines: :func:`keep_secrets_out` only notes it.)"""
+    if plan.executor != "local":
+        return
+    from segctl.recipe.secrets import references
+
+    missing = [f"{path} (${var})" for path, var in references(plan.recipe).items()
+               if var not in os.environ and var not in plan.job_env]
+    if missing:
+        raise SubmitError(
+            f"storage options refer to unset environment variables: {', '.join(missing)}; "
+            "export them (or submit with the recipe file, which sets segctl's own ones again)"
+        )
 
 
 def _refuse_if_active(plan: SubmitPlan, registry: Registry) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from segctl.recipe import Recipe, dataset_preset, parse_json_recipe
+from segctl.recipe.secrets import resolve_secrets
 from trainer import checkpoint as ckpt
 from trainer.distributed import (
     build_accelerator,
@@ -65,13 +66,17 @@ EVAL_DIR = "eval"
 
 
 def read_recipe(run_dir: str | Path) -> Recipe:
-    """Parse ``RUN_DIR/recipe.json``.
+    """Parse ``RUN_DIR/recipe.json`` and fill its ``${VAR}`` storage options from this
+    process's environment (:func:`segctl.recipe.secrets.resolve_secrets`: secrets travel in the
+    job's environment, never in the run directory). The result stays in this process.
 
     Raises:
         FileNotFoundError: the run directory has no ``recipe.json``.
         pydantic.ValidationError: it does not match the schema.
+        segctl.recipe.secrets.MissingSecretError: a referenced variable is not set.
     """
-    return parse_json_recipe((Path(run_dir) / RECIPE_FILE).read_text(encoding="utf-8"))
+    recipe = parse_json_recipe((Path(run_dir) / RECIPE_FILE).read_text(encoding="utf-8"))
+    return resolve_secrets(recipe)
 
 
 def _ensure_logging() -> None:

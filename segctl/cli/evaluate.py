@@ -19,7 +19,7 @@ from segctl.cli.placement import (
     load_profile_or_fail,
     placement_overrides,
 )
-from segctl.cli.submit import finish, print_plan
+from segctl.cli.submit import finish, print_notes, print_plan
 
 
 @user_errors
@@ -82,6 +82,7 @@ def evaluate(
         return
     if not run_dir.exists():
         create_run_dir(run_dir, plan.recipe)
+    print_notes(plan)
     submitted = apply(plan, registry())
     typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
     if wait:

@@ -195,12 +195,14 @@ def show(
     recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
     overrides: Overrides = None,
 ) -> None:
-    """Print the resolved recipe (presets filled, overrides applied) and its run id, as JSON."""
+    """Print the resolved recipe (presets filled, overrides applied) and its run id, as JSON
+    (literal secrets in storage options shown as ***)."""
     from segctl.recipe import load_recipe, run_id
+    from segctl.recipe.secrets import redact_secrets
 
     loaded = load_recipe(recipe, overrides or [])
     typer.echo(f"# run id: {run_id(loaded.recipe)}")
-    typer.echo(loaded.recipe.model_dump_json(indent=2))
+    typer.echo(json.dumps(redact_secrets(loaded.recipe.model_dump(mode="json")), indent=2))
 
 
 @app.command("schema")

@@ -62,6 +62,7 @@ def submit(
     issues = preflight(loaded, plan.recipe)
     if issues:
         raise RecipeError(issues)
+    print_notes(plan)
     submitted = apply(plan, registry())
     typer.echo(f"submitted {plan.run_id} ({plan.executor} job {submitted.job_id})")
     typer.echo(f"  run dir: {plan.run_dir}")
@@ -100,6 +101,8 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
             issues.extend(preflight(loaded, plan.recipe))
     if issues:
         raise RecipeError(issues)
+    for plan in plans:
+        print_notes(plan)
     submitted = apply_sweep(plans, registry(), sweep)
     typer.echo(f"submitted sweep {sweep}: {len(submitted)} runs ({plans[0].executor})")
     for job in submitted:
@@ -122,6 +125,12 @@ def print_plan(plan) -> None:
     if script is not None:
         typer.echo(SBATCH_MARKER)
         typer.echo(script)
+
+
+def print_notes(plan) -> None:
+    """The plan's warnings, on stderr (``--dry-run`` shows them in the JSON)."""
+    for note in plan.notes:
+        typer.echo(f"warning: {note}", err=True)
 
 
 #: Line that separates the JSON plan from the sbatch script in ``--dry-run`` output.
