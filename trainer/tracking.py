@@ -318,6 +318,7 @@ def prediction_overlays(model, dataset, recipe: Recipe, device, count: int = 3) 
                 net.encode_decode, image, test_scale=tuple(ev.test_scale) if ev.test_scale else None,
                 mode=ev.mode, crop_size=tuple(ev.crop_size) if ev.crop_size else None,
                 stride=tuple(ev.stride) if ev.stride else None, num_classes=preset.num_classes,
+                keep_ratio=ev.keep_ratio,
             )
             prediction = probs.argmax(dim=1)[0].cpu().numpy()
             label = dataset[index]["label"].cpu().numpy()
