@@ -31,10 +31,16 @@ Two implementations with the same numerics:
 - :func:`dcnv3_core_grid_sample`: the reference approach (pad, normalised grid, one
   ``grid_sample`` over ``N * group`` images, multiply by the mask, sum), kept for testing and
   benchmarking.
+
+A third, :func:`trainer.models.dcnv3_triton.dcnv3_core_triton` (fused Triton kernels, CUDA
+only), is imported lazily; :func:`dcnv3_core_auto`, the :class:`DCNv3` default, picks one per
+call (see :func:`select_dcnv3_core`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from collections.abc import Callable
 
@@ -352,6 +358,80 @@ def dcnv3_core_grid_sample(
     return out.reshape(n, h_out, w_out, group * group_channels).contiguous()
 
 
+DCNV3_IMPL_ENV = "SEGCTL_DCNV3_IMPL"
+DCNV3_IMPLS = ("pytorch", "triton", "grid_sample")
+
+
+@functools.cache
+def _triton_core() -> CoreFn | None:
+    """:func:`dcnv3_core_triton`, or None where triton cannot be imported (imported on first
+    use only, so that CPU-only installs never import triton)."""
+    try:
+        from trainer.models.dcnv3_triton import dcnv3_core_triton
+    except ImportError:
+        return None
+    return dcnv3_core_triton
+
+
+def select_dcnv3_core(input: Tensor) -> CoreFn:
+    """The DCNv3 implementation :func:`dcnv3_core_auto` runs for ``input``.
+
+    ``SEGCTL_DCNV3_IMPL`` (read at every call) forces one: ``pytorch`` (:func:`dcnv3_core`),
+    ``triton`` (:func:`trainer.models.dcnv3_triton.dcnv3_core_triton`; CUDA tensors, or CPU
+    tensors under ``TRITON_INTERPRET=1``) or ``grid_sample`` (:func:`dcnv3_core_grid_sample`).
+    Unset or empty: the Triton kernels for CUDA tensors where triton can be imported,
+    :func:`dcnv3_core` otherwise.
+
+    Raises:
+        ValueError: ``SEGCTL_DCNV3_IMPL`` names no implementation.
+        ImportError: ``SEGCTL_DCNV3_IMPL=triton`` where triton cannot be imported.
+    """
+    forced = os.environ.get(DCNV3_IMPL_ENV, "").strip().lower()
+    if forced == "pytorch":
+        return dcnv3_core
+    if forced == "grid_sample":
+        return dcnv3_core_grid_sample
+    if forced == "triton":
+        core = _triton_core()
+        if core is None:
+            raise ImportError(f"{DCNV3_IMPL_ENV}=triton but triton cannot be imported")
+        return core
+    if forced:
+        raise ValueError(
+            f"{DCNV3_IMPL_ENV}={forced!r} names no DCNv3 implementation; use one of "
+            f"{', '.join(DCNV3_IMPLS)} or leave it unset"
+        )
+    if input.is_cuda:
+        core = _triton_core()
+        if core is not None:
+            return core
+    return dcnv3_core
+
+
+def dcnv3_core_auto(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    kernel_size: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+) -> Tensor:
+    """The DCNv3 operator by the implementation :func:`select_dcnv3_core` picks for ``input``
+    (Triton kernels on CUDA, :func:`dcnv3_core` elsewhere; ``SEGCTL_DCNV3_IMPL`` forces one).
+
+    Same arguments, result and errors as :func:`dcnv3_core`.
+    """
+    core = select_dcnv3_core(input)
+    return core(
+        input, offset, mask, kernel_size, stride, pad, dilation, group, group_channels,
+        offset_scale,
+    )
+
+
 class ChannelsLast(nn.Module):
     """(N, C, H, W) -> (N, H, W, C) view; no parameters (a slot in mmseg-named Sequentials)."""
 
@@ -391,7 +471,8 @@ class DCNv3(nn.Module):
     half-extent), as every InternImage block uses it.
 
     Args:
-        core: the operator implementation, :func:`dcnv3_core` by default.
+        core: the operator implementation; by default :func:`dcnv3_core_auto` (Triton kernels
+            for CUDA tensors, :func:`dcnv3_core` otherwise, ``SEGCTL_DCNV3_IMPL`` forcing one).
 
     Raises:
         ValueError: (construction) ``channels`` not divisible by ``group``; (forward) shapes
@@ -427,7 +508,7 @@ class DCNv3(nn.Module):
         self.group_channels = channels // group
         self.offset_scale = offset_scale
         self.center_feature_scale = center_feature_scale
-        self.core: CoreFn = dcnv3_core if core is None else core
+        self.core: CoreFn = dcnv3_core_auto if core is None else core
 
         points = kernel_size * kernel_size
         self.dw_conv = nn.Sequential(

@@ -24,9 +24,10 @@ their group (``BLOCK_C = next_power_of_2(C)``):
   the CUDA col2im kernel's per-channel terms reduced over channels.
 
 The compute dtype is float64 when any of input, offset or mask is float64, else float32 (bf16
-and fp16 inputs are read as such and accumulated in float32). A sampling position outside the
-open box ``(-1, W) x (-1, H)`` meets only zeros and contributes nothing, with zero gradient (as
-the CUDA kernel's ``loc_h > -1 && ...`` test).
+and fp16 inputs are read as such and accumulated in float32). A sampling position outside
+``[-1, W) x [-1, H)`` meets only zeros and contributes nothing, with zero gradient (the CUDA
+kernel tests ``loc_h > -1``; at exactly -1 the value is zero either way, and the gradient here is
+the right derivative, as at every integer position and as in ``dcnv3_core``).
 
 Verified with the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) against
 :func:`~trainer.models.dcnv3.dcnv3_core` and an explicit loop (``tests/test_dcnv3_triton.py``)
@@ -72,7 +73,7 @@ def _sampling_setup(
     COMPUTE: tl.constexpr,
 ):
     """Kernel point ``k`` of each row: bilinear fractions, top-left neighbour, mask (zeroed
-    where the position is outside ``(-1, W) x (-1, H)``) and the inside flag."""
+    where the position is outside ``[-1, W) x [-1, H)``) and the inside flag."""
     points: tl.constexpr = KERNEL * KERNEL
     dx = tl.load(offset_ptr + rows_idx * (2 * points) + 2 * k, mask=row_ok, other=0.0)
     dy = tl.load(offset_ptr + rows_idx * (2 * points) + 2 * k + 1, mask=row_ok, other=0.0)
@@ -83,7 +84,9 @@ def _sampling_setup(
     point_y = tl.cast((k % KERNEL) * dilation - half, COMPUTE)
     x = cx + (point_x + dx.to(COMPUTE)) * scale
     y = cy + (point_y + dy.to(COMPUTE)) * scale
-    inside = row_ok & (x > -1.0) & (y > -1.0) & (x < width) & (y < height)
+    # [-1, W) x [-1, H): at exactly -1 the value is 0 but the right derivative is not, which
+    # is the floor convention at every integer position (and dcnv3_core's).
+    inside = row_ok & (x >= -1.0) & (y >= -1.0) & (x < width) & (y < height)
     # Outside positions are replaced by 0 so that floor() and the int conversion stay in range.
     x = tl.where(inside, x, 0.0)
     y = tl.where(inside, y, 0.0)

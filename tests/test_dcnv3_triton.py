@@ -1,0 +1,196 @@
+"""The Triton DCNv3 kernels against ``dcnv3_core`` and the explicit loop, and the choice of
+implementation (``dcnv3_core_auto``, ``SEGCTL_DCNV3_IMPL``).
+
+Without a GPU the kernels run in Triton's interpreter, which ``triton.jit`` selects when it
+decorates a kernel, i.e. from ``TRITON_INTERPRET`` as set when ``trainer.models.dcnv3_triton``
+is first imported. The interpreter checks therefore run in one child process started with
+``TRITON_INTERPRET=1`` (this file run as ``python -m tests.test_dcnv3_triton``), which prints
+the measured errors as JSON; the tests here assert on them. Setting the variable at the top of
+this module instead would change the whole pytest process: a test collected earlier that had
+imported the kernels would keep compiled ones (and fail on CPU tensors), and any later
+Triton code in the process would silently run interpreted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.models.dcnv3 import (
+    DCNV3_IMPL_ENV,
+    DCNv3,
+    dcnv3_core,
+    dcnv3_core_auto,
+    dcnv3_core_grid_sample,
+    dcnv3_output_size,
+    select_dcnv3_core,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (dtype, kernel_size, stride, pad, dilation, group, group_channels, offset_scale,
+#          offset_std, (H, W), compare with the loop); batch 2. Offsets of std 2..6 pixels put
+#          many samples partly or wholly outside the image. Sizes are kept to one or two
+#          programs per launch (the interpreter runs them one after another, ~0.1 s each).
+CASES: dict[str, tuple] = {
+    "f32_k3_s1_g2_c8": ("float32", 3, 1, 1, 1, 2, 8, 1.0, 2.0, (7, 7), False),
+    "f32_k3_s2_g4_c8_scale1.5": ("float32", 3, 2, 1, 1, 4, 8, 1.5, 3.0, (9, 8), False),
+    "f32_k3_d2_p2_g2_c8_scale0.5": ("float32", 3, 1, 2, 2, 2, 8, 0.5, 2.0, (8, 8), False),
+    "f64_k3_s1_g2_c8_scale2": ("float64", 3, 1, 1, 1, 2, 8, 2.0, 1.5, (5, 5), True),
+    "f64_k3_s2_g3_c8_far": ("float64", 3, 2, 1, 1, 3, 8, 1.0, 6.0, (5, 6), True),
+    "f64_k5_p2_g2_c4": ("float64", 5, 1, 2, 1, 2, 4, 1.0, 1.0, (5, 5), False),
+    "bf16_k3_s1_g2_c16": ("bfloat16", 3, 1, 1, 1, 2, 16, 1.0, 2.0, (5, 5), False),
+}
+# (atol, rtol) by input dtype; bf16: output and gradients rounded to bf16 (8 bits) once.
+TOLERANCE = {"float32": (1e-5, 1e-5), "float64": (1e-12, 1e-12), "bfloat16": (2e-2, 1e-2)}
+QUANTITIES = ("out", "grad_input", "grad_offset", "grad_mask")
+
+
+def _inputs(case: tuple) -> tuple[torch.Tensor, ...]:
+    dtype, kernel_size, stride, pad, dilation, group, gc, _, std, (h, w), _ = case
+    gen = torch.Generator().manual_seed(0)
+    h_out = dcnv3_output_size(h, kernel_size, stride, pad, dilation)
+    w_out = dcnv3_output_size(w, kernel_size, stride, pad, dilation)
+    points = kernel_size * kernel_size
+    make = dict(generator=gen, dtype=torch.float64)
+    x = torch.randn(2, h, w, group * gc, **make)
+    offset = std * torch.randn(2, h_out, w_out, group * points * 2, **make)
+    mask = torch.randn(2, h_out, w_out, group, points, **make).softmax(-1)
+    grad = torch.randn(2, h_out, w_out, group * gc, **make)
+    cast = getattr(torch, dtype)
+    return tuple(t.to(cast) for t in (x, offset, mask.reshape(2, h_out, w_out, -1), grad))
+
+
+def _run(core, inputs: tuple[torch.Tensor, ...], case: tuple, dtype=None) -> list[torch.Tensor]:
+    """[out, grad_input, grad_offset, grad_mask] of ``core``; inputs cast to ``dtype``."""
+    _, kernel_size, stride, pad, dilation, group, gc, scale, *_ = case
+    x, offset, mask, grad = (t if dtype is None else t.to(dtype) for t in inputs)
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask)]
+    out = core(*leaves, kernel_size, stride, pad, dilation, group, gc, scale)
+    out.backward(grad)
+    return [out.detach(), *(t.grad for t in leaves)]
+
+
+def _errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict[str, list[float]]:
+    """quantity -> [max |got - want|, max |want|]."""
+    return {
+        name: [(g.double() - w.double()).abs().max().item(), w.double().abs().max().item()]
+        for name, g, w in zip(QUANTITIES, got, want)
+    }
+
+
+def interpreter_report() -> dict:
+    """Run in the child process (TRITON_INTERPRET=1): errors of every case, dtypes of the
+    results, and the implementation choices that need triton imported."""
+    from types import SimpleNamespace
+
+    report: dict = {}
+    # The default core on CPU tensors must not import triton.
+    module = DCNv3(16, group=2).double()
+    torch.nn.init.normal_(module.offset.weight)
+    x = torch.randn(1, 5, 6, 16, dtype=torch.float64)
+    default_out = module(x)
+    report["triton_imported_by_cpu_default"] = "triton" in sys.modules
+
+    from tests.test_models_internimage import dcnv3_loop
+    from trainer.models.dcnv3_triton import dcnv3_core_triton
+
+    report["auto_picks_triton_for_cuda"] = (
+        select_dcnv3_core(SimpleNamespace(is_cuda=True)) is dcnv3_core_triton
+    )
+    os.environ[DCNV3_IMPL_ENV] = "triton"
+    report["forced_triton_picked"] = select_dcnv3_core(x) is dcnv3_core_triton
+    report["module_forced_triton_max_error"] = (module(x) - default_out).abs().max().item()
+    del os.environ[DCNV3_IMPL_ENV]
+
+    report["cases"] = {}
+    for name, case in CASES.items():
+        inputs = _inputs(case)
+        triton_result = _run(dcnv3_core_triton, inputs, case)
+        dtype = inputs[0].dtype
+        # bf16: the reference runs in float32 on the same (bf16-rounded) values.
+        reference_dtype = torch.float32 if dtype == torch.bfloat16 else None
+        entry = {
+            "dtypes": [str(t.dtype) for t in triton_result],
+            "vs_core": _errors(triton_result, _run(dcnv3_core, inputs, case, reference_dtype)),
+        }
+        if case[-1]:
+            entry["vs_loop"] = _errors(triton_result, _run(dcnv3_loop, inputs, case))
+        report["cases"][name] = entry
+    return report
+
+
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != DCNV3_IMPL_ENV}
+    env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.test_dcnv3_triton"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(CASES))
+def test_triton_kernels_match_dcnv3_core_and_the_loop(report, name) -> None:
+    entry = report["cases"][name]
+    dtype = CASES[name][0]
+    assert entry["dtypes"] == [f"torch.{dtype}"] * 4
+    atol, rtol = TOLERANCE[dtype]
+    for reference in ("vs_core", "vs_loop"):
+        for quantity, (error, scale) in entry.get(reference, {}).items():
+            assert error <= atol + rtol * scale, f"{name} {reference} {quantity}: {error:.3g}"
+    assert ("vs_loop" in entry) == CASES[name][-1]
+
+
+@needs_triton
+def test_implementation_choice_with_triton_imported(report) -> None:
+    assert not report["triton_imported_by_cpu_default"]
+    assert report["auto_picks_triton_for_cuda"]
+    assert report["forced_triton_picked"]
+    assert report["module_forced_triton_max_error"] < 1e-12
+
+
+def test_cpu_tensors_get_the_pytorch_core_unless_forced(monkeypatch) -> None:
+    x = torch.zeros(1, 3, 3, 4)
+    monkeypatch.delenv(DCNV3_IMPL_ENV, raising=False)
+    assert select_dcnv3_core(x) is dcnv3_core
+    assert DCNv3(4, group=2).core is dcnv3_core_auto
+    monkeypatch.setenv(DCNV3_IMPL_ENV, "grid_sample")
+    assert select_dcnv3_core(x) is dcnv3_core_grid_sample
+    monkeypatch.setenv(DCNV3_IMPL_ENV, " PyTorch ")
+    assert select_dcnv3_core(x) is dcnv3_core
+    monkeypatch.setenv(DCNV3_IMPL_ENV, "cuda")
+    with pytest.raises(ValueError, match="pytorch, triton, grid_sample"):
+        select_dcnv3_core(x)
+
+
+def test_auto_core_forced_to_grid_sample_gives_its_result(monkeypatch) -> None:
+    case = CASES["f64_k3_s1_g2_c8_scale2"]
+    x, offset, mask, _ = _inputs(case)
+    args = case[1:8]
+    monkeypatch.setenv(DCNV3_IMPL_ENV, "grid_sample")
+    torch.testing.assert_close(
+        dcnv3_core_auto(x, offset, mask, *args), dcnv3_core_grid_sample(x, offset, mask, *args),
+        atol=0, rtol=0,
+    )
+    with pytest.raises(ValueError, match="offset"):
+        dcnv3_core_auto(x, offset[..., :-2], mask, *args)
+
+
+if __name__ == "__main__":
+    print(json.dumps(interpreter_report()))
