@@ -1,15 +1,20 @@
-"""Benchmark the DCNv3 operator on CPU: fused gather (``dcnv3_core``) vs ``grid_sample``.
+"""Benchmark the DCNv3 operator: fused gather (``dcnv3_core``), ``grid_sample`` and, on CUDA,
+the Triton kernels (``dcnv3_core_triton``).
 
 Usage::
 
     python benchmarks/bench_dcnv3.py [--repeats 7] [--threads N] [--stages 1 3]
+    python benchmarks/bench_dcnv3.py --device cuda [--dtype bfloat16] [--batch 2] [--stages 1 2 3 4]
 
-Shapes are InternImage-T stages at a 512x512 crop (batch 1, kernel 3, 16 channels per
-group): stage 1 is 128x128 with C=64, G=4; stage 2 64x64, C=128, G=8; stage 3 32x32, C=256,
-G=16; stage 4 16x16, C=512, G=32. Offsets are random (about one pixel), the mask a softmax.
-Both implementations run alternately in the same process; each figure is the median of
-``--repeats`` timings after one warm-up. Forward runs under ``torch.no_grad``; forward+backward
-backpropagates a random output gradient into input, offsets and mask.
+Shapes are InternImage-T stages at a 512x512 crop (batch ``--batch``, default 1, kernel 3, 16
+channels per group): stage 1 is 128x128 with C=64, G=4; stage 2 64x64, C=128, G=8; stage 3
+32x32, C=256, G=16; stage 4 16x16, C=512, G=32. Offsets are random (about one pixel), the mask
+a softmax. All implementations run alternately in the same process; each figure is the median
+of ``--repeats`` timings (milliseconds) after one warm-up (which also compiles the Triton
+kernels); on CUDA every timing is bracketed by ``torch.cuda.synchronize``. Forward runs under
+``torch.no_grad``; forward+backward backpropagates a random output gradient into input, offsets
+and mask. Ratios are grid_sample's time over each implementation's (above 1: faster than the
+reference). On the CPU the Triton rows are skipped with a note.
 """
 
 from __future__ import annotations
@@ -33,52 +38,91 @@ STAGES: dict[int, tuple[int, int, int]] = {
 KERNEL = 3
 
 
-def make_inputs(size: int, channels: int, groups: int) -> tuple[torch.Tensor, ...]:
+def make_inputs(
+    size: int, channels: int, groups: int, batch: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     points = KERNEL * KERNEL
-    x = torch.randn(1, size, size, channels, generator=gen)
-    offset = torch.randn(1, size, size, groups * points * 2, generator=gen)
-    mask = torch.randn(1, size, size, groups, points, generator=gen).softmax(-1)
-    mask = mask.reshape(1, size, size, groups * points)
-    grad = torch.randn(1, size, size, channels, generator=gen)
-    return x, offset, mask, grad
+    x = torch.randn(batch, size, size, channels, generator=gen)
+    offset = torch.randn(batch, size, size, groups * points * 2, generator=gen)
+    mask = torch.randn(batch, size, size, groups, points, generator=gen).softmax(-1)
+    mask = mask.reshape(batch, size, size, groups * points)
+    grad = torch.randn(batch, size, size, channels, generator=gen)
+    return tuple(t.to(device=device, dtype=dtype) for t in (x, offset, mask, grad))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run_once(core: Callable[..., torch.Tensor], inputs, groups: int, backward: bool) -> float:
+    """Seconds of one call (forward, or forward + backward), device work included."""
     x, offset, mask, grad = inputs
     channels = x.shape[-1]
     args = (KERNEL, 1, 1, 1, groups, channels // groups, 1.0)
     if backward:
         leaves = [t.detach().requires_grad_() for t in (x, offset, mask)]
+        _synchronize(x.device)
         start = time.perf_counter()
         out = core(*leaves, *args)
         out.backward(grad)
     else:
         with torch.no_grad():
+            _synchronize(x.device)
             start = time.perf_counter()
             core(x, offset, mask, *args)
+    _synchronize(x.device)
     return time.perf_counter() - start
 
 
-def bench_stage(stage: int, repeats: int) -> None:
+def bench_stage(
+    stage: int,
+    repeats: int,
+    cores: dict[str, Callable[..., torch.Tensor]],
+    skipped: dict[str, str],
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Print one stage's forward and forward+backward medians; ``cores`` must hold
+    ``grid_sample`` (the ratios' reference); ``skipped`` names implementations not run, with
+    the reason."""
     size, channels, groups = STAGES[stage]
-    inputs = make_inputs(size, channels, groups)
-    print(f"stage {stage}: N=1 {size}x{size} C={channels} G={groups} K={KERNEL * KERNEL}")
+    inputs = make_inputs(size, channels, groups, batch, device, dtype)
+    print(f"stage {stage}: N={batch} {size}x{size} C={channels} G={groups} K={KERNEL * KERNEL}")
     for backward in (False, True):
-        times: dict[str, list[float]] = {"fused": [], "grid_sample": []}
-        cores = {"fused": dcnv3_core, "grid_sample": dcnv3_core_grid_sample}
-        for core in cores.values():  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in cores}
+        for core in cores.values():  # warm-up (and Triton compilation)
             run_once(core, inputs, groups, backward)
         for _ in range(repeats):
             for name, core in cores.items():
                 times[name].append(run_once(core, inputs, groups, backward))
-        fused = statistics.median(times["fused"])
-        reference = statistics.median(times["grid_sample"])
+        median = {name: statistics.median(t) for name, t in times.items()}
+        reference = median["grid_sample"]
         label = "fwd+bwd" if backward else "fwd    "
-        print(
-            f"  {label}  fused {fused * 1e3:8.2f} ms   grid_sample {reference * 1e3:8.2f} ms   "
-            f"speed-up {reference / fused:5.2f}x"
-        )
+        cells = [
+            f"{name} {seconds * 1e3:8.3f} ms ({reference / seconds:5.2f}x)"
+            for name, seconds in median.items()
+        ]
+        cells += [f"{name} skipped ({why})" for name, why in skipped.items()]
+        print(f"  {label}  " + "   ".join(cells))
+
+
+def _cores(device: torch.device) -> tuple[dict[str, Callable[..., torch.Tensor]], dict[str, str]]:
+    """Implementations to time on ``device`` and those skipped there (name -> reason)."""
+    cores: dict[str, Callable[..., torch.Tensor]] = {
+        "fused": dcnv3_core,
+        "grid_sample": dcnv3_core_grid_sample,
+    }
+    if device.type != "cuda":
+        return cores, {"triton": "needs a CUDA device"}
+    try:
+        from trainer.models.dcnv3_triton import dcnv3_core_triton
+    except ImportError as error:
+        return cores, {"triton": f"cannot import triton: {error}"}
+    cores["triton"] = dcnv3_core_triton
+    return cores, {}
 
 
 def main() -> None:
@@ -86,13 +130,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 3], choices=sorted(STAGES))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of input, offsets and mask")
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(f"torch {torch.__version__}, {where}, {args.dtype}")
+    cores, skipped = _cores(device)
     for stage in args.stages:
-        bench_stage(stage, args.repeats)
-
+        bench_stage(stage, args.repeats, cores, skipped, args.batch, device,
+                    getattr(torch, args.dtype))
 
 if __name__ == "__main__":
     main()

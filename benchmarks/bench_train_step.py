@@ -4,9 +4,11 @@ Cases (the zoo recipes, built as ``segctl`` trains them: the recipe's model, opt
 and auxiliary heads, random weights, random images and labels):
 
 - ``internimage_t``: UperNet + InternImage-T (``recipes/ade20k/upernet_internimage_t_512x512_160k.yaml``),
-  crop 512x512, batch 2. The published A100 figure is 0.23 s/iter (InternImage README). Also
-  timed with the reference's ``grid_sample`` DCNv3 core in the same run: the ratio is ours
-  against that reference.
+  crop 512x512, batch 2. The published A100 figure is 0.23 s/iter (InternImage README). The
+  main row uses ``dcnv3_core`` (fused PyTorch gather); the case is also timed with the
+  reference's ``grid_sample`` DCNv3 core and, on CUDA, with the Triton kernels
+  (``dcnv3_core_triton``; skipped with a note on the CPU) in the same run; the ratios are
+  against the ``grid_sample`` reference.
 - ``segformer_b0``: SegFormer MiT-B0 (``recipes/cityscapes/segformer_mit_b0_1024x1024_160k.yaml``),
   crop 1024x1024, batch 2.
 
@@ -25,6 +27,7 @@ import argparse
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +104,17 @@ def time_steps(case: Case, crop: int, batch: int, warmup: int, iters: int,
     return statistics.median(times), peak, accelerator.mixed_precision
 
 
+def _triton_core() -> tuple[Callable[..., torch.Tensor] | None, str]:
+    """(``dcnv3_core_triton``, "") on CUDA where triton imports, else (None, the reason)."""
+    if not torch.cuda.is_available():
+        return None, "the Triton core needs a CUDA device"
+    try:
+        from trainer.models.dcnv3_triton import dcnv3_core_triton
+    except ImportError as error:
+        return None, f"cannot import triton: {error}"
+    return dcnv3_core_triton, ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
@@ -124,11 +138,26 @@ def main() -> None:
         if published and crop == case.crop:
             notes = f"published A100 {published} s/iter (ratio {published / seconds:.2f}x)"
         print(f"{name:<34} {crop:>5} {precision:>5} {seconds:>8.4f} {peak:>9.2f}  {notes}")
-        if name == "internimage_t" and not args.no_reference:
+        if name != "internimage_t":
+            continue
+        ref_s = None
+        if not args.no_reference:
             ref_s, ref_peak, _ = time_steps(case, crop, args.batch, args.warmup, args.iters,
                                             core=dcnv3_core_grid_sample)
             print(f"{name + ' (grid_sample core)':<34} {crop:>5} {precision:>5} {ref_s:>8.4f} "
                   f"{ref_peak:>9.2f}  ours is {ref_s / seconds:.2f}x the grid_sample reference")
+        triton_core, why_not = _triton_core()
+        if triton_core is None:
+            print(f"{name + ' (triton core)':<34} {crop:>5} {'':>5} {'-':>8} {'-':>9}  "
+                  f"skipped: {why_not}")
+            continue
+        tri_s, tri_peak, _ = time_steps(case, crop, args.batch, args.warmup, args.iters,
+                                        core=triton_core)
+        notes = f"{seconds / tri_s:.2f}x the dcnv3_core run"
+        if ref_s is not None:
+            notes += f", {ref_s / tri_s:.2f}x the grid_sample reference"
+        print(f"{name + ' (triton core)':<34} {crop:>5} {precision:>5} {tri_s:>8.4f} "
+              f"{tri_peak:>9.2f}  {notes}")
 
 
 if __name__ == "__main__":
