@@ -379,8 +379,8 @@ def select_dcnv3_core(input: Tensor) -> CoreFn:
     ``SEGCTL_DCNV3_IMPL`` (read at every call) forces one: ``pytorch`` (:func:`dcnv3_core`),
     ``triton`` (:func:`trainer.models.dcnv3_triton.dcnv3_core_triton`; CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``) or ``grid_sample`` (:func:`dcnv3_core_grid_sample`).
-    Unset or empty: the Triton kernels for CUDA tensors where triton can be imported,
-    :func:`dcnv3_core` otherwise.
+    Unset or empty: the Triton kernels for CUDA tensors (compute capability 7.0 or newer) where
+    triton can be imported, :func:`dcnv3_core` otherwise.
 
     Raises:
         ValueError: ``SEGCTL_DCNV3_IMPL`` names no implementation.
@@ -401,7 +401,8 @@ def select_dcnv3_core(input: Tensor) -> CoreFn:
             f"{DCNV3_IMPL_ENV}={forced!r} names no DCNv3 implementation; use one of "
             f"{', '.join(DCNV3_IMPLS)} or leave it unset"
         )
-    if input.is_cuda:
+    # Triton compiles for compute capability 7.0 (Volta) and newer.
+    if input.is_cuda and torch.cuda.get_device_capability(input.device) >= (7, 0):
         core = _triton_core()
         if core is not None:
             return core

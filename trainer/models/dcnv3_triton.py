@@ -23,20 +23,25 @@ their group (``BLOCK_C = next_power_of_2(C)``):
   ``grad_mask`` and, through the bilinear weights, ``grad_offset`` (times ``offset_scale``), as
   the CUDA col2im kernel's per-channel terms reduced over channels.
 
+``grad_input`` is summed by atomics, so its float rounding (not its value) depends on the order
+in which programs run: not bitwise deterministic, as the CUDA reference.
+
 The compute dtype is float64 when any of input, offset or mask is float64, else float32 (bf16
 and fp16 inputs are read as such and accumulated in float32). A sampling position outside
 ``[-1, W) x [-1, H)`` meets only zeros and contributes nothing, with zero gradient (the CUDA
 kernel tests ``loc_h > -1``; at exactly -1 the value is zero either way, and the gradient here is
 the right derivative, as at every integer position and as in ``dcnv3_core``).
 
-Verified with the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) against
-:func:`~trainer.models.dcnv3.dcnv3_core` and an explicit loop (``tests/test_dcnv3_triton.py``)
-only; the block sizes and warp counts are untuned until the kernels run on a GPU.
+Verified with the Triton interpreter only (``TRITON_INTERPRET=1``, CPU tensors), against
+:func:`~trainer.models.dcnv3.dcnv3_core` and an explicit loop (``tests/test_dcnv3_triton.py``),
+until the kernels run on a GPU; the same tests compile them for sm_90 (no spills, vector loads
+and vector atomics in the PTX) but do not run them. Block sizes and warp counts are untuned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -45,14 +50,29 @@ from torch import Tensor
 
 from trainer.models.dcnv3 import _check_core_args
 
+# The K kernel points are a runtime loop, not tl.static_range: unrolled, the compiler hoists
+# all K points' neighbour loads and the forward needs ~140 registers per thread for sm_90
+# (bf16 and fp32, 16 channels per group) against ~56 as a loop, which keeps occupancy up for
+# this gather-bound kernel.
 # Elements of one (BLOCK_R, BLOCK_C) tile: 64 rows of 16 channels (InternImage's group width),
 # 32 rows of 32 channels, and so on; with 4 warps that is 8 elements per thread and tile.
 _TILE_ELEMENTS = 1024
 _NUM_WARPS = 4
 
-# Whether the kernels below were decorated in interpreter mode (TRITON_INTERPRET=1 read when
-# triton.jit runs, i.e. at this module's import): then they take CPU tensors.
-_INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+
+def _interpreter_mode() -> bool:
+    """Whether ``triton.jit`` builds interpreted kernels (``TRITON_INTERPRET``; ``triton.knobs``
+    from Triton 3.4, the variable itself before)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+# Whether the kernels below were decorated in interpreter mode (read when triton.jit runs, i.e.
+# at this module's import): then they take CPU tensors.
+_INTERPRETED = _interpreter_mode()
 
 
 @triton.jit
@@ -63,7 +83,7 @@ def _sampling_setup(
     row_ok,
     cx,
     cy,
-    k: tl.constexpr,
+    k,
     dilation,
     half,
     scale,
@@ -79,7 +99,7 @@ def _sampling_setup(
     dy = tl.load(offset_ptr + rows_idx * (2 * points) + 2 * k + 1, mask=row_ok, other=0.0)
     m = tl.load(mask_ptr + rows_idx * points + k, mask=row_ok, other=0.0).to(COMPUTE)
     # Point k = ix * KERNEL + iy (x-major, as meshgrid(x, y) flattened in the reference).
-    # tl.cast, not .to: with dilation specialised to 1 these are compile-time ints.
+    # tl.cast, not .to: these can be compile-time ints (dilation specialised to 1).
     point_x = tl.cast((k // KERNEL) * dilation - half, COMPUTE)
     point_y = tl.cast((k % KERNEL) * dilation - half, COMPUTE)
     x = cx + (point_x + dx.to(COMPUTE)) * scale
@@ -137,7 +157,7 @@ def _dcnv3_forward_kernel(
     pixel_stride: tl.constexpr = GROUP * CHANNELS  # elements between horizontal neighbours
     image = n * height
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=COMPUTE)
-    for k in tl.static_range(KERNEL * KERNEL):
+    for k in range(KERNEL * KERNEL):
         fx, fy, x0, y0, m, inside = _sampling_setup(
             offset_ptr, mask_ptr, rows_idx, row_ok, cx, cy, k, dilation, half, scale,
             height, width, KERNEL, COMPUTE,
@@ -215,7 +235,7 @@ def _dcnv3_backward_kernel(
     go = tl.load(
         grad_out_ptr + rows_idx[:, None] * CHANNELS + cols[None, :], mask=tile_ok, other=0.0
     ).to(COMPUTE)
-    for k in tl.static_range(points):
+    for k in range(points):
         fx, fy, x0, y0, m, inside = _sampling_setup(
             offset_ptr, mask_ptr, rows_idx, row_ok, cx, cy, k, dilation, half, scale,
             height, width, KERNEL, COMPUTE,
