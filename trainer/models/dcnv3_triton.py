@@ -60,7 +60,6 @@ _TILE_ELEMENTS = 1024
 _NUM_WARPS = 4
 
 
-
 def _interpreter_mode() -> bool:
     """Whether ``triton.jit`` builds interpreted kernels (``TRITON_INTERPRET``; ``triton.knobs``
     from Triton 3.4, the variable itself before)."""
@@ -121,7 +120,8 @@ def _dcnv3_forward_kernel(
     input_ptr,
     offset_ptr,
     mask_ptr,
-    scale_ptr,
+    scale_hi,
+    scale_lo,
     out_ptr,
     rows,
     height,
@@ -153,7 +153,8 @@ def _dcnv3_forward_kernel(
     half = dilation * (KERNEL - 1) // 2
     cx = (j * stride - pad + half).to(COMPUTE)
     cy = (i * stride - pad + half).to(COMPUTE)
-    scale = tl.load(scale_ptr)
+    # offset_scale arrives as two float32 arguments (hi + lo), exact enough for float64.
+    scale = tl.cast(scale_hi, COMPUTE) + tl.cast(scale_lo, COMPUTE)
     pixel_stride: tl.constexpr = GROUP * CHANNELS  # elements between horizontal neighbours
     image = n * height
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=COMPUTE)
@@ -190,7 +191,8 @@ def _dcnv3_backward_kernel(
     input_ptr,
     offset_ptr,
     mask_ptr,
-    scale_ptr,
+    scale_hi,
+    scale_lo,
     grad_out_ptr,
     grad_input_ptr,
     grad_offset_ptr,
@@ -227,7 +229,8 @@ def _dcnv3_backward_kernel(
     half = dilation * (KERNEL - 1) // 2
     cx = (j * stride - pad + half).to(COMPUTE)
     cy = (i * stride - pad + half).to(COMPUTE)
-    scale = tl.load(scale_ptr)
+    # offset_scale arrives as two float32 arguments (hi + lo), exact enough for float64.
+    scale = tl.cast(scale_hi, COMPUTE) + tl.cast(scale_lo, COMPUTE)
     pixel_stride: tl.constexpr = GROUP * CHANNELS
     points: tl.constexpr = KERNEL * KERNEL
     image = n * height
@@ -310,11 +313,16 @@ class _DCNv3Triton(torch.autograd.Function):
         input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
         n, h, w, _ = input.shape
         compute = _compute_dtype(input, offset, mask)
-        scale = torch.tensor([offset_scale], dtype=compute, device=input.device)
+        # Python floats reach kernels as float32; the rest of offset_scale rides in a second one.
+        # (A device tensor would cost a host-to-device copy per call.)
+        scale_hi = float(torch.tensor(offset_scale, dtype=torch.float32))
+        scale = (scale_hi, offset_scale - scale_hi)
         out = input.new_empty((n, h_out, w_out, group * group_channels))
         rows = n * h_out * w_out * group
         geometry = (h, w, h_out, w_out, stride, pad, dilation)
-        ctx.save_for_backward(input, offset, mask, scale)
+        ctx.save_for_backward(input, offset, mask)
+        ctx.scale = scale
+        ctx.compute = compute
         ctx.geometry = geometry
         ctx.meta = (kernel_size, group, group_channels)
         if rows == 0:
@@ -322,7 +330,7 @@ class _DCNv3Triton(torch.autograd.Function):
         block_r, block_c = _block_sizes(group_channels)
         with _on_device(input):
             _dcnv3_forward_kernel[(triton.cdiv(rows, block_r),)](
-                input, offset, mask, scale, out, rows, *geometry,
+                input, offset, mask, *scale, out, rows, *geometry,
                 GROUP=group, CHANNELS=group_channels, KERNEL=kernel_size,
                 BLOCK_R=block_r, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[compute],
                 INDEX_64=_needs_int64(input, offset, out), num_warps=_NUM_WARPS,
@@ -332,7 +340,7 @@ class _DCNv3Triton(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        input, offset, mask, scale = ctx.saved_tensors
+        input, offset, mask = ctx.saved_tensors
         kernel_size, group, group_channels = ctx.meta
         need_input = ctx.needs_input_grad[0]
         need_sampling = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -340,7 +348,7 @@ class _DCNv3Triton(torch.autograd.Function):
         if not (need_input or need_sampling):
             return (None,) * 12
         grad_out = grad_out.contiguous()
-        compute = scale.dtype
+        compute = ctx.compute
         # The accumulation buffer always exists (the kernel needs a pointer); 1 element when unused.
         grad_input_acc = torch.zeros(
             input.shape if need_input else (1,), dtype=compute, device=input.device
@@ -352,7 +360,8 @@ class _DCNv3Triton(torch.autograd.Function):
             block_r, block_c = _block_sizes(group_channels)
             with _on_device(input):
                 _dcnv3_backward_kernel[(triton.cdiv(rows, block_r),)](
-                    input, offset, mask, scale, grad_out, grad_input_acc, grad_offset, grad_mask,
+                    input, offset, mask, *ctx.scale, grad_out, grad_input_acc, grad_offset,
+                    grad_mask,
                     rows, *ctx.geometry,
                     GROUP=group, CHANNELS=group_channels, KERNEL=kernel_size,
                     BLOCK_R=block_r, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[compute],
@@ -425,7 +434,9 @@ def dcnv3_core_triton(
     )
     devices = {input.device, offset.device, mask.device}
     if len(devices) != 1:
-        raise ValueError(f"input, offset and mask must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(
+            f"input, offset and mask must be on one device, got {sorted(map(str, devices))}"
+        )
     if input.device.type != "cuda" and not _INTERPRETED:
         raise ValueError(
             f"dcnv3_core_triton needs CUDA tensors, got {input.device} (CPU tensors run only "
