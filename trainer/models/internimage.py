@@ -286,7 +286,8 @@ class InternImage(nn.Module):
         drop_path_rate: stochastic depth of the last block, linear from 0 over all blocks.
         out_indices: which levels to return.
         with_cp: activation checkpointing per block (memory for time, training only).
-        core: DCNv3 operator implementation (default :func:`trainer.models.dcnv3.dcnv3_core`).
+        core: DCNv3 operator implementation (default :func:`trainer.models.dcnv3.dcnv3_core_auto`:
+            the Triton kernels on CUDA, :func:`~trainer.models.dcnv3.dcnv3_core` elsewhere).
 
     Raises:
         ValueError: ``depths``/``groups`` not of length 4, or a level width not divisible by
