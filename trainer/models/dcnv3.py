@@ -34,7 +34,8 @@ Two implementations with the same numerics:
 
 A third, :func:`trainer.models.dcnv3_triton.dcnv3_core_triton` (fused Triton kernels, CUDA
 only), is imported lazily; :func:`dcnv3_core_auto`, the :class:`DCNv3` default, picks one per
-call (see :func:`select_dcnv3_core`).
+call (see :func:`select_dcnv3_core`): the Triton kernels only where ``SEGCTL_DCNV3_IMPL=triton``
+asks for them, until they are checked on a GPU.
 """
 
 from __future__ import annotations
@@ -379,8 +380,10 @@ def select_dcnv3_core(input: Tensor) -> CoreFn:
     ``SEGCTL_DCNV3_IMPL`` (read at every call) forces one: ``pytorch`` (:func:`dcnv3_core`),
     ``triton`` (:func:`trainer.models.dcnv3_triton.dcnv3_core_triton`; CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``) or ``grid_sample`` (:func:`dcnv3_core_grid_sample`).
-    Unset or empty: the Triton kernels for CUDA tensors (compute capability 7.0 or newer) where
-    triton can be imported, :func:`dcnv3_core` otherwise.
+    Unset or empty: :func:`dcnv3_core`. The Triton kernels are opt-in until they have been
+    checked on a GPU (their numerics are verified with Triton's interpreter and their sm_90
+    build is compiled in the tests; ``tests/test_dcnv3_triton.py`` compares the compiled kernels
+    on any CUDA machine): set ``SEGCTL_DCNV3_IMPL=triton`` to use them.
 
     Raises:
         ValueError: ``SEGCTL_DCNV3_IMPL`` names no implementation.
@@ -401,11 +404,6 @@ def select_dcnv3_core(input: Tensor) -> CoreFn:
             f"{DCNV3_IMPL_ENV}={forced!r} names no DCNv3 implementation; use one of "
             f"{', '.join(DCNV3_IMPLS)} or leave it unset"
         )
-    # Triton compiles for compute capability 7.0 (Volta) and newer.
-    if input.is_cuda and torch.cuda.get_device_capability(input.device) >= (7, 0):
-        core = _triton_core()
-        if core is not None:
-            return core
     return dcnv3_core
 
 
@@ -422,7 +420,7 @@ def dcnv3_core_auto(
     offset_scale: float,
 ) -> Tensor:
     """The DCNv3 operator by the implementation :func:`select_dcnv3_core` picks for ``input``
-    (Triton kernels on CUDA, :func:`dcnv3_core` elsewhere; ``SEGCTL_DCNV3_IMPL`` forces one).
+    (:func:`dcnv3_core` unless ``SEGCTL_DCNV3_IMPL`` names another, e.g. ``triton``).
 
     Same arguments, result and errors as :func:`dcnv3_core`.
     """
@@ -472,8 +470,8 @@ class DCNv3(nn.Module):
     half-extent), as every InternImage block uses it.
 
     Args:
-        core: the operator implementation; by default :func:`dcnv3_core_auto` (Triton kernels
-            for CUDA tensors, :func:`dcnv3_core` otherwise, ``SEGCTL_DCNV3_IMPL`` forcing one).
+        core: the operator implementation; by default :func:`dcnv3_core_auto`
+            (:func:`dcnv3_core` unless ``SEGCTL_DCNV3_IMPL`` names another, e.g. ``triton``).
 
     Raises:
         ValueError: (construction) ``channels`` not divisible by ``group``; (forward) shapes

@@ -287,7 +287,7 @@ class InternImage(nn.Module):
         out_indices: which levels to return.
         with_cp: activation checkpointing per block (memory for time, training only).
         core: DCNv3 operator implementation (default :func:`trainer.models.dcnv3.dcnv3_core_auto`:
-            the Triton kernels on CUDA, :func:`~trainer.models.dcnv3.dcnv3_core` elsewhere).
+            :func:`~trainer.models.dcnv3.dcnv3_core` unless ``SEGCTL_DCNV3_IMPL`` says otherwise).
 
     Raises:
         ValueError: ``depths``/``groups`` not of length 4, or a level width not divisible by
