@@ -85,6 +85,20 @@ def test_palette_label_gives_indices_not_colours(real_data: Path):
     assert label.ndim == 2
 
 
+def test_greyscale_labels_decode_as_pillow_does(real_data: Path, tmp_path: Path):
+    """The OpenCV fast path for greyscale PNGs returns Pillow's array, for 8 and 16 bits."""
+    ade = real_data / "ade20k" / "ADEChallengeData2016" / "annotations" / "validation"
+    wide = np.arange(12 * 9, dtype=np.uint16).reshape(12, 9) * 600
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    for path in [*sorted(ade.glob("*.png")), tmp_path / "wide.png"]:
+        label = read_label(path)
+        with Image.open(path) as pil:
+            assert pil.mode in ("L", "I;16"), path
+            np.testing.assert_array_equal(label, np.asarray(pil).astype(label.dtype))
+            assert label.dtype == np.asarray(pil).dtype or pil.mode == "I;16"
+    assert read_label(tmp_path / "wide.png").max() == wide.max()
+
+
 def test_colour_label_is_rejected(tmp_path: Path):
     path = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
