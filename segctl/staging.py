@@ -378,7 +378,9 @@ class ContentDigest:
             listed = ", ".join(f"{d.etag()} with {d.part_bytes} B parts" for d in tried)
             raise StagingError(
                 f"{source.rel}: checksum mismatch (source multipart ETag {source.etag}, copied "
-                f"bytes {listed}); the object is corrupt or changed while it was copied"
+                f"bytes {listed}); the object is corrupt or changed while it was copied, or it "
+                "was uploaded with parts of none of these sizes (then re-upload it, e.g. with "
+                "8 MiB or 50 MiB parts, or copy it as a single part)"
             )
         md5 = self._whole.hexdigest()
         expected = source.expected_md5()
