@@ -125,6 +125,20 @@ def test_pad_fills_label_with_ignore():
         Pad((16, 16))(_sample(30, 40))
 
 
+def test_pad_centre_puts_the_odd_pixel_after():
+    """sssegmentation Padding: top = (h_out - h) // 2, left = (w_out - w) // 2."""
+    sample = _sample(30, 41)
+    out = Pad((64, 48), pad_val=0, seg_pad_val=255, position="center")(
+        {"image": sample["image"].copy(), "label": sample["label"].copy()})
+    assert out["image"].shape == (64, 48, 3)
+    np.testing.assert_array_equal(out["label"][17:47, 3:44], sample["label"])
+    np.testing.assert_array_equal(out["image"][17:47, 3:44], sample["image"])
+    assert (out["label"][:17] == 255).all() and (out["label"][47:] == 255).all()
+    assert (out["label"][:, :3] == 255).all() and (out["label"][:, 44:] == 255).all()
+    with pytest.raises(ValueError, match="position"):
+        Pad((64, 48), position="top")
+
+
 def test_normalize_and_to_tensor():
     sample = _sample(8, 6)
     expected = (sample["image"].astype(np.float32) - np.array(MEAN, np.float32)) / np.array(

@@ -349,6 +349,20 @@ def test_internimage_layer_decay_and_sgd_hrnet_settings():
         assert (recipe.schedule.poly_power, recipe.schedule.min_lr, recipe.schedule.warmup_iters) == (0.9, 1e-4, 0), path
 
 
+def test_sssegmentation_recipes_centre_their_padding():
+    """ssseg Padding centres a crop smaller than crop_size; mmseg's Pad pads bottom-right."""
+    centred = 0
+    for path in sorted(RECIPES.rglob("*.yaml")):
+        if path.name in NOT_ZOO:
+            continue
+        recipe = load_recipe(path).recipe
+        from_ssseg = "sssegmentation" in (recipe.reference.source if recipe.reference else "")
+        expected = "center" if from_ssseg else "bottom_right"
+        assert recipe.data.pad_position == expected, path
+        centred += from_ssseg
+    assert centred == 18
+
+
 def test_lip_recipes_use_the_sssegmentation_lip_augmentations():
     """ssseg/configs/_base_/datasets/lip_473x473.py: Resize (520, 520) keep_ratio False
     x0.75..1.25, RandomFlip with fix_ann_pairs, RandomRotation angle_upper 30 p 0.6."""

@@ -158,6 +158,7 @@ def build_train_dataset(recipe: Recipe) -> AugmentedDataset:
         cat_max_ratio=data.cat_max_ratio,
         ignore_index=preset.ignore_index,
         keep_ratio=data.keep_ratio,
+        pad_position=data.pad_position,
         flip_swap_pairs=data.flip_swap_pairs,
         rotation=(None if data.random_rotation is None
                   else (data.random_rotation.max_degrees, data.random_rotation.prob)),

@@ -81,6 +81,12 @@ class DataConfig(Section):
         "train_scale x ratio, its long edge along the image's longer side (sssegmentation "
         "Resize keep_ratio=False).",
     )
+    pad_position: Literal["bottom_right", "center"] = Field(
+        "bottom_right",
+        description="Where a crop smaller than crop_size sits in the padded sample: "
+        "bottom_right pads after the pixels (mmseg Pad), center pads around them "
+        "(sssegmentation Padding).",
+    )
     flip_swap_pairs: list[tuple[int, int]] = Field(
         default_factory=list,
         description="Class pairs swapped in the label when a sample is flipped (left/right "

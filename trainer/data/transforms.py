@@ -446,24 +446,31 @@ class Normalize:
 
 
 class Pad:
-    """Pad image and label at the bottom and right up to a fixed size.
+    """Pad image and label up to a fixed size, after the pixels or around them.
 
     Reference: mmseg ``Pad(size, pad_val=0, seg_pad_val=255)`` / mmcv ``impad`` (constant
-    padding after the existing pixels). In the standard pipeline it follows :class:`Normalize`,
-    so ``pad_val=0`` is zero in normalized units, as in mmseg.
+    padding at the bottom and right, ``position="bottom_right"``); sssegmentation ``Padding``
+    centres the image instead (``position="center"``: top = (h_out - h) // 2, left =
+    (w_out - w) // 2, the odd pixel at the bottom/right). In the standard pipeline it follows
+    :class:`Normalize`, so ``pad_val=0`` is zero in normalized units, as in both.
 
     Args:
         size: ``(h, w)`` in pixels; an input larger than this raises ``ValueError``.
         pad_val: image fill value.
         seg_pad_val: label fill value (the ignore index).
+        position: ``"bottom_right"`` (mmseg) or ``"center"`` (sssegmentation).
 
     Effect: ``image -> (h, w, 3)``, ``label -> (h, w)``, dtypes unchanged.
     """
 
-    def __init__(self, size: tuple[int, int], pad_val: float = 0, seg_pad_val: int = 255) -> None:
+    def __init__(self, size: tuple[int, int], pad_val: float = 0, seg_pad_val: int = 255,
+                 position: str = "bottom_right") -> None:
+        if position not in ("bottom_right", "center"):
+            raise ValueError(f"position must be 'bottom_right' or 'center', got {position!r}")
         self.size = tuple(size)
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
+        self.position = position
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         image = sample["image"]
@@ -472,19 +479,24 @@ class Pad:
         if bottom < 0 or right < 0:
             raise ValueError(f"cannot pad a {height}x{width} image to {self.size[0]}x"
                              f"{self.size[1]} (h x w): it is already larger")
-        if bottom or right:
+        top = left = 0
+        if self.position == "center":
+            top, left = bottom // 2, right // 2
+            bottom, right = bottom - top, right - left
+        if top or bottom or left or right:
             sample["image"] = cv2.copyMakeBorder(
-                image, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=(self.pad_val,) * 3
+                image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(self.pad_val,) * 3
             )
             if sample.get("label") is not None:
                 sample["label"] = cv2.copyMakeBorder(
-                    sample["label"], 0, bottom, 0, right, cv2.BORDER_CONSTANT,
+                    sample["label"], top, bottom, left, right, cv2.BORDER_CONSTANT,
                     value=self.seg_pad_val,
                 )
         return sample
 
     def __repr__(self) -> str:
-        return f"Pad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})"
+        return (f"Pad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val}, "
+                f"position={self.position!r})")
 
 
 class ToTensor:
@@ -551,6 +563,7 @@ def train_pipeline(
     keep_ratio: bool = True,
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
     rotation: tuple[int, float] | None = None,
+    pad_position: str = "bottom_right",
 ) -> Compose:
     """The standard mmseg training pipeline, with sssegmentation's options.
 
@@ -572,6 +585,7 @@ def train_pipeline(
         flip_swap_pairs: class pairs exchanged by a flip (:class:`RandomFlip`).
         rotation: ``(max_degrees, prob)`` adds :class:`RandomRotation` with the label filled
             with ``ignore_index``; None leaves it out.
+        pad_position: where :class:`Pad` puts a crop smaller than ``crop_size``.
     """
     transforms = [
         RandomResize(scale, ratio_range, keep_ratio=keep_ratio, match_orientation=not keep_ratio),
@@ -583,7 +597,7 @@ def train_pipeline(
     transforms += [
         PhotoMetricDistortion(),
         Normalize(mean, std),
-        Pad(crop_size, pad_val=0, seg_pad_val=ignore_index),
+        Pad(crop_size, pad_val=0, seg_pad_val=ignore_index, position=pad_position),
         ToTensor(),
     ]
     return Compose(transforms, seed=seed)
