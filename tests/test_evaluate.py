@@ -355,3 +355,42 @@ def test_lip_recipes_test_at_473_without_keeping_the_ratio():
     for path in (Path(__file__).resolve().parents[1] / "recipes" / "lip").glob("*.yaml"):
         settings = inference_settings(load_recipe(path).recipe, ms_flip=False)
         assert settings.keep_ratio is False and settings.test_scale == (473, 473), path
+
+
+def test_views_can_average_logits_instead_of_probabilities():
+    """sssegmentation's Tester averages the views' resized logits (no softmax)."""
+    model = ScaleDependentConvModel()
+    image = _image(12, 16, seed=5)
+    got = predict_probs(model, image, test_scale=None, scales=(0.5, 1.0), flip=True,
+                        num_classes=NUM_CLASSES, average="logits")
+    views = []
+    with torch.no_grad():
+        for ratio in (0.5, 1.0):
+            size = rescale_size(12, 16, (16, 12), ratio)
+            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                logits = model(x.flip(-1) if flipped else x)
+                logits = logits.flip(-1) if flipped else logits
+                views.append(F.interpolate(logits, size=(12, 16), mode="bilinear",
+                                           align_corners=False))
+    torch.testing.assert_close(got, sum(views) / 4)
+    probs = predict_probs(model, image, test_scale=None, scales=(0.5, 1.0), flip=True,
+                          num_classes=NUM_CLASSES)
+    torch.testing.assert_close(probs, sum(v.softmax(1) for v in views) / 4)
+    with pytest.raises(ValueError, match="average must be"):
+        InferenceSettings(average="median")
+
+
+def test_sssegmentation_recipes_average_logits():
+    from pathlib import Path
+
+    from segctl.recipe import load_recipe
+    from trainer.engine import inference_settings
+
+    count = 0
+    for path in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
+        recipe = load_recipe(path).recipe
+        ssseg = recipe.reference is not None and "sssegmentation" in recipe.reference.source
+        assert inference_settings(recipe, True).average == ("logits" if ssseg else "probs"), path
+        count += ssseg
+    assert count == 18

@@ -345,6 +345,7 @@ def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
         stride=tuple(ev.stride) if ev.stride else None,
         flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
         keep_ratio=ev.keep_ratio,
+        average=ev.average,
     )
 
 

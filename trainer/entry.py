@@ -243,6 +243,7 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
             crop_size=settings.crop_size, stride=settings.stride,
             num_classes=preset.num_classes, autocast_dtype=autocast_dtype(accelerator),
             flip_swap_pairs=settings.flip_swap_pairs, keep_ratio=settings.keep_ratio,
+            average=settings.average,
         )
         return probs.argmax(dim=1)[0]
 

@@ -70,6 +70,10 @@ class InferenceSettings:
             edge to ``test_scale[0]``, the shorter to ``test_scale[1]``, times the ratio), as
             sssegmentation's LIP test ``Resize(output_size=(473, 473), keep_ratio=False)``;
             needs ``test_scale``.
+        average: what the views average at the original resolution: ``"probs"`` (softmax
+            scores, mmseg ``aug_test``) or ``"logits"`` (sssegmentation's Tester with
+            ``use_probs_before_resize: False``). Only the argmax is used, which is all that
+            differs.
         flip_swap_pairs: class pairs whose scores are exchanged in flipped views before they
             are flipped back (left/right body parts in LIP: a left arm seen mirrored is scored
             as a right arm). Empty for datasets without handed classes. As sssegmentation
@@ -87,6 +91,7 @@ class InferenceSettings:
     stride: tuple[int, int] | None = None
     flip_swap_pairs: tuple[tuple[int, int], ...] = ()
     keep_ratio: bool = True
+    average: Literal["probs", "logits"] = "probs"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -108,6 +113,8 @@ class InferenceSettings:
             len(self.test_scale) != 2 or min(self.test_scale) <= 0
         ):
             errors.append(f"test_scale must be two positive ints, got {self.test_scale}")
+        if self.average not in ("probs", "logits"):
+            errors.append(f"average must be 'probs' or 'logits', got {self.average!r}")
         if not self.keep_ratio and self.test_scale is None:
             errors.append("keep_ratio False needs test_scale, the size to resize to")
         if self.mode == "slide":
@@ -272,6 +279,7 @@ def predict_probs(
     autocast_dtype: torch.dtype | None = None,
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
     keep_ratio: bool = True,
+    average: Literal["probs", "logits"] = "probs",
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
@@ -296,9 +304,12 @@ def predict_probs(
         flip_swap_pairs: see :class:`InferenceSettings`; every index must be < ``num_classes``.
         keep_ratio: False resizes each view with :func:`stretch_size` instead of
             :func:`rescale_size` (see :class:`InferenceSettings`).
+        average: ``"logits"`` averages the views' resized logits instead of their softmax
+            (see :class:`InferenceSettings`); the result is then mean logits, not probabilities.
 
     Returns:
-        float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images).
+        float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images), or
+        mean logits with ``average="logits"``.
 
     Raises:
         ValueError: on invalid settings (see :class:`InferenceSettings`) or a model output of
@@ -313,6 +324,7 @@ def predict_probs(
         stride=stride,
         flip_swap_pairs=tuple(flip_swap_pairs),
         keep_ratio=keep_ratio,
+        average=average,
     )
     channel_order = torch.arange(num_classes, device=image.device)
     for a, b in settings.flip_swap_pairs:
@@ -346,7 +358,7 @@ def predict_probs(
                     logits = F.interpolate(
                         logits, size=(h, w), mode="bilinear", align_corners=False
                     )
-                probs += logits.softmax(dim=1)
+                probs += logits.softmax(dim=1) if settings.average == "probs" else logits
                 views += 1
     return probs / views
 
@@ -410,6 +422,7 @@ def evaluate_dataset(
             autocast_dtype=autocast_dtype,
             flip_swap_pairs=settings.flip_swap_pairs,
             keep_ratio=settings.keep_ratio,
+            average=settings.average,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
         if progress is not None:

@@ -333,6 +333,11 @@ class EvalConfig(Section):
         description="false: resize to test_scale exactly (longer edge to its first value), "
         "as sssegmentation's LIP test; true: keep the aspect ratio within test_scale (mmseg).",
     )
+    average: Literal["probs", "logits"] = Field(
+        "probs",
+        description="What multi-scale + flip views average: softmax probabilities (mmseg) or "
+        "logits (sssegmentation, use_probs_before_resize False).",
+    )
     ms_flip: bool = Field(False, description="Multi-scale + flip test-time augmentation.")
     scales: tuple[float, ...] = Field(
         MS_FLIP_RATIOS, description="Ratios of test_scale used when ms_flip is on."
