@@ -13,6 +13,7 @@ environment of the submission only (the local job's process, or ``sbatch``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -322,15 +323,19 @@ def _check_run_dir(plan: SubmitPlan) -> None:
 
 
 def _check_secret_references(plan: SubmitPlan) -> None:
-    """A local job inherits exactly this environment: a storage option referring to a variable
-    that is not set would fail the job at start, so refuse now. (Slurm jobs may get it from
-    the profile's setup lines: :func:`keep_secrets_out` only notes it.)"""
-    if plan.executor != "local":
-        return
+    """Refuse a job whose storage options refer to a variable its environment will lack.
+
+    A local job inherits exactly this environment; a Slurm job this one too (``sbatch``
+    exports it), plus whatever the site profile's ``setup`` lines set, so a variable that a
+    setup line names counts as provided. Anything else would fail the job at start, after it
+    waited in the queue.
+    """
     from segctl.recipe.secrets import references
 
+    setup = "\n".join(plan.parameters.get("setup", [])) if plan.executor == "slurm" else ""
     missing = [f"{path} (${var})" for path, var in references(plan.recipe).items()
-               if var not in os.environ and var not in plan.job_env]
+               if var not in os.environ and var not in plan.job_env
+               and not re.search(rf"\b{re.escape(var)}\b", setup)]
     if missing:
         raise SubmitError(
             f"storage options refer to unset environment variables: {', '.join(missing)}; "

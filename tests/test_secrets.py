@@ -1,6 +1,6 @@
 """Secrets in storage options stay out of the run directory, the plan, the sbatch script,
 MLflow and the logs, and still reach the job (through its environment): against a real moto S3
-server and the local executor."""
+server, on the local executor and on the dev Slurm cluster."""
 
 from __future__ import annotations
 
@@ -141,9 +141,10 @@ def test_dry_run_and_recipes_show_print_no_secret(segctl_env):
     assert not (segctl_env / "runs").exists()
 
 
-@pytest.mark.slow
-def test_submitted_job_gets_the_secret_and_no_file_or_output_holds_it(
-        real_data, segctl_env, moto_server, monkeypatch, tmp_path):
+def _submit_with_secret_and_check(real_data, segctl_env, moto_server, monkeypatch, tmp_path,
+                                  placement: list[str]) -> None:
+    """Submit a recipe whose literal key and secret are the only S3 credentials, on the
+    executor ``placement`` selects; check the job staged with them and nothing kept them."""
     fs = moto_server.filesystem()
     fs.mkdir("frames")
     local = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "upload")
@@ -157,7 +158,7 @@ def test_submitted_job_gets_the_secret_and_no_file_or_output_holds_it(
     scratch = tmp_path / "scratch"
     recipe = _recipe_file(segctl_env, "s3://frames/cityscapes", moto_server.url, scratch)
 
-    submitted = runner.invoke(app, ["submit", str(recipe), "--cluster", "local", "--wait"])
+    submitted = runner.invoke(app, ["submit", str(recipe), *placement, "--wait"])
     assert submitted.exit_code == 0, submitted.output
     assert "COMPLETED" in submitted.output
     assert "warning: data.storage_options.key holds a literal secret" in submitted.output
@@ -184,7 +185,7 @@ def test_submitted_job_gets_the_secret_and_no_file_or_output_holds_it(
     assert logs.exit_code == 0, logs.output
 
     # a later job of the run without the variable: refused before submission, secret unnamed
-    again = runner.invoke(app, ["eval", run["run_id"], "--cluster", "local"])
+    again = runner.invoke(app, ["eval", run["run_id"], *placement])
     assert again.exit_code == 2 and "SEGCTL_SECRET_" in again.output
 
     outputs = (submitted.output + status.output + logs.output + again.output).encode()
@@ -194,3 +195,44 @@ def test_submitted_job_gets_the_secret_and_no_file_or_output_holds_it(
     for value in (SECRET, KEY):
         assert value.encode() not in outputs
         assert value.encode() not in files
+
+
+@pytest.mark.slow
+def test_submitted_job_gets_the_secret_and_no_file_or_output_holds_it(
+        real_data, segctl_env, moto_server, monkeypatch, tmp_path):
+    _submit_with_secret_and_check(real_data, segctl_env, moto_server, monkeypatch, tmp_path,
+                                  ["--cluster", "local"])
+
+
+@pytest.mark.slow
+def test_slurm_job_gets_the_secret_through_sbatch_and_no_file_holds_it(
+        slurm_cluster, real_data, segctl_env, moto_server, monkeypatch, tmp_path):
+    """On the dev cluster: sbatch exports the submitting environment (the default
+    ``--export=ALL``), so the job resolves the ${SEGCTL_SECRET_...} references of recipe.json;
+    the sbatch script and submitit's files under the run directory hold no secret."""
+    _submit_with_secret_and_check(
+        real_data, segctl_env, moto_server, monkeypatch, tmp_path,
+        ["--cluster", "slurm", "--partition", "dev", "--gpus-per-node", "0", "--time", "10"],
+    )
+
+
+def test_unset_references_refuse_the_job_unless_a_profile_setup_line_sets_them(tmp_path,
+                                                                               monkeypatch):
+    """Checked before anything is queued: locally the environment must hold the variable; on
+    Slurm a setup line of the site profile may provide it instead."""
+    from segctl.recipe.profile import SiteProfile
+    from segctl.submission import SubmitError, _check_secret_references, plan_evaluation
+
+    monkeypatch.delenv("MY_S3_SECRET", raising=False)
+    recipe = _options_recipe(tmp_path, secret="${MY_S3_SECRET}")
+    setup = SiteProfile(setup=["export MY_S3_SECRET=$(cat ~/.s3secret)"])
+
+    def plan(executor: str, profile: SiteProfile | None = None):
+        return plan_evaluation(tmp_path / "run", recipe, "x.yaml", None, False, executor, profile)
+
+    for refused in (plan("local"), plan("slurm"), plan("slurm", SiteProfile(setup=["module load x"]))):
+        with pytest.raises(SubmitError, match=r"data.storage_options.secret \(\$MY_S3_SECRET\)"):
+            _check_secret_references(refused)
+    _check_secret_references(plan("slurm", setup))  # the profile sets it in the job
+    monkeypatch.setenv("MY_S3_SECRET", "s")
+    _check_secret_references(plan("local"))
