@@ -486,16 +486,28 @@ class Tracker:
         self._monitor, self._monitor_done = monitor, done
 
     def _stop_system_metrics(self) -> None:
-        """Stop the monitor thread (it flushes its last samples); never raises."""
+        """Stop the monitor thread, which flushes its last samples; never raises.
+
+        While the server is known to be away (a tracking call failed less than ``cooldown_s``
+        ago) that flush fails: its samples are dropped like any taken during an outage, and
+        MLflow's error line about it is held back (the tracker has already said the server is
+        away).
+        """
         monitor, self._monitor = self._monitor, None
         self._monitor_done = None
         if monitor is None:
             return
+        mlflow_log = logging.getLogger(_MONITOR_LOGGER)
+        level = mlflow_log.level
+        if time.monotonic() < self._quiet_until:
+            mlflow_log.setLevel(logging.CRITICAL)
         try:
             monitor.finish()
         except Exception as exc:
             log.warning("system metrics monitor did not stop cleanly: %s: %s",
                         type(exc).__name__, exc)
+        finally:
+            mlflow_log.setLevel(level)
 
     def _client_(self):
         if self._client is None:
@@ -751,6 +763,10 @@ class Tracker:
             self.set_tags({"segctl.final_checkpoint": where})
         if any(self._history.values()):
             self._log_png(lambda: learning_curve_chart(self._history), "plots/learning_curve.png")
+
+
+#: The logger of MLflow's ``SystemMetricsMonitor``.
+_MONITOR_LOGGER = "mlflow.system_metrics.system_metrics_monitor"
 
 
 def _system_metrics_monitor(run_id: str, uri: str, interval_s: float):
