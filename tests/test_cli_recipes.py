@@ -37,7 +37,7 @@ def test_every_shipped_recipe_starts_with_the_command_that_runs_it():
         assert first.startswith("# ") and "segctl submit" in first, f"{path}: {first!r}"
 
 
-def test_list_json_and_table():
+def test_list_json_and_table(segctl_env):
     result = runner.invoke(app, ["recipes", "list", str(REPO / "recipes"), "--json"])
     assert result.exit_code == 0, result.output
     entries = json.loads(result.output)
@@ -78,3 +78,36 @@ def test_help_is_fast_and_imports_no_heavy_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_list_caches_parameter_counts_by_model_code(tmp_path, monkeypatch):
+    """The first listing builds the models on the meta device and keeps the counts in
+    $SEGCTL_HOME; the next answers from there without importing torch; a change to the model
+    code (its fingerprint) counts again."""
+    import os
+
+    from segctl.model_params import CACHE_FILE, ParameterCounts, models_fingerprint
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SEGCTL_HOME", str(home))
+    quick = str(REPO / "recipes" / "quickstart.yaml")
+    first = runner.invoke(app, ["recipes", "list", quick, "--json"])
+    assert first.exit_code == 0, first.output
+    counted = json.loads(first.output)[0]["params"]
+    cache = json.loads((home / CACHE_FILE).read_text())
+    assert cache == {"fingerprint": models_fingerprint(),
+                     "counts": {"segformer_mit_b0/19": counted}}
+
+    code = (
+        "import sys; from segctl.cli import main; sys.argv = ['segctl', 'recipes', 'list', "
+        f"{quick!r}, '--json']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, file=sys.stderr)"
+    )
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "SEGCTL_HOME": str(home)}, check=True)
+    assert json.loads(warm.stdout)[0]["params"] == counted
+    assert warm.stderr.strip().splitlines()[-1] == "False"  # answered without torch
+
+    stale = ParameterCounts(home / CACHE_FILE, fingerprint="other-code")
+    assert stale.counts == {}
+    assert stale.get("segformer_mit_b0", 19) == counted and stale.computed == 1

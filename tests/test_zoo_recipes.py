@@ -398,8 +398,12 @@ def test_augmentation_fields_are_validated():
 
 
 @pytest.fixture(scope="module")
-def listed() -> list[dict]:
-    result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES), "--json"])
+def listed(tmp_path_factory) -> list[dict]:
+    """``recipes list --json`` with an empty state directory: every count is computed."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGCTL_HOME", str(home))
+        result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -426,7 +430,7 @@ def test_segformer_encoders_match_published_counts(listed):
             assert count_parameters(model) == e["params"]
 
 
-def test_list_table_groups_rows_by_dataset():
+def test_list_table_groups_rows_by_dataset(segctl_env):
     result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES)])
     assert result.exit_code == 0, result.output
     headers = [line.split()[1] for line in result.output.splitlines() if line.startswith("DATASET ")]

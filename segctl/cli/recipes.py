@@ -38,27 +38,6 @@ def recipe_files(paths: list[Path]) -> list[Path]:
     return list(unique.values())
 
 
-def model_parameters(model: str, num_classes: int) -> int:
-    """Parameter count of preset ``model`` built for ``num_classes`` classes.
-
-    The model is built on the meta device (no memory, no weights), so even the 1.1B-parameter
-    InternImage-H counts in a few seconds; torch is imported here, never at CLI start-up.
-    Cached per (model, num_classes).
-    """
-    key = (model, num_classes)
-    if key not in _PARAMS_CACHE:
-        import torch
-
-        from trainer.models import build_segmentor, count_parameters
-
-        with torch.device("meta"):
-            _PARAMS_CACHE[key] = count_parameters(build_segmentor(model, num_classes))
-    return _PARAMS_CACHE[key]
-
-
-_PARAMS_CACHE: dict[tuple[str, int], int] = {}
-
-
 def _human_count(n: int) -> str:
     """1_120_338_396 -> '1.12B', 59_077_148 -> '59.1M', 3_753_718 -> '3.75M'."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -121,9 +100,11 @@ def list_recipes(
 ) -> None:
     """List recipes grouped by dataset: method, backbone, crop, schedule, reference mIoU and the
     model's parameter count."""
+    from segctl.model_params import ParameterCounts
     from segctl.recipe import MODEL_PRESETS, RecipeError, load_recipe, run_id
     from segctl.recipe.resolve import dataset_preset
 
+    params = ParameterCounts()
     entries, broken = [], []
     for path in recipe_files(paths or [Path("recipes")]):
         try:
@@ -151,9 +132,10 @@ def list_recipes(
                 "gpus": recipe.cluster.nodes * recipe.cluster.gpus_per_node,
                 "miou_ss": ref.miou_ss if ref else None,
                 "miou_ms_flip": ref.miou_ms_flip if ref else None,
-                "params": model_parameters(recipe.model.name, num_classes),
+                "params": params.get(recipe.model.name, num_classes),
             }
         )
+    params.save()
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
     else:
