@@ -8,7 +8,8 @@ from other processes falls on both alike; each round's figures and the medians):
 - cold stage throughput against the plain fsspec recursive ``get`` of the same tree
   (target >= 1.0x);
 - warm re-stage time (nothing changed) as a fraction of the cold stage (target <= 2%); a warm
-  stage is one listing of the source plus one ``stat`` per file;
+  stage is one listing of the source plus one ``stat`` per file, so the time of one bare
+  listing (``find`` with the same filesystem) is printed beside it as its floor;
 - parallel (``--workers``) against sequential (1 worker) for the small files alone.
 
 moto reads a whole object for every ranged GET, so segmenting a file into ranged requests
@@ -99,6 +100,15 @@ def main() -> None:
                   f"({100 * warm / cold:.2f}% of cold)")
         baseline, cold, warm = (statistics.median(r[i] for r in rounds) for i in range(3))
 
+        # the floor of a warm stage: one listing of the source, nothing else
+        import fsspec
+
+        lister = fsspec.filesystem("s3", **options)
+        listing = statistics.median(
+            _timed(lambda: lister.find(f"{BUCKET}/tree", detail=True, refresh=True))
+            for _ in range(5)
+        )
+
         small_src = f"s3://{BUCKET}/tree/small"
         seq = _timed(lambda: stage(small_src, work / "seq", **{**knobs, "workers": 1}))
         par = _timed(lambda: stage(small_src, work / "par", **knobs))
@@ -108,6 +118,8 @@ def main() -> None:
         print(f"segctl cold stage:    {cold:7.2f} s  {mb / cold:7.1f} MB/s  "
               f"({baseline / cold:.2f}x fsspec get; target >= 1.0x)")
         print(f"segctl warm re-stage: {warm:7.3f} s  ({100 * warm / cold:.2f}% of cold; target <= 2%)")
+        print(f"one source listing:   {listing:7.3f} s  ({100 * listing / cold:.2f}% of cold; the "
+              f"floor of a warm stage, {100 * listing / warm:.0f}% of it)")
         print(f"small files: sequential {seq:.2f} s, {args.workers} workers {par:.2f} s "
               f"({seq / par:.2f}x)")
     finally:
