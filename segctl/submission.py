@@ -137,6 +137,27 @@ def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], 
     return written, env, notes
 
 
+def local_placement_notes(recipe: Recipe, parameters: dict[str, Any]) -> list[str]:
+    """A warning when a recipe that asks for several processes trains on the local executor.
+
+    The local executor runs one process on this machine (``parameters`` are its submitit
+    parameters), and ``train.batch_size`` is per process, so the global batch shrinks to one
+    process's share and the run no longer matches the recipe's published schedule.
+    """
+    cluster = recipe.cluster
+    processes = cluster.nodes * (cluster.gpus_per_node or cluster.cpu_processes_per_node)
+    if processes <= 1:
+        return []
+    batch = recipe.train.batch_size
+    return [
+        f"the recipe asks for {cluster.nodes} node(s) x {cluster.gpus_per_node} GPU(s), "
+        f"{processes} processes with a global batch of {processes * batch}; the local executor "
+        f"runs 1 process ({parameters['gpus_per_node']} GPU(s) here), so the global batch is "
+        f"{batch} and the result will differ from the published one. Submit to Slurm "
+        "(--cluster slurm, --profile NAME) for the recipe's placement."
+    ]
+
+
 def with_placement(recipe: Recipe, placement: list[str], source: str) -> Recipe:
     """A stored recipe with placement overrides of its cluster section (run id unchanged)."""
     from segctl.recipe.loader import override_recipe
@@ -152,6 +173,9 @@ def plan_training(
     rid = run_id(recipe)
     kind = executors.choose_executor(recipe.cluster, executor)
     recipe, env, notes = keep_secrets_out(recipe, rid)
+    parameters = executors.executor_parameters(kind, recipe.cluster, rid, profile)
+    if kind == "local":
+        notes += local_placement_notes(recipe, parameters)
     return SubmitPlan(
         kind="train",
         run_id=rid,
@@ -159,7 +183,7 @@ def plan_training(
         recipe=recipe,
         source=loaded.source,
         executor=kind,
-        parameters=executors.executor_parameters(kind, recipe.cluster, rid, profile),
+        parameters=parameters,
         notes=notes,
         job_env=env,
     )

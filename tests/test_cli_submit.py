@@ -13,6 +13,7 @@ from segctl.paths import segctl_home
 from segctl.registry import Registry
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = """\
 # segctl submit {path} --wait
@@ -152,3 +153,20 @@ def test_corrupt_label_fails_before_submission(segctl_env, cityscapes_frame_root
     assert result.exit_code == 2, result.output
     assert ":5: data.root: val:" in result.output and label.name in result.output
     assert not (segctl_env / "runs").exists()
+
+
+def test_local_executor_warns_when_the_recipe_asks_for_many_processes(segctl_env):
+    """The headline recipe (16 GPUs x 1 image) on the local executor: one process, so the
+    plan says the global batch shrinks from 16 to 1; a one-process recipe gets no such note."""
+    headline = REPO / "recipes" / "internimage_h_ade20k.yaml"
+    result = runner.invoke(app, ["submit", str(headline), "--dry-run", "--cluster", "local",
+                                 "--nodes", "2"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.output)["notes"]
+    assert len(notes) == 1, notes
+    assert "2 node(s) x 8 GPU(s), 16 processes with a global batch of 16" in notes[0]
+    assert "the global batch is 1" in notes[0] and "--cluster slurm" in notes[0]
+    quick = runner.invoke(app, ["submit", str(REPO / "recipes" / "quickstart.yaml"), "--dry-run",
+                                "--cluster", "local"])
+    assert quick.exit_code == 0, quick.output
+    assert json.loads(quick.output)["notes"] == []
