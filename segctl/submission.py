@@ -129,8 +129,8 @@ def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], 
         for path, var in ((p, secret_variable(rid, p)) for p in literal_secrets(recipe))
     ]
     notes += [
-        f"{path} refers to ${var}, which is not set here; the job fails at start unless its "
-        "environment sets it"
+        f"{path} refers to ${var}, which is not set here; the submission is refused unless "
+        "you export it (on Slurm, a setup line of the site profile may set it instead)"
         for path, var in references(recipe).items()
         if var not in os.environ
     ]
