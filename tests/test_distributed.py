@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
 from trainer.distributed import (
+    apply_tf32,
     build_accelerator,
     export_submitit_env,
     job_info,
@@ -28,6 +29,33 @@ def test_mixed_precision_mode():
     assert mixed_precision_mode("fp32", cuda=True) == "no"
     assert mixed_precision_mode("auto", cuda=False) == "no"
     assert mixed_precision_mode("bf16", cuda=False) == "no"
+    assert mixed_precision_mode("fp16", cuda=True) == "fp16"
+    assert mixed_precision_mode("fp16", cuda=False) == "no"
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_apply_tf32_sets_both_backends_and_none_leaves_them(tf32):
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        apply_tf32(tf32)
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        apply_tf32(None)
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_precision_defaults_to_fp32_and_low_precision_changes_the_run_id(tmp_path):
+    from segctl.recipe.resolve import run_id
+    from segctl.recipe.schema import TrainConfig
+
+    recipe = small_recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert recipe.train.precision == "fp32" and TrainConfig(batch_size=1).precision == "fp32"
+    ids = {run_id(recipe.model_copy(update={"train": recipe.train.model_copy(
+        update={"precision": p})})) for p in ("fp32", "bf16", "fp16")}
+    assert len(ids) == 3
 
 
 def test_outside_submitit_nothing_is_exported(monkeypatch):

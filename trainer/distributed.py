@@ -3,7 +3,7 @@
 A job process calls, in order: :func:`export_submitit_env` (inside a multi-task submitit job it
 turns submitit's job environment into the ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables that
 ``torch.distributed`` reads; on Slurm the master address is the first node's ``NodeAddr``, see
-:func:`slurm_master_address`), :func:`build_accelerator` (NCCL and bf16 autocast on CUDA; gloo
+:func:`slurm_master_address`), :func:`build_accelerator` (NCCL, the recipe's autocast and TF32 on CUDA; gloo
 and float32 with ``cpu=True`` elsewhere), :func:`convert_sync_batchnorm` on the model, and
 :func:`teardown` before returning. :func:`any_process` is the one collective the preemption
 check needs.
@@ -175,34 +175,56 @@ def mixed_precision_mode(precision: str, cuda: bool) -> str:
     """Accelerate's ``mixed_precision`` for a recipe's ``train.precision``.
 
     Args:
-        precision: ``"auto"``, ``"bf16"`` or ``"fp32"``.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 on CUDA).
         cuda: whether CUDA is available.
 
     Returns:
-        ``"bf16"`` on CUDA for ``auto`` and ``bf16``; ``"no"`` otherwise (CPU runs in float32).
+        ``"bf16"`` on CUDA for ``auto`` and ``bf16``, ``"fp16"`` on CUDA for ``fp16`` (autocast
+        with accelerate's dynamic loss scaler), ``"no"`` otherwise: fp32 everywhere else, and
+        always on the CPU.
     """
-    return "bf16" if cuda and precision in ("auto", "bf16") else "no"
+    if not cuda:
+        return "no"
+    return {"auto": "bf16", "bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
 
 
-def build_accelerator(precision: str = "auto"):
+def apply_tf32(tf32: bool | None) -> None:
+    """Set TensorFloat-32 for CUDA matmuls and cuDNN convolutions (``train.tf32``).
+
+    ``None`` leaves PyTorch's defaults (``torch.backends.cuda.matmul.allow_tf32`` False,
+    ``torch.backends.cudnn.allow_tf32`` True), as mmsegmentation, InternImage and
+    United-Perception train; ``False`` turns both off, as sssegmentation's ``builder``
+    (``torch.backends.cuda.matmul.allow_tf32 = False``, ``cudnn.allow_tf32 = False``);
+    ``True`` turns both on. No effect on the CPU or on GPUs before Ampere.
+    """
+    if tf32 is None:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def build_accelerator(precision: str = "fp32", tf32: bool | None = None):
     """Create the run's ``accelerate.Accelerator``.
 
-    On CUDA: one device per process, NCCL when ``WORLD_SIZE`` > 1, bf16 autocast per
-    :func:`mixed_precision_mode`. Without CUDA: ``cpu=True`` (gloo when ``WORLD_SIZE`` > 1),
-    float32.
+    On CUDA: one device per process, NCCL when ``WORLD_SIZE`` > 1, autocast per
+    :func:`mixed_precision_mode`, TF32 per :func:`apply_tf32`. Without CUDA: ``cpu=True``
+    (gloo when ``WORLD_SIZE`` > 1), float32.
 
     Args:
         precision: the recipe's ``train.precision``.
+        tf32: the recipe's ``train.tf32``.
     """
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
+    apply_tf32(tf32)
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision_mode(precision, cuda))
 
 
 def autocast_dtype(accelerator) -> torch.dtype | None:
-    """The autocast dtype the accelerator trains with (``torch.bfloat16``), or None for fp32."""
-    return torch.bfloat16 if accelerator.mixed_precision == "bf16" else None
+    """The autocast dtype the accelerator trains with (``torch.bfloat16`` or
+    ``torch.float16``), or None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
 
 
 def convert_sync_batchnorm(model: nn.Module, accelerator, enabled: bool = True) -> nn.Module:

@@ -437,7 +437,8 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     if recipe.optim.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+        # accelerate unscales fp16 gradients before clipping (no-op in fp32 and bf16)
+        accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
     optimizer.step()
     return loss.detach()
 

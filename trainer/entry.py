@@ -113,7 +113,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
     recipe = read_recipe(run_dir)
     stop_signal = StopSignal.install()  # submitit's requeue handler runs later, at a safe point
     export_submitit_env()
-    accelerator = build_accelerator(recipe.train.precision)
+    accelerator = build_accelerator(recipe.train.precision, recipe.train.tf32)
     main = accelerator.is_main_process
     progress = Progress(run_dir, recipe.schedule.max_iters or 0, enabled=main)
     tracker = Tracker.for_recipe(run_dir, recipe, enabled=main)
@@ -327,7 +327,7 @@ def run_evaluation(
     ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
     mode = "ms_flip" if ms_flip else "ss"
     export_submitit_env()
-    accelerator = build_accelerator(recipe.train.precision)
+    accelerator = build_accelerator(recipe.train.precision, recipe.train.tf32)
     tracker = None
     failed = True
     try:

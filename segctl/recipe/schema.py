@@ -269,8 +269,18 @@ class TrainConfig(Section):
 
     batch_size: int = Field(gt=0, description="Images per GPU (per process on CPU).")
     seed: int = Field(0, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="Training and evaluation numerics on CUDA: fp32 (every source config "
+        "trains so), bf16 or fp16 autocast (fp16 with a dynamic loss scaler), or auto (bf16 "
+        "on CUDA). A speed choice: bf16 and fp16 runs get their own run ids. The CPU always "
+        "runs fp32.",
+    )
+    tf32: bool | None = Field(
+        None,
+        description="TensorFloat-32 on Ampere+ GPUs. Unset: PyTorch's defaults (cuDNN "
+        "convolutions in TF32, matmuls in full fp32), as mmsegmentation, InternImage and "
+        "United-Perception train; false: off for both (sssegmentation); true: on for both.",
     )
     deterministic: bool = Field(False, description="Deterministic algorithms (slower).")
     ema_decay: float | None = Field(
@@ -337,6 +347,13 @@ class EvalConfig(Section):
         "probs",
         description="What multi-scale + flip views average: softmax probabilities (mmseg) or "
         "logits (sssegmentation, use_probs_before_resize False).",
+    )
+    size_divisor: int | None = Field(
+        None,
+        gt=0,
+        description="Round each test view's size up to a multiple of this many pixels after "
+        "the resize (mmseg ResizeToMultiple, InternImage's test pipeline: 32); unset: no "
+        "rounding.",
     )
     ms_flip: bool = Field(False, description="Multi-scale + flip test-time augmentation.")
     scales: tuple[float, ...] = Field(
@@ -426,6 +443,20 @@ class ReferenceConfig(Section):
         None, ge=0, le=100, description="Multi-scale + flip mIoU, percent."
     )
     source: str = Field(description="Table and config the numbers come from.")
+    split: Literal["val", "test"] = Field(
+        "val",
+        description="Split the published figures were scored on. test: a test-server figure "
+        "(Cityscapes), which a val score is never compared with; `segctl eval` then writes the "
+        "server's submission format by default.",
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="The published trained model (https URL or any fsspec URL), evaluated by "
+        "`segctl eval RECIPE --published`.",
+    )
+    log: str | None = Field(
+        None, description="The published training log (e.g. mmseg's *.log.json), for comparison."
+    )
 
 
 class Recipe(Section):
