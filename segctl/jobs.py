@@ -36,9 +36,9 @@ class EvalJob(submitit.helpers.Checkpointable):
 
     def __call__(
         self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str,
-        output_format: str = "metrics",
+        output_format: str = "metrics", published: bool = False,
     ) -> dict:
         from trainer.entry import run_evaluation
 
         return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
-                              output_format=output_format)
+                              output_format=output_format, published=published)

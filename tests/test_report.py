@@ -46,8 +46,11 @@ def logged(mlflow_server, tmp_path_factory):
     a1 = _log_run(tmp, uri, "segformer-b0-city", 0, "cityscapes", {"mIoU": 70.0}, 12, ref)
     a2 = _log_run(tmp, uri, "segformer-b0-city", 0, "cityscapes",
                   {"mIoU": 74.5, "eval/ms_flip/mIoU": 77.0}, 12, ref)
-    b = _log_run(tmp, uri, "segformer-b0-ade", 1, "ade20k", {"mIoU": 30.0}, 12,
+    b = _log_run(tmp, uri, "segformer-b0-ade", 1, "ade20k",
+                 {"mIoU": 30.0, "published/ss/mIoU": 37.1}, 12,
                  {"miou_ss": 37.4, "source": "SegFormer Table 1"})
+    _log_run(tmp, uri, "segformer-b0-city-test", 2, "cityscapes", {"mIoU": 75.0}, 12,
+             {"miou_ss": 77.5, "source": "test server", "split": "test"})
     return uri, a1, a2, b
 
 
@@ -55,17 +58,26 @@ def test_report_json_groups_runs_by_recipe(logged):
     uri, a1, a2, b = logged
     result = runner.invoke(app, ["report", "--format", "json", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    rows = {r["recipe"]: r for r in json.loads(result.output)}
-    city = rows["segformer-b0-city"]
+    rows = {(r["recipe"], r["kind"]): r for r in json.loads(result.output)}
+    assert set(rows) == {("segformer-b0-city", "reproduced"), ("segformer-b0-ade", "reproduced"),
+                         ("segformer-b0-ade", "published checkpoint"),
+                         ("segformer-b0-city-test", "reproduced")}
+    city = rows["segformer-b0-city", "reproduced"]
     assert city["runs"] == 2 and city["mlflow_run_id"] == a2  # the better run
     assert (city["published_ss"], city["reproduced_ss"], city["delta_ss"]) == (76.2, 74.5, -1.7)
     assert (city["published_ms_flip"], city["reproduced_ms_flip"]) == (78.1, 77.0)
     assert city["delta_ms_flip"] == -1.1
     assert (city["iterations_done"], city["iterations_planned"]) == (12, 12)
     assert city["gpu_hours"] >= 0 and city["link"] == f"{uri}/#/experiments/{_exp(city)}/runs/{a2}"
-    ade = rows["segformer-b0-ade"]
+    ade = rows["segformer-b0-ade", "reproduced"]
     assert ade["dataset"] == "ade20k" and ade["published_ms_flip"] is None
     assert ade["reproduced_ms_flip"] is None and ade["delta_ss"] == -7.4
+    published = rows["segformer-b0-ade", "published checkpoint"]
+    assert (published["reproduced_ss"], published["delta_ss"]) == (37.1, -0.3)
+    assert published["gpu_hours"] == 0.0 and published["iterations_done"] is None
+    server = rows["segformer-b0-city-test", "reproduced"]
+    assert server["reference_split"] == "test" and server["published_ss"] == 77.5
+    assert server["reproduced_ss"] == 75.0 and server["delta_ss"] is None  # never compared
 
 
 def _exp(row) -> str:
@@ -77,9 +89,15 @@ def test_report_markdown_and_csv(logged):
     md = runner.invoke(app, ["report", "--tracking-uri", uri])
     assert md.exit_code == 0, md.output
     assert md.output.index("## ade20k") < md.output.index("## cityscapes")
-    assert "| segformer-b0-city | segformer_mit_b0 | 76.20 | 74.50 | -1.70 | 78.10 | 77.00 | -1.10 | 12/12 |" in md.output
+    assert ("| segformer-b0-city | reproduced | segformer_mit_b0 | 76.20 | 74.50 | -1.70 | 78.10 "
+            "| 77.00 | -1.10 | 12/12 |") in md.output
+    assert ("| segformer-b0-ade | published checkpoint | segformer_mit_b0 | 37.40 | 37.10 | -0.30 "
+            "|") in md.output
+    assert ("| segformer-b0-city-test | reproduced | segformer_mit_b0 | 77.50 (test server) | "
+            "75.00 | – |") in md.output
     only = runner.invoke(app, ["report", "--dataset", "ade20k", "--format", "csv", "--tracking-uri", uri])
     rows = list(csv.DictReader(io.StringIO(only.output)))
-    assert [r["recipe"] for r in rows] == ["segformer-b0-ade"]
+    assert [(r["recipe"], r["kind"]) for r in rows] == [
+        ("segformer-b0-ade", "reproduced"), ("segformer-b0-ade", "published checkpoint")]
     bad = runner.invoke(app, ["report", "--format", "xml", "--tracking-uri", uri])
     assert bad.exit_code == 2

@@ -373,8 +373,12 @@ def evaluate(model: nn.Module, dataset, recipe: Recipe, accelerator, *, ms_flip:
 
 
 def reference_for(recipe: Recipe, ms_flip: bool) -> dict[str, Any] | None:
-    """The published mIoU matching the evaluation mode, for :func:`format_metrics_table`."""
+    """The published mIoU matching the evaluation mode, for :func:`format_metrics_table`; None
+    without one, and for test-server figures (``reference.split: test``), which a score on the
+    validation split is never compared with."""
     ref = recipe.reference
+    if ref is not None and ref.split != "val":
+        return None
     miou = None if ref is None else (ref.miou_ms_flip if ms_flip else ref.miou_ss)
     if miou is None:
         return None

@@ -279,6 +279,7 @@ def run_evaluation(
     ms_flip: bool | None = None,
     name: str | None = None,
     output_format: str = "metrics",
+    published: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint of the run on the validation split and record the result.
 
@@ -298,12 +299,15 @@ def run_evaluation(
         output_format: ``"metrics"`` (default) or ``"cityscapes-submission"``.
         ms_flip: multi-scale (``eval.scales``) + flip; None takes ``eval.ms_flip``.
         name: output name; default ``"<checkpoint stem>-<ss|ms_flip>"`` (e.g. ``final-ss``).
+        published: the checkpoint is the recipe's ``reference.checkpoint`` (``segctl eval
+            --published``): its metrics go to MLflow as ``published/<mode>/<metric>``, apart from
+            the run's own ``eval/<mode>/...``, and the JSON has ``"published": true``.
 
     Writes (rank 0) ``RUN_DIR/eval/<name>.json``: ``name``, ``mode`` (``"ss"`` or
     ``"ms_flip"``), ``checkpoint``, ``iteration`` (of a training checkpoint, else None),
     ``settings`` (the :class:`~trainer.evaluate.InferenceSettings`), ``seconds`` (wall time of
     the evaluation), ``metrics`` (aAcc, mIoU, mAcc in percent), ``per_class`` (class ->
-    ``{"iou", "acc"}`` in percent, None where undefined) and ``reference``; and
+    ``{"iou", "acc"}`` in percent, None where undefined), ``reference`` and ``published``; and
     ``RUN_DIR/eval/<name>.txt``, the table of :func:`~trainer.metrics.format_metrics_table`
     with the published mIoU of the mode, also printed to stdout. Metrics go to the run's MLflow
     run as ``eval/<mode>/<metric>`` at the checkpoint's iteration.
@@ -368,6 +372,7 @@ def run_evaluation(
                 for c, i, a in zip(classes, metrics.per_class_iou, metrics.per_class_acc)
             },
             "reference": reference,
+            "published": published,
         }
         if accelerator.is_main_process:
             out = run_dir / EVAL_DIR
@@ -376,7 +381,11 @@ def run_evaluation(
             print(table, flush=True)
             tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False)  # no job to watch
             tracker.log_metrics(
-                metrics_in_percent(metrics.to_dict(classes), prefix=f"eval/{mode}/"), step=step
+                metrics_in_percent(
+                    metrics.to_dict(classes),
+                    prefix=f"{'published' if published else 'eval'}/{mode}/",
+                ),
+                step=step,
             )
             tracker.log_text(table, f"eval/{name}.txt")
             tracker.log_overlays(prediction_overlays(model, val_set, recipe, accelerator.device), step)

@@ -36,12 +36,20 @@ def evaluate(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field (recipe targets only).")
     ] = None,
+    published: Annotated[
+        bool,
+        typer.Option("--published", help="Score the recipe's published trained model "
+                     "(reference.checkpoint, fetched into the weights cache) on your dataset: "
+                     "checks the data and the evaluation settings in minutes."),
+    ] = False,
     output_format: Annotated[
-        str,
+        str | None,
         typer.Option("--format", help="metrics (score the split), or cityscapes-submission "
                      "(labelId PNGs zipped into RUN_DIR/eval/LABEL-cityscapes-submission.zip, "
-                     "no scoring; the test split, else the validation split)."),
-    ] = "metrics",
+                     "no scoring; the test split, else the validation split). Default: "
+                     "cityscapes-submission where the published figure is a test-server "
+                     "score (reference.split: test), else metrics."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Block, then print the per-class table.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; submit nothing.")] = False,
     nodes: Nodes = None,
@@ -51,31 +59,45 @@ def evaluate(
     profile: Profile = None,
     cluster: Cluster = None,
 ) -> None:
-    """Evaluate a run (or a recipe with --checkpoint) as a job of its own.
+    """Evaluate a run (or a recipe with --checkpoint or --published) as a job of its own.
 
     The per-class table is printed in the job log, logged to MLflow and written to
-    RUN_DIR/eval/LABEL.txt; with --wait it is printed here too.
+    RUN_DIR/eval/LABEL.txt; with --wait it is printed here too, with --published beside the
+    published figure.
     """
     from segctl.runs import create_run_dir, read_recipe
     from segctl.submission import apply, plan_evaluation, with_placement
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
+    if published and checkpoint is not None:
+        raise UserError("--published scores reference.checkpoint: drop --checkpoint")
     if looks_like_recipe(target):
-        run_dir, recipe, source = _from_recipe(Path(target), [*(overrides or []), *placement], checkpoint)
+        run_dir, recipe, source, checkpoint = _from_recipe(
+            Path(target), [*(overrides or []), *placement], checkpoint, published
+        )
     else:
         if overrides:
             raise UserError("--set applies to recipe targets only; a run's recipe is fixed")
         record = find_run(target)
         run_dir, source = Path(record.run_dir), record.source
         recipe = with_placement(read_recipe(run_dir), placement, source)
+        if published:
+            checkpoint = _reference_checkpoint(recipe, f"run {record.run_id}")
         if checkpoint is None and not (run_dir / "checkpoints").is_dir():
             raise UserError(f"run {record.run_id} has no checkpoints yet: pass --checkpoint")
     plan = plan_evaluation(
         run_dir, recipe, source, checkpoint, ms_flip, profile=load_profile_or_fail(profile)
     )
+    output_format = output_format or default_format(recipe)
     if output_format not in ("metrics", "cityscapes-submission"):
         raise UserError(f"--format must be metrics or cityscapes-submission, got {output_format!r}")
-    if output_format != "metrics":
+    if published:
+        label = f"published-{plan.label}"
+        checkpoint_arg, ms_flip_arg = plan.args[0], plan.args[1]
+        plan = dataclasses.replace(
+            plan, label=label, args=(checkpoint_arg, ms_flip_arg, label, output_format, True)
+        )
+    elif output_format != "metrics":
         plan = dataclasses.replace(plan, args=(*plan.args, output_format))
     if dry_run:
         print_plan(plan)
@@ -92,18 +114,73 @@ def evaluate(
             return
         table = run_dir / "eval" / f"{plan.label}.txt"
         typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
+        if published:
+            typer.echo(published_comparison(recipe, run_dir / "eval" / f"{plan.label}.json"))
 
 
-def _from_recipe(path: Path, overrides: list[str], checkpoint: str | None):
+def default_format(recipe) -> str:
+    """``cityscapes-submission`` for a Cityscapes recipe whose published figures are test-server
+    scores (``reference.split: test``): only the server can score it; else ``metrics``."""
+    from segctl.recipe.datasets import DATASET_PRESETS
+
+    reference = recipe.reference
+    if (reference is not None and reference.split == "test"
+            and DATASET_PRESETS[recipe.data.dataset].layout == "cityscapes"):
+        return "cityscapes-submission"
+    return "metrics"
+
+
+def _reference_checkpoint(recipe, what: str) -> str:
+    reference = recipe.reference
+    if reference is None or not reference.checkpoint:
+        raise UserError(
+            f"{what} names no published trained model: --published needs reference.checkpoint "
+            "(the URL of the released weights) in the recipe"
+        )
+    return reference.checkpoint
+
+
+def published_comparison(recipe, result_json: Path) -> str:
+    """One line: the published mIoU of the evaluated mode beside the measured one.
+
+    A test-server figure (``reference.split: test``) is shown as such and not compared with the
+    measured score, which comes from the validation split.
+    """
+    import json
+
+    if not result_json.exists():
+        return f"(no result at {result_json})"
+    result = json.loads(result_json.read_text())
+    mode = result["mode"]
+    measured = result["metrics"]["mIoU"]
+    reference = recipe.reference
+    published = reference.miou_ms_flip if mode == "ms_flip" else reference.miou_ss
+    label = "ms+flip" if mode == "ms_flip" else "single-scale"
+    shown = "n/a" if measured is None else f"{measured:.2f}"
+    if published is None:
+        return f"published checkpoint, {label}: measured mIoU {shown}; no published {label} figure"
+    if reference.split != "val":
+        return (f"published checkpoint, {label}: measured mIoU {shown} on "
+                f"{recipe.data.val_split or 'the validation split'}; published {published:.2f} is "
+                f"a {reference.split}-server figure, not comparable")
+    delta = "" if measured is None else f" ({measured - published:+.2f})"
+    return f"published checkpoint, {label}: published mIoU {published:.2f}, measured {shown}{delta}"
+
+
+def _from_recipe(path: Path, overrides: list[str], checkpoint: str | None, published: bool):
+    """``(run_dir, recipe, source, checkpoint)`` for a recipe target; with ``published`` the
+    checkpoint is the recipe's ``reference.checkpoint``."""
     from segctl.paths import runs_dir
     from segctl.recipe import load_recipe, run_id
 
     loaded = load_recipe(path, overrides)
+    if published:
+        checkpoint = _reference_checkpoint(loaded.recipe, f"recipe {path}")
     rid = run_id(loaded.recipe)
     run_dir = runs_dir() / rid
     if checkpoint is None and not (run_dir / "checkpoints").is_dir():
         raise UserError(
             f"recipe {path} has no trained run here ({run_dir} has no checkpoints): "
-            "pass --checkpoint PATH_OR_URL"
+            "pass --checkpoint PATH_OR_URL, or --published for reference.checkpoint"
         )
-    return run_dir, loaded.recipe, str(path)
+    return run_dir, loaded.recipe, str(path), checkpoint

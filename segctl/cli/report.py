@@ -15,6 +15,7 @@ from segctl.cli.common import UserError, user_errors
 COLUMNS = (
     ("dataset", "Dataset"),
     ("recipe", "Recipe"),
+    ("kind", "Weights"),
     ("model", "Model"),
     ("published_ss", "mIoU ss (published)"),
     ("reproduced_ss", "mIoU ss (best reproduced)"),
@@ -29,12 +30,20 @@ COLUMNS = (
 )
 
 
+#: ``ReportRow.kind`` of runs trained by segctl, and of the recipe's published trained model
+#: scored by ``segctl eval --published`` (metrics ``published/<mode>/mIoU``).
+REPRODUCED, PUBLISHED = "reproduced", "published checkpoint"
+
+
 @dataclass
 class ReportRow:
-    """One recipe (one ``segctl.recipe_hash``): the published and best reproduced mIoU."""
+    """One recipe (one ``segctl.recipe_hash``) and kind of weights: the published mIoU beside
+    the best one measured. ``kind`` is :data:`REPRODUCED` or :data:`PUBLISHED`; deltas are None
+    where the published figure is a test-server score (``reference_split`` ``test``)."""
 
     dataset: str
     recipe: str
+    kind: str
     model: str
     recipe_hash: str
     published_ss: float | None
@@ -50,6 +59,7 @@ class ReportRow:
     mlflow_run_id: str
     link: str
     source: str | None
+    reference_split: str = "val"
 
     @property
     def schedule(self) -> str:
@@ -70,10 +80,13 @@ def _best(values: list[float | None]) -> float | None:
     return max(found) if found else None
 
 
-def _reproduced(run, mode: Literal["ss", "ms_flip"]) -> float | None:
-    """mIoU of a run in a test mode: ``eval/<mode>/mIoU`` (segctl eval), or the training-time
-    ``mIoU`` when the recipe evaluates in that mode (``eval.ms_flip``)."""
+def _reproduced(run, mode: Literal["ss", "ms_flip"], kind: str = REPRODUCED) -> float | None:
+    """mIoU of a run in a test mode. Reproduced: ``eval/<mode>/mIoU`` (segctl eval), or the
+    training-time ``mIoU`` when the recipe evaluates in that mode (``eval.ms_flip``). Published
+    checkpoint: ``published/<mode>/mIoU`` (segctl eval --published)."""
     metrics, params = run.data.metrics, run.data.params
+    if kind == PUBLISHED:
+        return metrics.get(f"published/{mode}/mIoU")
     values = [metrics.get(f"eval/{mode}/mIoU")]
     if (params.get("eval.ms_flip") == "True") == (mode == "ms_flip"):
         values.append(metrics.get("mIoU"))
@@ -109,34 +122,48 @@ def collect(uri: str, dataset: str | None = None) -> list[ReportRow]:
                 break
     rows = []
     for recipe_hash, runs in groups.items():
-        best = max(runs, key=lambda r: (_reproduced(r, "ss") or -1, _reproduced(r, "ms_flip") or -1))
-        params = best.data.params
-        ss = _best([_reproduced(r, "ss") for r in runs])
-        ms = _best([_reproduced(r, "ms_flip") for r in runs])
-        pub_ss = _number(params.get("reference.miou_ss"))
-        pub_ms = _number(params.get("reference.miou_ms_flip"))
-        done = best.data.metrics.get("iterations_done")
-        planned = _number(params.get("schedule.max_iters"))
-        rows.append(ReportRow(
-            dataset=params.get("data.dataset", "?"),
-            recipe=params.get("name", best.info.run_name or "?"),
-            model=params.get("model.name", "?"),
-            recipe_hash=recipe_hash,
-            published_ss=pub_ss,
-            reproduced_ss=ss,
-            delta_ss=None if ss is None or pub_ss is None else round(ss - pub_ss, 2),
-            published_ms_flip=pub_ms,
-            reproduced_ms_flip=ms,
-            delta_ms_flip=None if ms is None or pub_ms is None else round(ms - pub_ms, 2),
-            iterations_done=None if done is None else int(done),
-            iterations_planned=None if planned is None else int(planned),
-            gpu_hours=round(sum(r.data.metrics.get("gpu_hours", 0.0) for r in runs), 3),
-            runs=len(runs),
-            mlflow_run_id=best.info.run_id,
-            link=run_link(uri, best.info.experiment_id, best.info.run_id),
-            source=_source(params),
-        ))
-    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe))
+        rows.append(_row(uri, recipe_hash, runs, REPRODUCED))
+        if any(_reproduced(r, m, PUBLISHED) is not None for r in runs for m in ("ss", "ms_flip")):
+            rows.append(_row(uri, recipe_hash, runs, PUBLISHED))
+    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe, r.kind != REPRODUCED))
+
+
+def _row(uri: str, recipe_hash: str, runs: list, kind: str) -> ReportRow:
+    """The :class:`ReportRow` of one recipe's runs for one kind of weights."""
+    best = max(runs, key=lambda r: (_reproduced(r, "ss", kind) or -1,
+                                    _reproduced(r, "ms_flip", kind) or -1))
+    params = best.data.params
+    ss = _best([_reproduced(r, "ss", kind) for r in runs])
+    ms = _best([_reproduced(r, "ms_flip", kind) for r in runs])
+    pub_ss = _number(params.get("reference.miou_ss"))
+    pub_ms = _number(params.get("reference.miou_ms_flip"))
+    split = params.get("reference.split") or "val"
+    comparable = split == "val"
+    done = best.data.metrics.get("iterations_done")
+    planned = _number(params.get("schedule.max_iters"))
+    return ReportRow(
+        dataset=params.get("data.dataset", "?"),
+        recipe=params.get("name", best.info.run_name or "?"),
+        kind=kind,
+        model=params.get("model.name", "?"),
+        recipe_hash=recipe_hash,
+        published_ss=pub_ss,
+        reproduced_ss=ss,
+        delta_ss=None if ss is None or pub_ss is None or not comparable else round(ss - pub_ss, 2),
+        published_ms_flip=pub_ms,
+        reproduced_ms_flip=ms,
+        delta_ms_flip=(None if ms is None or pub_ms is None or not comparable
+                       else round(ms - pub_ms, 2)),
+        iterations_done=None if done is None or kind == PUBLISHED else int(done),
+        iterations_planned=None if planned is None else int(planned),
+        gpu_hours=(0.0 if kind == PUBLISHED
+                   else round(sum(r.data.metrics.get("gpu_hours", 0.0) for r in runs), 3)),
+        runs=len(runs),
+        mlflow_run_id=best.info.run_id,
+        link=run_link(uri, best.info.experiment_id, best.info.run_id),
+        source=_source(params),
+        reference_split=split,
+    )
 
 
 def _source(params: dict[str, str]) -> str | None:
@@ -148,6 +175,8 @@ def _cell(row: ReportRow, key: str) -> str:
     value: Any = row.schedule if key == "schedule" else getattr(row, key)
     if value is None:
         return "–"
+    if key.startswith("published_") and row.reference_split != "val":
+        return f"{value:.2f} ({row.reference_split} server)"
     if isinstance(value, float):
         return f"{value:+.2f}" if key.startswith("delta") else f"{value:.2f}"
     return str(value)

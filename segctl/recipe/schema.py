@@ -445,9 +445,11 @@ class ReferenceConfig(Section):
     source: str = Field(description="Table and config the numbers come from.")
     split: Literal["val", "test"] = Field(
         "val",
-        description="Split the published figures were scored on. test: a test-server figure "
-        "(Cityscapes), which a val score is never compared with; `segctl eval` then writes the "
-        "server's submission format by default.",
+        description="Where the published figures were scored. val: on the split segctl "
+        "evaluates (data.val_split; COCO-Stuff-10k's is its test split), so segctl compares "
+        "its scores with them. test: on a benchmark's test server (Cityscapes test), which a "
+        "local score is never compared with; `segctl eval` then writes the server's "
+        "submission format by default.",
     )
     checkpoint: str | None = Field(
         None,
