@@ -100,8 +100,13 @@ def _slurm_executor(folder: Path):
 def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
     job = _slurm_executor(tmp_path).submit(os.getenv, "SLURMD_NODENAME")
     assert job.result() in ("n1", "n2")
-    job.get_info(mode="force")
-    assert job.state == "COMPLETED"
+
+    def state() -> str:
+        job.get_info(mode="force")
+        return job.state
+
+    # the result file exists before slurmdbd has recorded the end: wait for sacct to catch up
+    _wait(state, lambda s: s == "COMPLETED", timeout=60, what=f"sacct to show job {job.job_id} COMPLETED")
 
 
 def test_scancel_makes_submitit_state_cancelled(slurm_cluster, tmp_path):
