@@ -204,3 +204,21 @@ def test_init_checkpoint_loads_an_official_segformer_backbone(tmp_path):
                           model={"name": "segformer_mit_b0", "init_checkpoint": str(bad)})
     with pytest.raises(ValueError, match="fits neither the model nor its backbone"):
         build_model(recipe)
+
+
+def test_internimage_h_clip_projector_head_is_dropped():
+    """InternImage-H/G ImageNet files (``use_clip_projector``) carry ``dcnv3_head_x4``/``x3``
+    beside ``clip_projector``; they are classifier parts, not unknown keys."""
+    from trainer.models.converters.internimage_official import convert_internimage_classification
+
+    state = {
+        "levels.0.blocks.0.gamma1": torch.zeros(3),
+        "dcnv3_head_x4.0.weight": torch.zeros(4096, 1, 1, 1),
+        "dcnv3_head_x3.weight": torch.zeros(1024, 1, 1, 1),
+        "clip_projector.cls_token": torch.zeros(1, 1, 1024),
+        "fc_norm.weight": torch.zeros(768),
+        "head.weight": torch.zeros(1000, 768),
+    }
+    kept, dropped = convert_internimage_classification(state)
+    assert list(kept) == ["levels.0.blocks.0.gamma1"]
+    assert dropped == sorted(k for k in state if not k.startswith("levels."))

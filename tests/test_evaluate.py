@@ -381,16 +381,97 @@ def test_views_can_average_logits_instead_of_probabilities():
         InferenceSettings(average="median")
 
 
-def test_sssegmentation_recipes_average_logits():
+def test_recipe_view_average_reaches_the_inference_settings():
+    """eval.average travels to the inference settings; the mmseg-based recipes average
+    probabilities (mmseg aug_test). Which sssegmentation recipes average logits is their
+    parity test's business (the config's use_probs_before_resize)."""
     from pathlib import Path
 
     from segctl.recipe import load_recipe
     from trainer.engine import inference_settings
 
-    count = 0
     for path in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
         recipe = load_recipe(path).recipe
+        assert inference_settings(recipe, True).average == recipe.eval.average, path
         ssseg = recipe.reference is not None and "sssegmentation" in recipe.reference.source
-        assert inference_settings(recipe, True).average == ("logits" if ssseg else "probs"), path
-        count += ssseg
-    assert count == 18
+        if not ssseg:
+            assert recipe.eval.average == "probs", path
+
+
+# ---------------------------------------------------------------- resize to a multiple
+
+
+def test_size_to_multiple_rounds_each_edge_up():
+    """mmseg ResizeToMultiple / mmcv imresize_to_multiple: ceil(edge / d) * d, worked by hand."""
+    from trainer.evaluate import size_to_multiple
+
+    assert size_to_multiple(512, 683, 32) == (512, 704)  # 683 / 32 = 21.3 -> 22 * 32
+    assert size_to_multiple(384, 512, 32) == (384, 512)  # already multiples: unchanged
+    assert size_to_multiple(1, 33, 32) == (32, 64)
+    assert size_to_multiple(15, 27, 8) == (16, 32)
+    with pytest.raises(ValueError):
+        size_to_multiple(512, 683, 0)
+    with pytest.raises(ValueError, match="size_divisor"):
+        InferenceSettings(size_divisor=0)
+
+
+def test_size_divisor_runs_each_view_at_a_multiple_and_scores_at_the_original_size():
+    """The InternImage test pipeline: keep-ratio Resize, then ResizeToMultiple(32), then the
+    model; the views' logits go back to the original resolution."""
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[2:]))
+        return ScaleDependentConvModel()(x)
+
+    h, w = 50, 70
+    image = _image(h, w, seed=2)
+    # test_scale (140, 40): ratio 1.0 -> factor min(140/70, 40/50) = 0.8 -> (40, 56) -> (64, 64);
+    # ratio 0.5 -> bounds (70, 20), factor 0.4 -> (20, 28) -> (32, 32) (the flip adds views of
+    # the same sizes)
+    probs = predict_probs(model, image, test_scale=(140, 40), scales=(1.0, 0.5), flip=True,
+                          num_classes=NUM_CLASSES, size_divisor=32)
+    assert seen == [(64, 64), (64, 64), (32, 32), (32, 32)]
+    assert probs.shape == (1, NUM_CLASSES, h, w)
+
+    # by hand: two bilinear resizes (test scale, then the multiple), the model, back to (h, w)
+    expected = torch.zeros(1, NUM_CLASSES, h, w)
+    with torch.no_grad():
+        for size, multiple in (((40, 56), (64, 64)), ((20, 28), (32, 32))):
+            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=multiple, mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                logits = ScaleDependentConvModel()(x.flip(-1) if flipped else x)
+                logits = logits.flip(-1) if flipped else logits
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                expected += logits.softmax(dim=1)
+    torch.testing.assert_close(probs, expected / 4, rtol=1e-5, atol=1e-6)
+
+    # an image whose resized size is already a multiple is not resized again
+    seen.clear()
+    plain = predict_probs(model, _image(64, 96), test_scale=None, num_classes=NUM_CLASSES)
+    rounded = predict_probs(model, _image(64, 96), test_scale=None, num_classes=NUM_CLASSES,
+                            size_divisor=32)
+    assert seen == [(64, 96), (64, 96)]
+    torch.testing.assert_close(rounded, plain, rtol=0, atol=0)
+    # without a test scale the original size itself is rounded: (45, 70) -> (64, 96)
+    seen.clear()
+    predict_probs(model, _image(45, 70), test_scale=None, num_classes=NUM_CLASSES, size_divisor=32)
+    assert seen == [(64, 96)]
+
+
+def test_recipe_size_divisor_reaches_the_inference_settings():
+    """eval.size_divisor travels with the other eval settings (training validation, `segctl
+    eval`, the Cityscapes submission all build them with inference_settings)."""
+    from pathlib import Path
+
+    from segctl.recipe import load_recipe
+    from trainer.engine import inference_settings
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for path in sorted(recipes.glob("ade20k/upernet_internimage_*.yaml")):
+        recipe = load_recipe(path).recipe
+        assert inference_settings(recipe, ms_flip=False).size_divisor == 32, path
+        assert inference_settings(recipe, ms_flip=True).size_divisor == 32, path
+    quick = load_recipe(recipes / "quickstart.yaml").recipe
+    assert inference_settings(quick, ms_flip=False).size_divisor is None

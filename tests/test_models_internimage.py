@@ -366,6 +366,21 @@ def test_layer_decay_groups_follow_the_reference_formula() -> None:
     assert heads and all(g["lr_mult"] == 10.0 for g in heads)
 
 
+def test_layer_decay_no_decay_names_follow_the_reference() -> None:
+    """The constructor's no-decay rule (OpenGVLab/InternImage@31c962dc6c1c
+    segmentation/mmcv_custom/custom_layer_decay_optimizer_constructor.py): 1-D, ``*.bias``,
+    names containing ``relative_position``, ``norm`` or ``sampling_offsets``."""
+    with torch.device("meta"):
+        model = BUILDERS["upernet_internimage_t"](150)
+        for name in ("relative_position_table", "sampling_offsets_w", "plain_w"):
+            model.decode_head.register_parameter(name, torch.nn.Parameter(torch.zeros(2, 2)))
+    groups = layer_decay_param_groups(model, 1e-4, 0.05, 1.0)
+    decay = {name: g["weight_decay"] for g in groups for name in g["names"]}
+    assert decay["decode_head.relative_position_table"] == 0.0
+    assert decay["decode_head.sampling_offsets_w"] == 0.0
+    assert decay["decode_head.plain_w"] == 0.05
+
+
 def test_layer_decay_needs_an_internimage_backbone() -> None:
     with torch.device("meta"):
         model = EncoderDecoder(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 2, 1))

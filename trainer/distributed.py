@@ -192,10 +192,9 @@ def apply_tf32(tf32: bool | None) -> None:
     """Set TensorFloat-32 for CUDA matmuls and cuDNN convolutions (``train.tf32``).
 
     ``None`` leaves PyTorch's defaults (``torch.backends.cuda.matmul.allow_tf32`` False,
-    ``torch.backends.cudnn.allow_tf32`` True), as mmsegmentation, InternImage and
-    United-Perception train; ``False`` turns both off, as sssegmentation's ``builder``
-    (``torch.backends.cuda.matmul.allow_tf32 = False``, ``cudnn.allow_tf32 = False``);
-    ``True`` turns both on. No effect on the CPU or on GPUs before Ampere.
+    ``torch.backends.cudnn.allow_tf32`` True), as mmsegmentation and United-Perception
+    train; ``False`` turns both off, as sssegmentation does; ``True`` turns both on, as
+    InternImage's ``segmentation/train.py`` does. No effect on the CPU or on GPUs before Ampere.
     """
     if tf32 is None:
         return

@@ -12,6 +12,11 @@ pipeline ``mmseg/datasets/pipelines/test_time_aug.py`` with mmcv's keep-ratio
 resolution, turned into probabilities with a softmax, and the probabilities of all views are
 averaged.
 
+Configs whose test pipeline adds mmseg's ``ResizeToMultiple`` after the ``Resize`` (e.g.
+InternImage's, ``size_divisor=32``) get it through ``size_divisor``: each view is resized a
+second time, bilinearly, to its size rounded up to a multiple (:func:`size_to_multiple`), and
+its logits go from there straight back to the original resolution.
+
 One known difference: mmseg resizes the uint8 image with OpenCV before normalising, we resize
 the normalised float image with ``torch.nn.functional.interpolate`` (bilinear,
 ``align_corners=False``). Normalisation is per-channel affine, so the two agree up to the
@@ -41,6 +46,7 @@ __all__ = [
     "slide_inference",
     "rescale_size",
     "stretch_size",
+    "size_to_multiple",
     "predict_probs",
     "evaluate_dataset",
 ]
@@ -74,6 +80,10 @@ class InferenceSettings:
             scores, mmseg ``aug_test``) or ``"logits"`` (sssegmentation's Tester with
             ``use_probs_before_resize: False``). Only the argmax is used, which is all that
             differs.
+        size_divisor: after the test-scale resize, resize each view again (bilinear) so that
+            its height and width are multiples of this many pixels (:func:`size_to_multiple`),
+            as mmseg's ``ResizeToMultiple`` in InternImage's test pipeline (32); None: no
+            rounding.
         flip_swap_pairs: class pairs whose scores are exchanged in flipped views before they
             are flipped back (left/right body parts in LIP: a left arm seen mirrored is scored
             as a right arm). Empty for datasets without handed classes. As sssegmentation
@@ -92,6 +102,7 @@ class InferenceSettings:
     flip_swap_pairs: tuple[tuple[int, int], ...] = ()
     keep_ratio: bool = True
     average: Literal["probs", "logits"] = "probs"
+    size_divisor: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -117,6 +128,12 @@ class InferenceSettings:
             errors.append(f"average must be 'probs' or 'logits', got {self.average!r}")
         if not self.keep_ratio and self.test_scale is None:
             errors.append("keep_ratio False needs test_scale, the size to resize to")
+        if self.size_divisor is not None and (
+            isinstance(self.size_divisor, bool)
+            or not isinstance(self.size_divisor, int)
+            or self.size_divisor <= 0
+        ):
+            errors.append(f"size_divisor must be a positive int or None, got {self.size_divisor!r}")
         if self.mode == "slide":
             for field in ("crop_size", "stride"):
                 value = getattr(self, field)
@@ -265,6 +282,35 @@ def rescale_size(
     return new_h, new_w
 
 
+def size_to_multiple(h: int, w: int, divisor: int) -> tuple[int, int]:
+    """Size of an (h, w) image after mmseg's ``ResizeToMultiple(size_divisor=divisor)``.
+
+    Each edge is rounded up to the next multiple of ``divisor``::
+
+        new_h, new_w = ceil(h / divisor) * divisor, ceil(w / divisor) * divisor
+
+    (mmseg 0.x ``mmseg/datasets/pipelines/transforms.py`` ``ResizeToMultiple`` calls mmcv 1.x
+    ``mmcv/image/geometric.py`` ``imresize_to_multiple(img, divisor, scale_factor=1,
+    interpolation='bilinear')``, which takes ``_scale_size((w, h), 1)`` = (w, h), rounds each
+    edge up so and resizes the image to that size (not a pad) with OpenCV ``INTER_LINEAR``.)
+    Examples with divisor 32: (512, 683) -> (512, 704); (384, 512) -> (384, 512);
+    (1, 33) -> (32, 64).
+
+    Args:
+        h, w: image height and width in pixels.
+        divisor: the multiple, in pixels.
+
+    Returns:
+        (new_h, new_w) in pixels, each >= the input edge.
+
+    Raises:
+        ValueError: a size or the divisor not positive.
+    """
+    if h <= 0 or w <= 0 or divisor <= 0:
+        raise ValueError(f"need positive h, w and divisor; got h={h}, w={w}, divisor={divisor}")
+    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
+
+
 def predict_probs(
     model: Model,
     image: torch.Tensor,
@@ -280,13 +326,16 @@ def predict_probs(
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
     keep_ratio: bool = True,
     average: Literal["probs", "logits"] = "probs",
+    size_divisor: int | None = None,
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
     For each ratio in ``scales`` the image is resized (bilinear, ``align_corners=False``) to
     ``rescale_size(H, W, test_scale, ratio)`` (or, with ``test_scale`` None, to
     ``rescale_size(H, W, (W, H), ratio)``, i.e. the original size times the ratio, as mmseg
-    does without ``img_scale``); for each flip variant the input is flipped horizontally and
+    does without ``img_scale``), then, with ``size_divisor``, again to
+    :func:`size_to_multiple` of that size (mmseg ``ResizeToMultiple``: a second bilinear
+    resize, not a pad); for each flip variant the input is flipped horizontally and
     the logits flipped back (after exchanging the channels of ``flip_swap_pairs``); the logits are resized bilinearly to (H, W), softmaxed over
     classes in float32, and the mean over views is returned (mmseg 0.x ``aug_test``).
 
@@ -306,6 +355,8 @@ def predict_probs(
             :func:`rescale_size` (see :class:`InferenceSettings`).
         average: ``"logits"`` averages the views' resized logits instead of their softmax
             (see :class:`InferenceSettings`); the result is then mean logits, not probabilities.
+        size_divisor: round each view's size up to a multiple of this many pixels before the
+            model (see :class:`InferenceSettings`); None: no rounding.
 
     Returns:
         float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images), or
@@ -325,6 +376,7 @@ def predict_probs(
         flip_swap_pairs=tuple(flip_swap_pairs),
         keep_ratio=keep_ratio,
         average=average,
+        size_divisor=size_divisor,
     )
     channel_order = torch.arange(num_classes, device=image.device)
     for a, b in settings.flip_swap_pairs:
@@ -341,6 +393,13 @@ def predict_probs(
             resized = image
             if size != (h, w):
                 resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            if settings.size_divisor is not None:
+                multiple = size_to_multiple(*size, settings.size_divisor)
+                if multiple != size:
+                    resized = F.interpolate(
+                        resized, size=multiple, mode="bilinear", align_corners=False
+                    )
+                size = multiple
             for flipped in (False, True) if settings.flip else (False,):
                 x = resized.flip(-1) if flipped else resized
                 if settings.mode == "slide":
@@ -423,6 +482,7 @@ def evaluate_dataset(
             flip_swap_pairs=settings.flip_swap_pairs,
             keep_ratio=settings.keep_ratio,
             average=settings.average,
+            size_divisor=settings.size_divisor,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
         if progress is not None:

@@ -426,8 +426,9 @@ def layer_decay_param_groups(
     scale ``layer_decay_rate ** (num_layers - 1 - layer_id)`` (heads 1, the stem the smallest),
     times ``head_lr_mult`` for parameters outside ``backbone.``. Parameters that are 1-D
     (biases, norms, ``gamma1``/``gamma2``, the centre-feature-scale bias), whose name ends in
-    ``.bias`` or contains ``norm`` get no weight decay; the others ``weight_decay``. Frozen
-    parameters (``requires_grad`` False) are left out.
+    ``.bias`` or contains ``norm``, ``relative_position`` or ``sampling_offsets`` (the
+    reference's list; no parameter here has the last two) get no weight decay; the others
+    ``weight_decay``. Frozen parameters (``requires_grad`` False) are left out.
 
     Args:
         model: a segmentor whose ``backbone`` is an :class:`InternImage` (names ``backbone.*``,
@@ -461,7 +462,13 @@ def layer_decay_param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim == 1 or name.endswith(".bias") or "norm" in name
+        no_decay = (
+            param.ndim == 1
+            or name.endswith(".bias")
+            or "relative_position" in name
+            or "norm" in name
+            or "sampling_offsets" in name
+        )
         layer_id = _layer_id(name, depths, num_layers)
         group_name = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
         if group_name not in groups:

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-CLASSIFIER_PREFIXES = ("conv_head.", "head.", "clip_projector.", "fc_norm.", "avgpool.")
+# The clip-projector head of the H and G ImageNet files (classification/models/intern_image.py
+# use_clip_projector) adds dcnv3_head_x4 and dcnv3_head_x3 beside clip_projector.
+CLASSIFIER_PREFIXES = ("conv_head.", "head.", "clip_projector.", "fc_norm.", "avgpool.",
+                       "dcnv3_head_x4.", "dcnv3_head_x3.")
 BACKBONE_PREFIXES = ("patch_embed.", "levels.")
 
 
