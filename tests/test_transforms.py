@@ -17,9 +17,11 @@ from trainer.data.transforms import (
     PhotoMetricDistortion,
     RandomCrop,
     RandomFlip,
+    RandomBrightnessShift,
     RandomResize,
     RandomRotation,
     ToTensor,
+    UPColorJitter,
     eval_pipeline,
     rescale_size,
     seed_worker,
@@ -370,3 +372,207 @@ def test_lip_train_pipeline_on_the_real_sample(real_data):
                         for k, v in sample.items()})
         assert out["image"].shape == (3, 473, 473) and out["label"].shape == (473, 473)
         assert set(out["label"].unique().tolist()) <= set(range(20)) | {255}
+
+
+# --- United-Perception's options (up/tasks/seg/data/seg_transfomer.py) -------------------------
+
+
+class Draws:
+    """A stand-in generator whose ``random()`` returns the given values in turn."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+def _up_seg_rand_resize_ratio(random, scale=(0.5, 2.0)) -> float:
+    """SegRandResize.augment's ratio, as United-Perception writes it (``random`` = Python's)."""
+    if random.random() < 0.5:
+        temp_scale = scale[0] + (1. - scale[0]) * random.random()
+    else:
+        temp_scale = 1. + (scale[1] - 1.) * random.random()
+    return temp_scale
+
+
+@pytest.mark.parametrize(
+    ("draws", "ratio", "expected_wh"),
+    [
+        # first draw < 0.5: r = 0.5 + 0.5 u; else r = 1 + u; size (int(2048 r), int(1024 r))
+        ((0.3, 0.6), 0.8, (1638, 819)),
+        ((0.7, 0.6), 1.6, (3276, 1638)),
+        ((0.5, 0.0), 1.0, (2048, 1024)),     # 0.5 is not below 0.5: upper half
+        ((0.0, 0.999), 0.9995, (2046, 1023)),
+        ((0.2, 0.3), 0.65, (1331, 665)),     # 2048 * 0.65 = 1331.2, 1024 * 0.65 = 665.6
+    ],
+)
+def test_halves_ratio_and_size_follow_up_seg_rand_resize(draws, ratio, expected_wh):
+    resize = RandomResize((2048, 1024), (0.5, 2.0), keep_ratio=False, match_orientation=True,
+                          ratio_sampling="halves")
+    assert resize.draw_ratio(Draws(*draws)) == pytest.approx(ratio, abs=1e-12)
+    assert _up_seg_rand_resize_ratio(Draws(*draws)) == resize.draw_ratio(Draws(*draws))
+    out = resize(_sample(1024, 2048), Draws(*draws))
+    assert out["image"].shape == (expected_wh[1], expected_wh[0], 3)
+    assert out["label"].shape == (expected_wh[1], expected_wh[0])
+    # UP scales the image's own size: new_w = int(w * r), new_h = int(h * r)
+    assert expected_wh == (int(2048 * ratio), int(1024 * ratio))
+
+
+def test_halves_ratio_distribution_with_a_seeded_generator():
+    halves = RandomResize((2048, 1024), (0.5, 2.0), ratio_sampling="halves")
+    uniform = RandomResize((2048, 1024), (0.5, 2.0))
+    rng = np.random.default_rng(0)
+    ratios = np.array([halves.draw_ratio(rng) for _ in range(20000)])
+    # the same stream through United-Perception's own formula gives the same ratios
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(ratios, [_up_seg_rand_resize_ratio(rng) for _ in range(20000)])
+    assert ratios.min() >= 0.5 and ratios.max() < 2.0
+    below = ratios[ratios < 1.0]
+    assert abs(below.size / ratios.size - 0.5) < 0.015          # 1/2 below one
+    assert abs(below.mean() - 0.75) < 0.01                       # uniform in [0.5, 1)
+    assert abs(ratios[ratios >= 1.0].mean() - 1.5) < 0.01        # uniform in [1, 2)
+    rng = np.random.default_rng(0)
+    mmcv = np.array([uniform.draw_ratio(rng) for _ in range(20000)])
+    assert abs((mmcv < 1.0).mean() - 1 / 3) < 0.015              # mmcv: 1/3 below one
+
+
+def test_halves_needs_a_range_around_one():
+    with pytest.raises(ValueError, match="min <= 1 <= max"):
+        RandomResize((2048, 1024), (1.25, 2.0), ratio_sampling="halves")
+    with pytest.raises(ValueError, match="ratio_sampling"):
+        RandomResize((2048, 1024), (0.5, 2.0), ratio_sampling="gauss")
+
+
+def _reference_up_color_jitter(image, draws, jitter):
+    """RandomColorJitterMMSeg.augment as United-Perception writes it, with ``random.randint(a,
+    b)`` (both ends included) as ``draws.integers(a, b + 1)`` and ``random.uniform`` as
+    ``draws.uniform``; per-pixel float arithmetic."""
+    def randint(a, b):
+        return int(draws.integers(a, b + 1))
+
+    def convert(img, alpha=1, beta=0):
+        return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def contrast(img):
+        if randint(0, 2):
+            return convert(img, alpha=draws.uniform(*jitter.contrast_range))
+        return img
+
+    img = image
+    if randint(0, 2):
+        img = convert(img, beta=draws.uniform(-jitter.brightness_delta, jitter.brightness_delta))
+    mode = randint(0, 2)
+    if mode == 1:
+        img = contrast(img)
+    if randint(0, 2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=draws.uniform(*jitter.saturation_range))
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if randint(0, 2):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + randint(-jitter.hue_delta,
+                                                           jitter.hue_delta)) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if mode == 0:
+        img = contrast(img)
+    return img
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_up_color_jitter_matches_the_reference_arithmetic(seed):
+    jitter = UPColorJitter()
+    image = _sample(32, 48)["image"]
+    expected = _reference_up_color_jitter(image, np.random.default_rng(seed), jitter)
+    out = jitter({"image": image.copy()}, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out["image"], expected)
+
+
+def test_up_color_jitter_odds():
+    """randint(0, 2) is non-zero 2/3 of the time; mode 2 (1/3) skips contrast."""
+    jitter = UPColorJitter()
+    rng = np.random.default_rng(0)
+    assert abs(np.mean([jitter._applies(rng) for _ in range(30000)]) - 2 / 3) < 0.01
+    modes = np.bincount([jitter._draw_mode(rng) for _ in range(30000)], minlength=3) / 30000
+    np.testing.assert_allclose(modes, [1 / 3] * 3, atol=0.01)
+    hues = {jitter._draw_hue_delta(rng) for _ in range(3000)}
+    assert hues == set(range(-18, 19))                           # both ends, as randint
+    assert max(PhotoMetricDistortion()._draw_hue_delta(rng) for _ in range(3000)) == 17
+
+
+def test_brightness_shift_by_hand():
+    image = np.array([[[0, 5, 250], [128, 255, 9]]], dtype=np.uint8)
+    shift = RandomBrightnessShift(10, 0.5)
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        applied = rng.random() < 0.5
+        delta = int(rng.integers(-10, 11)) if applied else 0
+        expected = np.clip(image.astype(int) + delta, 0, 255).astype(np.uint8)
+        out = shift({"image": image.copy()}, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out["image"], expected)
+    rng = np.random.default_rng(1)
+    deltas = []
+    for _ in range(4000):
+        out = shift({"image": np.full((1, 1, 3), 100, np.uint8)}, rng)["image"]
+        deltas.append(int(out[0, 0, 0]) - 100)
+    assert abs(np.mean(np.array(deltas) == 0) - (0.5 + 0.5 / 21)) < 0.02
+    assert min(deltas) == -10 and max(deltas) == 10
+
+
+def _small_frame() -> dict:
+    """A 40x60 frame below the 64x64 crop: the crop is padded at the bottom and right."""
+    sample = _sample(40, 60)
+    sample["label"][:] = 3
+    return sample
+
+
+def test_pad_before_normalize_gives_minus_mean_over_std():
+    pipeline = train_pipeline((60, 40), (64, 64), MEAN, STD, ratio_range=(1.0, 1.0),
+                              cat_max_ratio=1.0, keep_ratio=False, photometric=None,
+                              pad_order="before_photometric", seed=0)
+    out = pipeline(_small_frame())
+    image, label = out["image"].permute(1, 2, 0).numpy(), out["label"].numpy()
+    expected = (0.0 - np.array(MEAN)) / np.array(STD)            # -2.1179, -2.0357, -1.8044
+    np.testing.assert_allclose(image[40:, :], np.broadcast_to(expected, (24, 64, 3)), rtol=1e-6)
+    np.testing.assert_allclose(image[:, 60:], np.broadcast_to(expected, (64, 4, 3)), rtol=1e-6)
+    assert (label[40:, :] == 255).all() and (label[:, 60:] == 255).all()
+    assert (label[:40, :60] == 3).all()
+    mmseg = train_pipeline((60, 40), (64, 64), MEAN, STD, ratio_range=(1.0, 1.0),
+                           cat_max_ratio=1.0, keep_ratio=False, photometric=None, seed=0)
+    out = mmseg(_small_frame())
+    assert (out["image"][:, 40:, :] == 0).all() and (out["label"][40:, :] == 255).all()
+
+
+def test_pad_before_photometric_jitters_the_pad():
+    """UP pads inside seg_crop, before seg_rand_brightness: pad pixels become the shift k in
+    [0, 10] (negative shifts clip to 0), the same k on every channel, then (k - mean) / std."""
+    seen = set()
+    for seed in range(30):
+        pipeline = train_pipeline((60, 40), (64, 64), MEAN, STD, ratio_range=(1.0, 1.0),
+                                  cat_max_ratio=1.0, keep_ratio=False, photometric="up_brightness",
+                                  pad_order="before_photometric", seed=seed)
+        pad = pipeline(_small_frame())["image"].permute(1, 2, 0).numpy()[40:, :]
+        raw = pad * np.array(STD, np.float32) + np.array(MEAN, np.float32)
+        k = np.rint(raw)
+        np.testing.assert_allclose(raw, k, atol=1e-3)
+        assert (k == k[0, 0]).all() and 0 <= k[0, 0, 0] <= 10
+        seen.add(int(k[0, 0, 0]))
+    assert 0 in seen and len(seen) > 2
+
+
+def test_train_pipeline_orders_the_up_options():
+    up = train_pipeline((2048, 1024), (1024, 1024), MEAN, STD, cat_max_ratio=1.0,
+                        keep_ratio=False, ratio_sampling="halves", photometric="up_color_jitter",
+                        pad_order="before_photometric")
+    assert [type(t).__name__ for t in up.transforms] == [
+        "RandomResize", "RandomCrop", "RandomFlip", "Pad", "UPColorJitter", "Normalize",
+        "ToTensor"]
+    assert up.transforms[0].ratio_sampling == "halves" and up.transforms[3].pad_val == 0
+    standard = train_pipeline((2048, 1024), (1024, 1024), MEAN, STD)
+    assert [type(t).__name__ for t in standard.transforms] == [
+        "RandomResize", "RandomCrop", "RandomFlip", "PhotoMetricDistortion", "Normalize", "Pad",
+        "ToTensor"]
+    with pytest.raises(ValueError, match="photometric"):
+        train_pipeline((2048, 1024), (1024, 1024), MEAN, STD, photometric="colour")
+    with pytest.raises(ValueError, match="pad_order"):
+        train_pipeline((2048, 1024), (1024, 1024), MEAN, STD, pad_order="first")

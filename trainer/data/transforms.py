@@ -21,7 +21,12 @@ mmcv ``mmcv/transforms/processing.py`` ``RandomResize`` and ``mmcv/image/geometr
 sssegmentation ``ssseg/modules/datasets/pipelines/transforms.py`` for ``Resize`` with
 ``keep_ratio=False`` (:class:`RandomResize` with ``match_orientation``), ``RandomRotation``
 (:class:`RandomRotation`) and ``RandomFlip`` with ``fix_ann_pairs`` (:class:`RandomFlip` with
-``swap_pairs``), which its LIP configs use.
+``swap_pairs``), which its LIP configs use; ModelTC/United-Perception
+``up/tasks/seg/data/seg_transfomer.py`` (the seg benchmark's Cityscapes configs) for
+``SegRandResize`` (:class:`RandomResize` with ``ratio_sampling="halves"``), ``SegCrop``'s
+padding before the colour transforms (``pad_order="before_photometric"`` in
+:func:`train_pipeline`), ``Random_Brightness`` (:class:`RandomBrightnessShift`) and
+``RandomColorJitterMMSeg`` (:class:`UPColorJitter`).
 """
 
 from __future__ import annotations
@@ -39,13 +44,16 @@ Sample = dict[str, Any]
 __all__ = [
     "Compose",
     "Normalize",
+    "PHOTOMETRIC_TRANSFORMS",
     "Pad",
     "PhotoMetricDistortion",
     "RandomCrop",
     "RandomFlip",
     "RandomResize",
+    "RandomBrightnessShift",
     "RandomRotation",
     "ToTensor",
+    "UPColorJitter",
     "eval_pipeline",
     "rescale_size",
     "seed_worker",
@@ -90,11 +98,26 @@ class RandomResize:
     for the image and ``INTER_NEAREST`` for the label, as mmcv's ``bilinear``/``nearest`` with
     the cv2 backend and sssegmentation's defaults.
 
+    Ratio sampling (:meth:`draw_ratio`): ``"uniform"`` draws one ``u = rng.random()`` and
+    returns ``low + u * (high - low)`` (mmcv). ``"halves"`` is United-Perception's
+    ``SegRandResize`` (``up/tasks/seg/data/seg_transfomer.py``): a first draw picks the half
+    (``rng.random() < 0.5``: below one), a second ``u`` gives ``low + (1 - low) * u`` in
+    ``[low, 1)`` or ``1 + (high - 1) * u`` in ``[1, high)``, so ratios below and above 1 are
+    equally likely whatever the range (uniform over ``[0.5, 2]`` gives 1/3 below 1). That
+    transform scales the image's own size, ``(int(w * r), int(h * r))``; with
+    ``keep_ratio=False`` and ``scale`` equal to the image size (Cityscapes: every frame is
+    2048x1024) :meth:`target_size` gives exactly that.
+
     Args:
         scale: base scale in pixels, ``(width, height)`` (e.g. ``(2048, 1024)``).
-        ratio_range: ``(min_ratio, max_ratio)``.
+        ratio_range: ``(min_ratio, max_ratio)``; with ``"halves"``, ``min <= 1 <= max``.
         keep_ratio: keep the aspect ratio (the standard setting).
         match_orientation: without ``keep_ratio``, orient the target like the image.
+        ratio_sampling: ``"uniform"`` (mmcv) or ``"halves"`` (United-Perception).
+
+    Raises:
+        ValueError: a range with ``min > max`` or ``min <= 0``; ``"halves"`` with a range
+            that does not contain 1; an unknown ``ratio_sampling``.
 
     Effect: ``image (H, W, 3) uint8 -> (H', W', 3) uint8``, ``label (H, W) -> (H', W')``.
     """
@@ -105,13 +128,29 @@ class RandomResize:
         ratio_range: tuple[float, float] = (0.5, 2.0),
         keep_ratio: bool = True,
         match_orientation: bool = False,
+        ratio_sampling: str = "uniform",
     ) -> None:
         if not 0 < ratio_range[0] <= ratio_range[1]:
             raise ValueError(f"ratio_range must satisfy 0 < min <= max, got {ratio_range}")
+        if ratio_sampling not in ("uniform", "halves"):
+            raise ValueError(
+                f"ratio_sampling must be 'uniform' or 'halves', got {ratio_sampling!r}")
+        if ratio_sampling == "halves" and not ratio_range[0] <= 1.0 <= ratio_range[1]:
+            raise ValueError(f"ratio_sampling 'halves' needs min <= 1 <= max, got {ratio_range}")
         self.scale = tuple(scale)
         self.ratio_range = tuple(ratio_range)
         self.keep_ratio = keep_ratio
         self.match_orientation = match_orientation
+        self.ratio_sampling = ratio_sampling
+
+    def draw_ratio(self, rng: np.random.Generator) -> float:
+        """One resize ratio from ``rng`` (see the class docstring for the two rules)."""
+        low, high = self.ratio_range
+        if self.ratio_sampling == "halves":
+            if rng.random() < 0.5:
+                return low + (1.0 - low) * rng.random()
+            return 1.0 + (high - 1.0) * rng.random()
+        return rng.random() * (high - low) + low
 
     def target_size(self, width: int, height: int, ratio: float) -> tuple[int, int]:
         """Output ``(width, height)`` in pixels for an input size and a drawn ratio."""
@@ -124,8 +163,7 @@ class RandomResize:
         return target
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        low, high = self.ratio_range
-        ratio = rng.random() * (high - low) + low
+        ratio = self.draw_ratio(rng)
         height, width = sample["image"].shape[:2]
         size = self.target_size(width, height, ratio)
         if size != (width, height):
@@ -138,7 +176,8 @@ class RandomResize:
 
     def __repr__(self) -> str:
         return (f"RandomResize(scale={self.scale}, ratio_range={self.ratio_range}, "
-                f"keep_ratio={self.keep_ratio}, match_orientation={self.match_orientation})")
+                f"keep_ratio={self.keep_ratio}, match_orientation={self.match_orientation}, "
+                f"ratio_sampling={self.ratio_sampling!r})")
 
 
 class RandomCrop:
@@ -362,14 +401,22 @@ class PhotoMetricDistortion:
         self.saturation_range = tuple(saturation_range)
         self.hue_delta = hue_delta
 
+    def _applies(self, rng: np.random.Generator) -> bool:
+        """Whether one distortion is applied: ``np.random.randint(2)`` in mmseg (1/2)."""
+        return bool(rng.integers(2))
+
+    def _draw_hue_delta(self, rng: np.random.Generator) -> int:
+        """The hue shift: an integer in ``[-hue_delta, hue_delta)`` (numpy's half-open range)."""
+        return int(rng.integers(-self.hue_delta, self.hue_delta))
+
     def _brightness(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.integers(2):
+        if self._applies(rng):
             beta = rng.uniform(-self.brightness_delta, self.brightness_delta)
             image = cv2.LUT(image, _affine_lut(1, beta))
         return image
 
     def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.integers(2):
+        if self._applies(rng):
             alpha = rng.uniform(*self.contrast_range)
             image = cv2.LUT(image, _affine_lut(alpha, 0))
         return image
@@ -380,26 +427,30 @@ class PhotoMetricDistortion:
         return cv2.cvtColor(cv2.LUT(hsv, lut), cv2.COLOR_HSV2RGB)
 
     def _saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.integers(2):
+        if self._applies(rng):
             alpha = rng.uniform(*self.saturation_range)
             image = self._in_hsv(image, _channel_lut(1, _affine_lut(alpha, 0)))
         return image
 
     def _hue(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.integers(2):
-            delta = int(rng.integers(-self.hue_delta, self.hue_delta))
+        if self._applies(rng):
+            delta = self._draw_hue_delta(rng)
             table = ((np.arange(256) + delta) % 180).astype(np.uint8)
             image = self._in_hsv(image, _channel_lut(0, table))
         return image
 
+    def _draw_mode(self, rng: np.random.Generator) -> int:
+        """Where contrast goes: 1 first (after brightness), 0 last (mmseg's bit)."""
+        return int(rng.integers(2))
+
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         image = self._brightness(sample["image"], rng)
-        contrast_first = rng.integers(2) == 1
-        if contrast_first:
+        mode = self._draw_mode(rng)
+        if mode == 1:
             image = self._contrast(image, rng)
         image = self._saturation(image, rng)
         image = self._hue(image, rng)
-        if not contrast_first:
+        if mode == 0:
             image = self._contrast(image, rng)
         sample["image"] = image
         return sample
@@ -408,6 +459,90 @@ class PhotoMetricDistortion:
         return (f"PhotoMetricDistortion(brightness_delta={self.brightness_delta}, "
                 f"contrast_range={self.contrast_range}, saturation_range="
                 f"{self.saturation_range}, hue_delta={self.hue_delta})")
+
+
+class UPColorJitter(PhotoMetricDistortion):
+    """United-Perception's ``color_jitter_mmseg``: mmseg's distortion with Python's inclusive
+    ``random.randint``, so every coin lands "apply" with probability 2/3.
+
+    Reference: ModelTC/United-Perception ``up/tasks/seg/data/seg_transfomer.py``
+    ``RandomColorJitterMMSeg`` (defaults: brightness delta 32, contrast and saturation
+    0.5..1.5, hue delta 18; the SegFormer configs name ``color_type: RGB``). It copies mmseg's
+    ``PhotoMetricDistortion`` but draws with ``random.randint(0, 2)``, which returns 0, 1 or 2:
+
+    * brightness, saturation, hue and contrast each apply when the draw is non-zero (2/3,
+      mmseg 1/2);
+    * the mode draw is 0, 1 or 2: 1 puts contrast right after brightness, 0 puts it last, and
+      2 (probability 1/3) skips contrast altogether, so contrast applies with probability
+      2/3 x 2/3 = 4/9 (mmseg 1/2);
+    * the hue shift is ``random.randint(-18, 18)``, an integer in ``[-18, 18]`` (mmseg
+      excludes 18).
+
+    The arithmetic is :class:`PhotoMetricDistortion`'s (float32, clip, truncate; HSV round
+    trips), and so is the order of draws, with ``rng`` in place of Python's ``random``.
+
+    Effect: ``image (H, W, 3) uint8 -> (H, W, 3) uint8``; the label is untouched.
+    """
+
+    def _applies(self, rng: np.random.Generator) -> bool:
+        return int(rng.integers(0, 3)) != 0  # random.randint(0, 2)
+
+    def _draw_hue_delta(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(-self.hue_delta, self.hue_delta + 1))  # random.randint(-d, d)
+
+    def _draw_mode(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(0, 3))  # 0: contrast last, 1: first, 2: none
+
+    def __repr__(self) -> str:
+        return (f"UPColorJitter(brightness_delta={self.brightness_delta}, "
+                f"contrast_range={self.contrast_range}, saturation_range="
+                f"{self.saturation_range}, hue_delta={self.hue_delta})")
+
+
+class RandomBrightnessShift:
+    """Add one random integer to every channel of every pixel, with probability ``prob``.
+
+    Reference: ModelTC/United-Perception ``up/tasks/seg/data/seg_transfomer.py``
+    ``Random_Brightness`` (``seg_rand_brightness``, ``shift_value=10``), the only photometric
+    transform of its HRNet seg configs: skipped when ``random.random() < 0.5``; otherwise
+    ``shift = random.randint(-shift_value, shift_value)`` (both ends included) is added in
+    float32, rounded (a no-op on whole numbers), clipped to 0..255 and cast to uint8. Here:
+    skipped when ``rng.random() >= prob`` (``prob = 0.5`` gives the same odds), and the same
+    integer arithmetic by a 256-entry lookup table.
+
+    Args:
+        shift_value: largest absolute shift, in grey levels (10).
+        prob: probability that the shift is applied (0.5).
+
+    Effect: ``image (H, W, 3) uint8 -> (H, W, 3) uint8``; the label is untouched.
+    """
+
+    def __init__(self, shift_value: int = 10, prob: float = 0.5) -> None:
+        if shift_value < 0:
+            raise ValueError(f"shift_value must be >= 0, got {shift_value}")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must lie in [0, 1], got {prob}")
+        self.shift_value = int(shift_value)
+        self.prob = prob
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if rng.random() >= self.prob:
+            return sample
+        shift = int(rng.integers(-self.shift_value, self.shift_value + 1))
+        table = np.clip(np.arange(256) + shift, 0, 255).astype(np.uint8)
+        sample["image"] = cv2.LUT(sample["image"], table)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"RandomBrightnessShift(shift_value={self.shift_value}, prob={self.prob})"
+
+
+#: ``data.photometric`` name -> the transform it builds (None: no photometric transform).
+PHOTOMETRIC_TRANSFORMS: dict[str, Callable[[], Callable[..., Sample]]] = {
+    "mmseg": PhotoMetricDistortion,
+    "up_color_jitter": UPColorJitter,
+    "up_brightness": RandomBrightnessShift,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +587,9 @@ class Pad:
     padding at the bottom and right, ``position="bottom_right"``); sssegmentation ``Padding``
     centres the image instead (``position="center"``: top = (h_out - h) // 2, left =
     (w_out - w) // 2, the odd pixel at the bottom/right). In the standard pipeline it follows
-    :class:`Normalize`, so ``pad_val=0`` is zero in normalized units, as in both.
+    :class:`Normalize`, so ``pad_val=0`` is zero in normalized units, as in both; in
+    United-Perception's order (:func:`train_pipeline` with ``pad_order="before_photometric"``)
+    it pads the uint8 image with 0 before the colour transform and Normalize.
 
     Args:
         size: ``(h, w)`` in pixels; an input larger than this raises ``ValueError``.
@@ -564,15 +701,26 @@ def train_pipeline(
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
     rotation: tuple[int, float] | None = None,
     pad_position: str = "bottom_right",
+    ratio_sampling: str = "uniform",
+    photometric: str | None = "mmseg",
+    pad_order: str = "after_normalize",
 ) -> Compose:
-    """The standard mmseg training pipeline, with sssegmentation's options.
+    """The standard mmseg training pipeline, with sssegmentation's and United-Perception's
+    options.
 
-    RandomResize(scale, ratio_range, keep_ratio) -> RandomCrop(crop_size, cat_max_ratio) ->
-    RandomFlip(0.5, flip_swap_pairs) [-> RandomRotation] -> PhotoMetricDistortion ->
+    RandomResize(scale, ratio_range, keep_ratio, ratio_sampling) -> RandomCrop(crop_size,
+    cat_max_ratio) -> RandomFlip(0.5, flip_swap_pairs) [-> RandomRotation] -> photometric ->
     Normalize(mean, std) -> Pad(crop_size, 0, ignore_index) -> ToTensor (the rotation sits
     where sssegmentation's LIP pipeline has it, between the flip and the photometric
-    distortion). Output: image ``float32 (3, h, w)``, label ``int64 (h, w)`` with
-    ``(h, w) = crop_size``.
+    distortion). With ``pad_order="before_photometric"`` the Pad moves to right after the flip
+    (or rotation), filling the uint8 image with 0, as United-Perception's ``SegCrop`` pads
+    before its colour transform and ``normalize`` (``up/tasks/seg/data/seg_transfomer.py``,
+    configs ``[seg_rand_resize, seg_random_flip, seg_crop, <colour>, custom_to_tensor,
+    normalize]``): pad pixels then go through the photometric transform and come out of
+    Normalize as ``(jitter(0) - mean) / std`` (``-mean / std`` when not jittered), not 0. (UP
+    flips before it pads and crops; flipping after the crop gives the same distribution, the
+    crop offset being uniform and the padding at the bottom and right.) Output: image
+    ``float32 (3, h, w)``, label ``int64 (h, w)`` with ``(h, w) = crop_size``.
 
     Args:
         scale: base resize scale ``(width, height)`` in pixels, e.g. ``(2048, 1024)``.
@@ -586,20 +734,39 @@ def train_pipeline(
         rotation: ``(max_degrees, prob)`` adds :class:`RandomRotation` with the label filled
             with ``ignore_index``; None leaves it out.
         pad_position: where :class:`Pad` puts a crop smaller than ``crop_size``.
+        ratio_sampling: ``"uniform"`` or ``"halves"`` (:meth:`RandomResize.draw_ratio`).
+        photometric: a key of :data:`PHOTOMETRIC_TRANSFORMS` (``"mmseg"``:
+            :class:`PhotoMetricDistortion`, ``"up_color_jitter"``: :class:`UPColorJitter`,
+            ``"up_brightness"``: :class:`RandomBrightnessShift`), or None for none.
+        pad_order: ``"after_normalize"`` (mmseg: pad value 0 in normalized units) or
+            ``"before_photometric"`` (United-Perception: raw 0 before the colour transform).
+
+    Raises:
+        ValueError: an unknown ``photometric`` or ``pad_order``, or a transform's own check.
     """
+    if photometric is not None and photometric not in PHOTOMETRIC_TRANSFORMS:
+        raise ValueError(f"photometric must be one of {sorted(PHOTOMETRIC_TRANSFORMS)} or None, "
+                         f"got {photometric!r}")
+    if pad_order not in ("after_normalize", "before_photometric"):
+        raise ValueError(f"pad_order must be 'after_normalize' or 'before_photometric', "
+                         f"got {pad_order!r}")
+    pad = Pad(crop_size, pad_val=0, seg_pad_val=ignore_index, position=pad_position)
     transforms = [
-        RandomResize(scale, ratio_range, keep_ratio=keep_ratio, match_orientation=not keep_ratio),
+        RandomResize(scale, ratio_range, keep_ratio=keep_ratio, match_orientation=not keep_ratio,
+                     ratio_sampling=ratio_sampling),
         RandomCrop(crop_size, cat_max_ratio, ignore_index),
         RandomFlip(0.5, swap_pairs=flip_swap_pairs),
     ]
     if rotation is not None:
         transforms.append(RandomRotation(rotation[0], rotation[1], seg_fill=ignore_index))
-    transforms += [
-        PhotoMetricDistortion(),
-        Normalize(mean, std),
-        Pad(crop_size, pad_val=0, seg_pad_val=ignore_index, position=pad_position),
-        ToTensor(),
-    ]
+    if pad_order == "before_photometric":
+        transforms.append(pad)
+    if photometric is not None:
+        transforms.append(PHOTOMETRIC_TRANSFORMS[photometric]())
+    transforms.append(Normalize(mean, std))
+    if pad_order == "after_normalize":
+        transforms.append(pad)
+    transforms.append(ToTensor())
     return Compose(transforms, seed=seed)
 
 
