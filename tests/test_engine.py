@@ -68,7 +68,7 @@ def test_overfit_one_frame(city_root, tracking_uri, tmp_path):
     # final.pt holds the model alone, mmseg names, strict-loadable
     fresh = build_segmentor("segformer_mit_b0", num_classes=19)
     load_segmentor_weights(fresh, str(ckpt.final_path(run_dir)), strict=True)
-    assert seconds < 180
+    # the time is printed above, not asserted: speed belongs to benchmarks/, not to a unit test
 
 
 # --- (b) resume -----------------------------------------------------------------------------------
