@@ -250,6 +250,57 @@ def test_ocr_cascade_outputs_and_loss_weights() -> None:
     assert "decode_head.1.object_context_block.value_project.conv.weight" in keys
 
 
+def test_fcn_default_has_no_dropout_as_mmseg_fcn_hr18() -> None:
+    # mmseg configs/_base_/models/fcn_hr18.py: decode_head dropout_ratio=-1 (no Dropout module).
+    with torch.device("meta"):
+        model = build_fcn_hrnet("w18", NUM_CLASSES)
+        with_dropout = build_fcn_hrnet("w18", NUM_CLASSES, dropout_ratio=0.1)
+    assert model.decode_head.dropout is None
+    assert isinstance(with_dropout.decode_head.dropout, nn.Dropout2d)
+    assert with_dropout.decode_head.dropout.p == 0.1
+    assert set(model.state_dict()) == set(with_dropout.state_dict())
+    with pytest.raises(ValueError, match="dropout_ratio"):
+        build_fcn_hrnet("w18", NUM_CLASSES, dropout_ratio=-1)
+
+
+def test_ocr_dropout_ratio_option_sets_only_the_ocr_stage() -> None:
+    with torch.device("meta"):
+        model = build_ocr_hrnet("w18_small_v1", NUM_CLASSES, dropout_ratio=0.05)
+    assert model.decode_head[0].dropout is None
+    assert isinstance(model.decode_head[1].dropout, nn.Dropout2d)
+    assert model.decode_head[1].dropout.p == 0.05
+    with pytest.raises(ValueError, match="dropout_ratio"):
+        build_ocr_hrnet("w18_small_v1", NUM_CLASSES, dropout_ratio=1.0)
+
+
+def test_stem_relu_false_leaves_out_the_relu_after_bn1_only() -> None:
+    torch.manual_seed(0)
+    with_relu = HRNet(HRNET_SPECS["w18_small_v1"]).eval()
+    without = HRNet(HRNET_SPECS["w18_small_v1"], stem_relu=False).eval()
+    # Same names and shapes: checkpoints load strictly either way.
+    without.load_state_dict(with_relu.state_dict(), strict=True)
+    conv2_inputs: dict[str, torch.Tensor] = {}
+    for key, net in (("with", with_relu), ("without", without)):
+        net.conv2.register_forward_hook(
+            lambda _m, args, _out, key=key: conv2_inputs.__setitem__(key, args[0].clone())
+        )
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        after_bn1 = with_relu.bn1(with_relu.conv1(images))
+        out_with, out_without = with_relu(images), without(images)
+    assert (after_bn1 < 0).any()
+    torch.testing.assert_close(conv2_inputs["with"], after_bn1.relu(), rtol=0, atol=0)
+    torch.testing.assert_close(conv2_inputs["without"], after_bn1, rtol=0, atol=0)
+    assert not torch.equal(out_with[0], out_without[0])
+    for name, builder in (("fcn", build_fcn_hrnet), ("ocr", build_ocr_hrnet)):
+        with torch.device("meta"):
+            default = builder("w18", NUM_CLASSES)
+            plain = builder("w18", NUM_CLASSES, stem_relu=False)
+        assert default.backbone.stem_relu is True, name
+        assert plain.backbone.stem_relu is False, name
+        assert list(default.state_dict()) == list(plain.state_dict()), name
+
+
 def test_cascade_needs_two_heads() -> None:
     head = FCNHead(8, 8, 2, num_convs=0, concat_input=False)
     with pytest.raises(ValueError, match="at least two"):

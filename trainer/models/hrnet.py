@@ -209,6 +209,10 @@ class HRNet(nn.Module):
         fuse_align_corners: upsampling in the fusion layers; False is mmseg's (use it for mmseg
             checkpoints), True the official code's default configuration (see
             :class:`HRModule`).
+        stem_relu: True (mmseg ``backbones/hrnet.py``, official ``seg_hrnet.py``) applies ReLU
+            after ``bn1`` of the stem; False leaves it out (sssegmentation's HRNetV2 stem,
+            ``ssseg/modules/models/backbones/hrnet.py``: conv1-bn1-conv2-bn2-relu). No module
+            is added or removed, so parameter and buffer names are the same either way.
 
     forward(images: float (N, in_channels, H, W)) -> list of 4 float tensors
     (N, widths[i], ceil(H / 2**(i+2)), ceil(W / 2**(i+2))) (exact halving at each stride-2
@@ -219,10 +223,16 @@ class HRNet(nn.Module):
     """
 
     def __init__(
-        self, spec: HRNetSpec, in_channels: int = 3, *, fuse_align_corners: bool = False
+        self,
+        spec: HRNetSpec,
+        in_channels: int = 3,
+        *,
+        fuse_align_corners: bool = False,
+        stem_relu: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.stem_relu = stem_relu
         self.out_channels: tuple[int, ...] = tuple(spec.widths)
         self.conv1 = _conv(in_channels, STEM_CHANNELS, 3, stride=2)
         self.bn1 = nn.BatchNorm2d(STEM_CHANNELS)
@@ -276,7 +286,9 @@ class HRNet(nn.Module):
         return out
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        x = self.relu(self.bn1(self.conv1(images)))
+        x = self.bn1(self.conv1(images))
+        if self.stem_relu:
+            x = self.relu(x)
         x = self.relu(self.bn2(self.conv2(x)))
         feats = [self.layer1(x)]
         for stage in (2, 3, 4):

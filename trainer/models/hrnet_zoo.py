@@ -53,7 +53,8 @@ def build_fcn_hrnet(
     *,
     align_corners: bool = False,
     fuse_align_corners: bool = False,
-    dropout_ratio: float = 0.1,
+    dropout_ratio: float = 0.0,
+    stem_relu: bool = True,
 ) -> EncoderDecoder:
     """HRNetV2-``variant`` + FCN head (Wang et al. 2020; mmseg ``configs/hrnet/fcn_hr*``).
 
@@ -66,16 +67,23 @@ def build_fcn_hrnet(
         fuse_align_corners: the backbone's fusion upsampling (see
             :class:`~trainer.models.hrnet.HRModule`); set it and ``align_corners`` to True to
             reproduce the official code's numerics with converted official weights.
-        dropout_ratio: Dropout2d before the classifier (mmseg 0.1; the official head has none).
+        dropout_ratio: Dropout2d probability before the classifier; 0 (the default) builds no
+            Dropout module. mmseg's ``configs/_base_/models/fcn_hr18.py`` sets
+            ``dropout_ratio=-1`` (no dropout) and the official head has none either.
+        stem_relu: ReLU after the stem's ``bn1`` (see :class:`~trainer.models.hrnet.HRNet`;
+            False is sssegmentation's stem). Parameter names do not change.
 
     Returns:
         An :class:`EncoderDecoder` whose forward gives ``{"decode": (N, num_classes, H/4, W/4)}``.
 
     Raises:
         KeyError: unknown ``variant``.
+        ValueError: ``dropout_ratio`` outside [0, 1).
     """
     spec = HRNET_SPECS[variant]
-    backbone = HRNet(spec, fuse_align_corners=fuse_align_corners)
+    if dropout_ratio < 0 or dropout_ratio >= 1:
+        raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio}")
+    backbone = HRNet(spec, fuse_align_corners=fuse_align_corners, stem_relu=stem_relu)
     head = _fcn_head(spec.widths, num_classes, dropout_ratio, align_corners)
     return EncoderDecoder(backbone, head, align_corners=align_corners)
 
@@ -86,12 +94,14 @@ def build_ocr_hrnet(
     *,
     align_corners: bool = False,
     fuse_align_corners: bool = False,
+    dropout_ratio: float = 0.0,
+    stem_relu: bool = True,
 ) -> CascadeEncoderDecoder:
     """HRNetV2-``variant`` + OCRNet (Yuan et al. 2020; mmseg ``configs/ocrnet/ocrnet_hr*``).
 
     ``decode_head.0`` is the FCN head of :func:`build_fcn_hrnet` without dropout (the soft object
     regions, loss weight 0.4); ``decode_head.1`` an :class:`OCRHead` of width 512, attention
-    width 256, no dropout.
+    width 256, with ``dropout_ratio`` before its classifier.
 
     Args:
         variant: a key of :data:`~trainer.models.hrnet.HRNET_SPECS`.
@@ -99,6 +109,11 @@ def build_ocr_hrnet(
         align_corners: for both heads' resize-concat and the final resize (mmseg False; the
             official configs True).
         fuse_align_corners: the backbone's fusion upsampling (see :func:`build_fcn_hrnet`).
+        dropout_ratio: Dropout2d probability before the OCR head's classifier; 0 (the default,
+            mmseg ``configs/_base_/models/ocrnet_hr18.py``: ``dropout_ratio=-1``) builds no
+            Dropout module (United-Perception's OCR head uses 0.05). The FCN stage never has
+            dropout.
+        stem_relu: ReLU after the stem's ``bn1`` (see :func:`build_fcn_hrnet`).
 
     Returns:
         A :class:`CascadeEncoderDecoder` whose forward gives ``{"decode": OCR logits,
@@ -106,9 +121,12 @@ def build_ocr_hrnet(
 
     Raises:
         KeyError: unknown ``variant``.
+        ValueError: ``dropout_ratio`` outside [0, 1).
     """
     spec = HRNET_SPECS[variant]
-    backbone = HRNet(spec, fuse_align_corners=fuse_align_corners)
+    if dropout_ratio < 0 or dropout_ratio >= 1:
+        raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio}")
+    backbone = HRNet(spec, fuse_align_corners=fuse_align_corners, stem_relu=stem_relu)
     fcn = _fcn_head(spec.widths, num_classes, 0.0, align_corners)
     ocr = OCRHead(
         in_channels=spec.widths,
@@ -117,7 +135,7 @@ def build_ocr_hrnet(
         num_classes=num_classes,
         in_index=tuple(range(len(spec.widths))),
         input_transform="resize_concat",
-        dropout_ratio=0.0,
+        dropout_ratio=dropout_ratio,
         align_corners=align_corners,
     )
     return CascadeEncoderDecoder(
