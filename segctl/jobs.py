@@ -12,6 +12,9 @@ administrator requeued it, starts the callable from the beginning.
   refuses (more time-outs than ``cluster.max_requeues``, submitit's ``max_num_timeout``) the
   job fails and ``progress.json`` says why (``reason``).
 - Evaluation keeps submitit's handler as it is: the job is requeued at once and starts again.
+
+Both take ``weights_dir``, the pretrained-weights cache (:mod:`segctl.weights`) where the job
+finds the files its recipe (or ``checkpoint``) names by URL; jobs never download them.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import submitit
 class TrainJob(submitit.helpers.Checkpointable):
     """Train (or resume) the run in ``run_dir``; returns the final metrics dict."""
 
-    def __call__(self, run_dir: str) -> dict:
+    def __call__(self, run_dir: str, weights_dir: str | None = None) -> dict:
         from trainer.entry import run_training
 
-        return run_training(Path(run_dir))
+        return run_training(Path(run_dir), weights_dir=weights_dir)
 
 
 class EvalJob(submitit.helpers.Checkpointable):
@@ -36,9 +39,10 @@ class EvalJob(submitit.helpers.Checkpointable):
 
     def __call__(
         self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str,
-        output_format: str = "metrics", published: bool = False,
+        output_format: str = "metrics", published: bool = False, weights_dir: str | None = None,
     ) -> dict:
         from trainer.entry import run_evaluation
 
         return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
-                              output_format=output_format, published=published)
+                              output_format=output_format, published=published,
+                              weights_dir=weights_dir)

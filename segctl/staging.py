@@ -51,7 +51,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +133,8 @@ class StageResult:
         rate = self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
         return (
             f"staged {self.source} -> {self.dest}: {self.files} files, {len(self.copied)} copied "
-            f"({_human(self.bytes_copied)}, {_human(rate)}/s), {self.skipped} unchanged, "
+            f"({human_bytes(self.bytes_copied)}, {human_bytes(rate)}/s), "
+            f"{self.skipped} unchanged, "
             f"{self.verified} checksums verified, {self.seconds:.1f} s"
         )
 
@@ -145,12 +146,15 @@ class ProgressBar:
     """A plain-text progress line on ``stream`` (stderr): files, bytes, bytes/s.
 
     On a terminal the line is redrawn at most every 0.2 s; elsewhere a line is printed at most
-    every 5 s. ``on_bytes`` (optional) sees every increment, e.g. for tests.
+    every 5 s. ``on_bytes`` (optional) sees every increment, e.g. for tests; ``label`` starts
+    the line (``stage``, ``weights``).
     """
 
     def __init__(self, total_files: int, total_bytes: int, stream: TextIO | None = None,
-                 enabled: bool = True, on_bytes: Callable[[int], None] | None = None) -> None:
+                 enabled: bool = True, on_bytes: Callable[[int], None] | None = None,
+                 label: str = "stage") -> None:
         self.total_files, self.total_bytes = total_files, total_bytes
+        self.label = label
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.on_bytes = on_bytes
@@ -181,15 +185,17 @@ class ProgressBar:
     def _draw(self, final: bool) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         line = (
-            f"stage: {self.files}/{self.total_files} files  "
-            f"{_human(self.bytes)}/{_human(self.total_bytes)}  {_human(self.bytes / elapsed)}/s"
+            f"{self.label}: {self.files}/{self.total_files} files  "
+            f"{human_bytes(self.bytes)}/{human_bytes(self.total_bytes)}  "
+            f"{human_bytes(self.bytes / elapsed)}/s"
         )
         end = "\n" if final or not self._tty else ""
         self.stream.write(("\r" if self._tty else "") + line + end)
         self.stream.flush()
 
 
-def _human(nbytes: float) -> str:
+def human_bytes(nbytes: float) -> str:
+    """``nbytes`` in decimal units: ``512 B``, ``38.9 MB``, ``4.4 GB``."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(nbytes) < 1000 or unit == "GB":
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
@@ -276,11 +282,15 @@ def list_source(fs, root: str) -> list[SourceFile]:
         rel = path[len(base):].lstrip("/") if path.startswith(base) else path.rsplit("/", 1)[-1]
         if not rel or rel == MANIFEST_NAME or rel.endswith(".part"):
             continue
-        files.append(
-            SourceFile(rel=rel, path=path, size=int(info.get("size") or 0),
-                       etag=_content_tag(info), mtime=_mtime(info))
-        )
+        files.append(file_from_info(rel, path, info))
     return sorted(files, key=lambda f: f.rel)
+
+
+def file_from_info(rel: str, path: str, info: Mapping[str, Any]) -> SourceFile:
+    """A :class:`SourceFile` from what an fsspec backend's ``info`` says of ``path`` (size in
+    bytes, 0 when not stated; content tag; modification time)."""
+    return SourceFile(rel=rel, path=path, size=int(info.get("size") or 0),
+                      etag=_content_tag(info), mtime=_mtime(info))
 
 
 # --- checksums -----------------------------------------------------------------------------------
@@ -546,18 +556,29 @@ class _PartFiles:
         return [folder / n for n in names if n.startswith(prefix)]
 
 
-def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: threading.Event,
-              chunk_bytes: int = CHUNK_BYTES, streams: int = DEFAULT_STREAMS,
-              split_bytes: int = SPLIT_BYTES, part_files: _PartFiles | None = None,
-              durable: bool = False) -> dict[str, Any]:
-    """Copy one file to ``target`` via its ``.part`` file; returns its manifest entry."""
+def download_part(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: threading.Event,
+                  digests: Sequence[Any] = (), chunk_bytes: int = CHUNK_BYTES,
+                  streams: int = DEFAULT_STREAMS, split_bytes: int = SPLIT_BYTES,
+                  part_files: _PartFiles | None = None, durable: bool = False) -> Path:
+    """Bring ``<target>.<tag8>.part`` to the whole content of ``source`` and return its path.
+
+    A ``.part`` file of the same version (same ``tag8``) is continued from its size with ranged
+    reads; those of other versions are deleted. Every byte of the file, those already there
+    first, is fed in order to each of ``digests`` (objects with ``update(bytes)``, e.g.
+    :class:`ContentDigest` or a ``hashlib`` hash). The caller verifies and renames the file.
+
+    Raises:
+        StagingError: the copy does not have the listed size (the ``.part`` file is removed),
+            or the source ended early (the ``.part`` file keeps what arrived, for a later
+            resume).
+        Whatever the backend raises for an unreachable source (the ``.part`` file is kept).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f"{target.name}.{source.tag8()}.part")
     existing = (part_files or _PartFiles()).of(target)
     for stale in existing:
         if stale != part:
             stale.unlink(missing_ok=True)  # a partial of an older version
-    digest = ContentDigest(source)
     offset = 0
     if part in existing:
         offset = part.stat().st_size
@@ -565,14 +586,16 @@ def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: thre
             part.unlink()
             offset = 0
         elif offset:
-            with open(part, "rb") as handle:  # continue the hash over the bytes already there
+            with open(part, "rb") as handle:  # continue the hashes over the bytes already there
                 for block in iter(lambda: handle.read(BLOCK_BYTES), b""):
-                    digest.update(block)
+                    for digest in digests:
+                        digest.update(block)
             log.info("resuming %s at byte %d", source.rel, offset)
     with open(part, "ab") as handle:
         for block in read_source(fs, source, offset, stop, chunk_bytes, streams, split_bytes):
             handle.write(block)
-            digest.update(block)
+            for digest in digests:
+                digest.update(block)
             bar.add(len(block))
         if durable:
             handle.flush()
@@ -581,6 +604,17 @@ def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: thre
     if size != source.size:
         part.unlink(missing_ok=True)
         raise StagingError(f"{source.rel}: copied {size} bytes, the source lists {source.size}")
+    return part
+
+
+def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: threading.Event,
+              chunk_bytes: int = CHUNK_BYTES, streams: int = DEFAULT_STREAMS,
+              split_bytes: int = SPLIT_BYTES, part_files: _PartFiles | None = None,
+              durable: bool = False) -> dict[str, Any]:
+    """Copy one file to ``target`` via its ``.part`` file; returns its manifest entry."""
+    digest = ContentDigest(source)
+    part = download_part(fs, source, target, bar, stop, (digest,), chunk_bytes, streams,
+                         split_bytes, part_files, durable)
     try:
         checked = digest.check(part)
     except StagingError:

@@ -8,6 +8,13 @@ Literal secrets in a recipe's storage options never reach the run directory: pla
 them by ``${SEGCTL_SECRET_...}`` references (:func:`segctl.recipe.secrets.externalize_secrets`)
 and keeps their values in :attr:`SubmitPlan.job_env`, which :func:`apply` puts into the
 environment of the submission only (the local job's process, or ``sbatch``).
+
+Pretrained weights named by URL (``model.init_checkpoint``; an evaluation's checkpoint) are
+listed in :attr:`SubmitPlan.weights`; :func:`apply` fetches them into the weights cache
+(:mod:`segctl.weights`) and checks that they load before anything is submitted, and the job
+gets the cache folder as its ``weights_dir`` argument (not part of the recipe, so the run id
+does not depend on it) and reads only the cache. :func:`check_pretraining` refuses to train a
+recipe that reproduces a published result without pretrained weights, unless asked to.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
 from segctl.recipe.profile import SiteProfile
 from segctl.registry import TERMINAL_STATES, Registry, RunRecord
 from segctl.runs import create_run_dir, jobs_folder
+from segctl.weights import WeightsFile, default_weights_dir, recipe_weights, weights_dir
 
 
 class SubmitError(RuntimeError):
@@ -49,6 +57,8 @@ class SubmitPlan:
         notes: warnings for the user (printed by ``submit``, part of ``--dry-run``).
         job_env: environment variables the job gets at submission (literal secrets moved out
             of the recipe); never printed, never written.
+        weights: the weights files the job reads (URLs are fetched into the cache by apply).
+        weights_dir: the weights cache folder the job reads them from.
     """
 
     kind: str
@@ -62,6 +72,8 @@ class SubmitPlan:
     label: str | None = None
     notes: list[str] = field(default_factory=list)
     job_env: dict[str, str] = field(default_factory=dict, repr=False)
+    weights: tuple[WeightsFile, ...] = ()
+    weights_dir: Path = field(default_factory=default_weights_dir)
 
     def sbatch_script(self) -> str | None:
         """The sbatch script of a Slurm plan (None for local jobs)."""
@@ -71,8 +83,9 @@ class SubmitPlan:
 
         return executors.render_sbatch(self.parameters, jobs_folder(self.run_dir), sys.executable)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (what ``--dry-run`` prints)."""
+    def to_dict(self, probe_sizes: bool = False) -> dict[str, Any]:
+        """A JSON-ready summary (what ``--dry-run`` prints); see :meth:`weights_summary` for
+        ``probe_sizes``."""
         return {
             "kind": self.kind,
             "run_id": self.run_id,
@@ -82,18 +95,44 @@ class SubmitPlan:
             "label": self.label,
             "data_root": self.recipe.data.root,
             "tracking_uri": self.recipe.tracking.uri,
+            "weights_dir": str(self.weights_dir),
+            "weights": self.weights_summary(probe_sizes),
             "notes": self.notes,
         }
+
+    def weights_summary(self, probe_sizes: bool = False) -> list[dict[str, Any]]:
+        """Per weights file: ``field``, ``url``, ``file``, ``cached`` (in the cache, or a local
+        file that exists), ``size_bytes`` and ``size`` (human, or ``unknown``). Sizes come from
+        the cache or the local file; with ``probe_sizes``, an uncached URL's from the source
+        (one ``HEAD``, at most :data:`segctl.weights.SIZE_PROBE_TIMEOUT_S` seconds; unknown
+        offline). Nothing is downloaded."""
+        from segctl.weights import human_size, local_path, lookup, remote_size, url_file_name
+
+        rows = []
+        for item in self.weights:
+            if item.remote:
+                entry = lookup(item.url, self.weights_dir)
+                cached = entry is not None
+                size = entry.size if entry else remote_size(item.url) if probe_sizes else None
+            else:
+                path = local_path(item.url)
+                cached = path.is_file()
+                size = path.stat().st_size if cached else None
+            rows.append({"field": item.field, "url": item.url, "file": url_file_name(item.url),
+                         "cached": cached, "size_bytes": size, "size": human_size(size)})
+        return rows
 
 
 @dataclass(frozen=True)
 class SubmittedJob:
-    """A job that was submitted: its registry row, executor job id and submitit handle."""
+    """A job that was submitted: its registry row, executor job id and submitit handle, and
+    one line per weights file fetched and checked for it (:func:`fetch_weights`)."""
 
     row: int
     job_id: str
     plan: SubmitPlan
     handle: Any
+    weights: list[str] = field(default_factory=list)
 
 
 def concretise(recipe: Recipe) -> Recipe:
@@ -186,7 +225,38 @@ def plan_training(
         parameters=parameters,
         notes=notes,
         job_env=env,
+        weights=tuple(recipe_weights(recipe)),
+        weights_dir=weights_dir(profile),
     )
+
+
+def check_pretraining(recipe: Recipe, from_scratch: bool) -> list[str]:
+    """Refuse to train from scratch by accident.
+
+    A recipe with a ``reference`` (a published result it reproduces) and no
+    ``model.init_checkpoint`` would train from random weights and fall short of the reference;
+    that takes ``from_scratch`` (``--from-scratch``). Recipes without a reference (e.g.
+    ``recipes/quickstart.yaml``) train from scratch without it.
+
+    Returns:
+        Notes for the user: ``from_scratch`` has no effect on a recipe that names weights.
+
+    Raises:
+        SubmitError: a reference, no init checkpoint, and not ``from_scratch``.
+    """
+    init = recipe.model.init_checkpoint
+    if recipe.reference is not None and not init and not from_scratch:
+        raise SubmitError(
+            f"recipe {recipe.name} reproduces a published result ({recipe.reference.source}) "
+            "but names no pretrained weights (model.init_checkpoint), so it would train from "
+            "scratch and fall short of the reference. Set model.init_checkpoint to the weights "
+            "its source starts from, or pass --from-scratch to train from scratch on purpose"
+        )
+    if from_scratch and init:
+        return [f"--from-scratch has no effect: the recipe starts from {init} "
+                "(model.init_checkpoint); add --set model.init_checkpoint=null to train from "
+                "scratch (another run id)"]
+    return []
 
 
 def plan_evaluation(
@@ -218,6 +288,9 @@ def plan_evaluation(
         label=label,
         notes=notes,
         job_env=env,
+        weights=(WeightsFile(checkpoint, "full", "--checkpoint"),)
+        if checkpoint and is_url(checkpoint) else (),
+        weights_dir=weights_dir(profile),
     )
 
 
@@ -257,10 +330,12 @@ def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
 
 
 def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
-    """Carry out ``plan``: run directory, registry marker, submission, job id.
+    """Carry out ``plan``: weights (:func:`fetch_weights`), run directory, registry marker,
+    submission (the job gets ``weights_dir``), job id.
 
     Raises:
-        SubmitError: the run already has an unfinished job of the same kind.
+        SubmitError: the run already has an unfinished job of the same kind; a weights file
+            cannot be fetched, fails its checksum or does not load (nothing is created).
         segctl.runs.RunDirError: the run directory belongs to something else.
     """
     from segctl.jobs import EvalJob, TrainJob
@@ -268,6 +343,7 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     _check_run_dir(plan)
     _check_secret_references(plan)
     _refuse_if_active(plan, registry)
+    weights = fetch_weights(plan)
     _ensure_tracking_store(plan)
     if plan.kind == "train":
         create_run_dir(plan.run_dir, plan.recipe)
@@ -280,22 +356,26 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
         )
         callable_ = TrainJob() if plan.kind == "train" else EvalJob()
         with executors.interruptible_children(), executors.job_environment(plan.job_env):
-            handle = executor.submit(callable_, str(plan.run_dir), *plan.args)
+            handle = executor.submit(callable_, str(plan.run_dir), *plan.args,
+                                     weights_dir=str(plan.weights_dir))
     except Exception:
         registry.forget_job(row)
         raise
     registry.submitted(row, str(handle.job_id))
-    return SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle)
+    return SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle,
+                        weights=weights)
 
 
 def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list[SubmittedJob]:
     """Submit the training plans of a sweep as one job array (one job each, locally).
 
-    Every run gets its directory and registry row (tagged with ``sweep``) before anything is
-    submitted; the array's files live in ``<runs dir>/sweeps/<sweep>``.
+    Every run's weights are fetched first (:func:`fetch_weights`), then every run gets its
+    directory and registry row (tagged with ``sweep``) before anything is submitted; the array's
+    files live in ``<runs dir>/sweeps/<sweep>``.
 
     Raises:
-        SubmitError: a member run already has a training job in progress.
+        SubmitError: a member run already has a training job in progress, or a weights file
+            cannot be fetched or does not load.
     """
     from segctl.jobs import TrainJob
 
@@ -303,6 +383,7 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         _check_run_dir(plan)
         _check_secret_references(plan)
         _refuse_if_active(plan, registry)
+    fetched = [fetch_weights(plan) for plan in plans]
     _ensure_tracking_store(plans[0])
     for plan in plans:
         create_run_dir(plan.run_dir, plan.recipe)
@@ -316,16 +397,41 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         )
         env = {k: v for plan in plans for k, v in plan.job_env.items()}
         with executors.interruptible_children(), executors.job_environment(env), executor.batch():
-            handles = [executor.submit(TrainJob(), str(plan.run_dir)) for plan in plans]
+            handles = [executor.submit(TrainJob(), str(plan.run_dir),
+                                       weights_dir=str(plan.weights_dir)) for plan in plans]
     except Exception:
         for row in rows:
             registry.forget_job(row)
         raise
     submitted = []
-    for plan, row, handle in zip(plans, rows, handles):
+    for plan, row, handle, weights in zip(plans, rows, handles, fetched):
         registry.submitted(row, str(handle.job_id))
-        submitted.append(SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle))
+        submitted.append(SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle,
+                                      weights=weights))
     return submitted
+
+
+def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
+    """Fetch the plan's weights URLs into its cache and check that each loads into the
+    recipe's model (:func:`segctl.weights.fetch_and_check`; a progress line on stderr). Local
+    files are left to the job.
+
+    Returns:
+        One line per URL for the user (file, size, SHA-256, what loaded).
+
+    Raises:
+        SubmitError: a file cannot be fetched, fails its checksum, or does not load; the
+            message names it.
+    """
+    from segctl.weights import WeightsError, fetch_and_check
+
+    remote = [item for item in plan.weights if item.remote]
+    if not remote:
+        return []
+    try:
+        return fetch_and_check(remote, plan.recipe, plan.weights_dir, progress=progress)
+    except WeightsError as exc:
+        raise SubmitError(str(exc)) from None
 
 
 def _ensure_tracking_store(plan: SubmitPlan) -> None:

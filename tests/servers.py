@@ -1,4 +1,6 @@
-"""Real servers on 127.0.0.1 for tests: a moto S3 server and an MLflow tracking server.
+"""Real servers on 127.0.0.1 for tests: a moto S3 server, an MLflow tracking server, and an
+HTTP file server with ``Range`` requests and a switch that breaks a download off
+(``tests/range_server.py``).
 
 Each server is a child process started with :class:`subprocess.Popen`, remembered by its pid
 and stopped by that pid (SIGTERM, then SIGKILL); ``restart`` brings one back on the same port
@@ -103,6 +105,10 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def log_size(self) -> int:
+        """Characters in the log so far (an offset for reading only what comes later)."""
+        return len(self.log_text())
+
 
 class MotoServer(Server):
     """``python -m moto.server`` (S3 in memory: a restart starts empty)."""
@@ -133,9 +139,6 @@ class MotoServer(Server):
         prefix = f"/{bucket}/"
         return [p[len(prefix):] for p in paths if p.startswith(prefix) and "?" not in p]
 
-    def log_size(self) -> int:
-        return len(self.log_text())
-
 
 class MlflowServer(Server):
     """``mlflow server`` with a SQLite backend and a local artifact folder (both kept across
@@ -159,6 +162,30 @@ class MlflowServer(Server):
         return env
 
 
+class RangeServer(Server):
+    """``tests/range_server.py`` serving the files of ``workdir/files``: ``HEAD``/``GET`` with
+    ``Range``; its log holds one line per request, ``<METHOD> <path> range=<Range or ->``."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+        self.root = self.workdir / "files"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        script = Path(__file__).resolve().parent / "range_server.py"
+        return [sys.executable, "-u", str(script), str(self.root), str(self.port)]
+
+    def requests(self, path: str, method: str = "GET", since: int = 0) -> list[str]:
+        """The ``Range`` header (``-`` when none) of every ``method`` request for ``/path`` in
+        the log after character offset ``since`` (see :meth:`log_size`)."""
+        pattern = rf"^{method} /{re.escape(path.lstrip('/'))} range=(\S+)$"
+        return re.findall(pattern, self.log_text()[since:], flags=re.MULTILINE)
+
+    def cut_next_download_at(self, offset: int) -> None:
+        """Break off the next response whose body covers byte ``offset`` right there."""
+        (self.root / ".cut-at").write_text(str(offset))
+
+
 # --- fixtures --------------------------------------------------------------------------------
 
 
@@ -171,19 +198,26 @@ def aws_env(monkeypatch) -> dict[str, str]:
     return DUMMY_AWS
 
 
-@pytest.fixture
-def moto_server(tmp_path_factory, aws_env):
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+def serving(server: Server):
+    """Start ``server``, yield it, and stop it by pid afterwards (the body of a fixture)."""
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def moto_server(tmp_path_factory, aws_env):
+    yield from serving(MotoServer(tmp_path_factory.mktemp("moto")))
+
+
+@pytest.fixture(scope="module")
+def range_server(tmp_path_factory):
+    """A :class:`RangeServer` for the module; put files under its ``root``."""
+    yield from serving(RangeServer(tmp_path_factory.mktemp("range-server")))
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving(MlflowServer(tmp_path_factory.mktemp("mlflow-server")))

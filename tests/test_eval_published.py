@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from segctl.cli import app
 from segctl.cli.evaluate import default_format, published_comparison
 from segctl.recipe import load_recipe
+from tests.servers import range_server  # noqa: F401  (fixture)
 from tests.test_cli_submit import write_recipe
 
 runner = CliRunner()
@@ -76,3 +77,57 @@ def test_published_comparison_shows_both_figures_and_never_compares_a_test_serve
     line = published_comparison(test, result)
     assert "measured mIoU 74.50" in line and "test-server figure, not comparable" in line
     assert "(-0.50)" not in line
+
+
+@pytest.fixture(scope="module")
+def published_segformer(range_server) -> str:
+    """A full SegFormer MiT-B0 Cityscapes segmentor in mmseg's release format (``meta`` +
+    ``state_dict``, random weights, real key names), served under mmseg's file-name convention
+    ``...-<first 8 hex of its SHA-256>.pth``; returns the file name."""
+    import hashlib
+
+    import torch
+
+    from trainer.models import build_segmentor
+
+    torch.manual_seed(0)
+    model = build_segmentor("segformer_mit_b0", num_classes=19)
+    saved = range_server.root / "segformer.tmp"
+    torch.save({"meta": {"mmseg_version": "0.20.0"}, "state_dict": model.state_dict()}, saved)
+    digest = hashlib.sha256(saved.read_bytes()).hexdigest()
+    name = f"segformer_mit-b0_8x1_1024x1024_160k_cityscapes_20211208_101857-{digest[:8]}.pth"
+    saved.rename(range_server.root / name)
+    return name
+
+
+@pytest.mark.slow
+def test_eval_published_scores_the_served_checkpoint_on_the_real_frame(
+    segctl_env, cityscapes_frame_root, range_server, published_segformer
+):
+    url = f"{range_server.url}/{published_segformer}"
+    recipe = _with_reference(
+        write_recipe(segctl_env, cityscapes_frame_root),
+        f"reference:\n  miou_ss: 75.0\n  source: a table\n  checkpoint: {url}\n",
+    )
+    since = range_server.log_size()
+    result = runner.invoke(
+        app, ["eval", str(recipe), "--published", "--single-scale", "--wait", "--cluster", "local"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "published checkpoint, single-scale: published mIoU 75.00, measured" in result.output
+    assert "road" in result.output  # the per-class table
+    assert len(range_server.requests(published_segformer, since=since)) == 1  # one GET, cached
+
+    (run_dir,) = (segctl_env / "runs").iterdir()
+    (scored,) = (run_dir / "eval").glob("published-ss-*.json")
+    evaluation = json.loads(scored.read_text())
+    assert evaluation["published"] is True and evaluation["checkpoint"].endswith(".pth")
+    assert evaluation["metrics"]["mIoU"] is not None
+
+    report = runner.invoke(app, ["report", "--format", "json"])
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.output)
+    assert len(rows) == 1, rows
+    (row,) = rows
+    assert row["kind"] == "published checkpoint" and row["published_ss"] == 75.0
+    assert row["reproduced_ss"] == pytest.approx(evaluation["metrics"]["mIoU"])

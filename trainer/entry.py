@@ -54,10 +54,12 @@ from trainer.atomic import atomic_write, atomic_write_json
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
 from trainer.tracking import (
-    Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
+    RUN_ID_FILE, Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
 )
 # segctl.staging uses only the standard library and fsspec: the job stages its own inputs
 from segctl.staging import checkpoint_uploader, mirror_job_checkpoints, stage_job_inputs
+# segctl.weights too (standard library at import): URLs of weights -> files of the shared cache
+from segctl.weights import cached_path, default_weights_dir, is_remote, with_cached_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ def _ensure_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
-def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str, Any]:
+def run_training(run_dir: str | Path, stop_after: int | None = None, *,
+                 weights_dir: str | Path | None = None) -> dict[str, Any]:
     """Train the run in ``run_dir`` to ``schedule.max_iters``, resuming from its latest checkpoint.
 
     Args:
@@ -92,6 +95,10 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         stop_after: stop after this many iterations (absolute, not counted from the resume
             point), checkpointing first, so a later call continues exactly; None trains to the
             end. Used for preemption and tests.
+        weights_dir: the weights cache (:mod:`segctl.weights`) holding ``model.init_checkpoint``
+            when it is a URL; default ``$SEGCTL_HOME/weights``. Nothing is downloaded: a URL
+            missing from the cache fails the job at once (``NotCachedError`` naming the file),
+            before any data is staged.
 
     Returns:
         ``{"iteration", "max_iters", "finished", "loss", "metrics", "seconds_per_iter"}``:
@@ -123,7 +130,9 @@ def run_training(run_dir: str | Path, stop_after: int | None = None) -> dict[str
         progress.write()
         info = job_info()
         tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
-        staged = stage_job_inputs(recipe, run_dir)  # remote data root -> local copy
+        # init_checkpoint URL -> its cached file (for this process; MLflow params keep the URL)
+        local = with_cached_weights(recipe, weights_dir or default_weights_dir())
+        staged = stage_job_inputs(local, run_dir)  # remote data root -> local copy
         # each checkpoint goes to train.checkpoint_dir (rank 0, background) once written
         uploader = checkpoint_uploader(recipe, run_dir, enabled=main)
         if uploader is not None:
@@ -243,7 +252,7 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
             crop_size=settings.crop_size, stride=settings.stride,
             num_classes=preset.num_classes, autocast_dtype=autocast_dtype(accelerator),
             flip_swap_pairs=settings.flip_swap_pairs, keep_ratio=settings.keep_ratio,
-            average=settings.average,
+            average=settings.average, size_divisor=settings.size_divisor,
         )
         return probs.argmax(dim=1)[0]
 
@@ -280,6 +289,7 @@ def run_evaluation(
     name: str | None = None,
     output_format: str = "metrics",
     published: bool = False,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint of the run on the validation split and record the result.
 
@@ -302,6 +312,9 @@ def run_evaluation(
         published: the checkpoint is the recipe's ``reference.checkpoint`` (``segctl eval
             --published``): its metrics go to MLflow as ``published/<mode>/<metric>``, apart from
             the run's own ``eval/<mode>/...``, and the JSON has ``"published": true``.
+        weights_dir: the weights cache (:mod:`segctl.weights`) holding ``checkpoint`` when it is
+            a URL (other than ``file://``); default ``$SEGCTL_HOME/weights``. Nothing is
+            downloaded: a URL missing from the cache fails at once (``NotCachedError``).
 
     Writes (rank 0) ``RUN_DIR/eval/<name>.json``: ``name``, ``mode`` (``"ss"`` or
     ``"ms_flip"``), ``checkpoint``, ``iteration`` (of a training checkpoint, else None),
@@ -319,7 +332,8 @@ def run_evaluation(
         FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model
             (holds a backbone only, or an official SegFormer decoder for a model with mmseg's
             head: the message names the preset to use), or an unknown ``output_format`` (or a
-            submission for a non-Cityscapes recipe).
+            submission for a non-Cityscapes recipe); ``segctl.weights.NotCachedError``: a
+            checkpoint URL that is not in the weights cache.
     """
     if output_format not in submission_format.FORMATS:
         raise ValueError(
@@ -336,7 +350,9 @@ def run_evaluation(
     failed = True
     try:
         source = resolve_checkpoint(run_dir, checkpoint)
-        state = ckpt.load_model_weights(source)
+        local = (cached_path(source, weights_dir or default_weights_dir())
+                 if is_remote(source) else source)  # jobs never download weights
+        state = ckpt.load_model_weights(local)
         iteration = state.get("iteration") if isinstance(state, dict) else None
         model = build_model(recipe, load_init=False)
         load_pretrained(model, state, require_full=True, source=str(source))
@@ -379,7 +395,12 @@ def run_evaluation(
             atomic_write_json(out / f"{name}.json", result)
             atomic_write(out / f"{name}.txt", lambda h: h.write((table + "\n").encode("utf-8")))
             print(table, flush=True)
+            untracked = not (run_dir / RUN_ID_FILE).exists()  # no training run logged here
             tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False)  # no job to watch
+            if untracked:  # e.g. eval --published before any training: name the MLflow run
+                info = job_info()
+                tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
+                tracker.log_params(recipe_params(recipe))
             tracker.log_metrics(
                 metrics_in_percent(
                     metrics.to_dict(classes),

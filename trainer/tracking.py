@@ -17,7 +17,8 @@ timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, u
 set) so that an outage costs seconds, not minutes.
 
 What a run gets (rank 0): params (the flattened recipe, the values of ``data.storage_options``
-and of any other ``storage_options`` redacted), metrics with the iteration as step, per-class
+and of any other ``storage_options`` redacted, and ``segctl.from_scratch``: whether training
+starts without pretrained weights), metrics with the iteration as step, per-class
 IoU as metrics, text tables and a bar chart (``plots/per_class_iou_iter_*.png``) at each
 evaluation, prediction overlays (:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close`
 the resolved recipe (redacted, ``recipe.json``), a learning-curve plot
@@ -177,8 +178,13 @@ def redact(data: Mapping[str, Any], prefix: str = "",
 
 
 def recipe_params(recipe: Recipe) -> dict[str, str]:
-    """The resolved recipe flattened for ``log_params`` (secrets redacted)."""
-    return flatten_params(recipe.model_dump(mode="json"))
+    """The resolved recipe flattened for ``log_params`` (secrets redacted), plus
+    ``segctl.from_scratch``: ``true`` when training starts from random weights (no
+    ``model.init_checkpoint``; ``segctl submit`` asks for ``--from-scratch`` where the recipe
+    reproduces a published result), else ``false``."""
+    params = flatten_params(recipe.model_dump(mode="json"))
+    params["segctl.from_scratch"] = "false" if recipe.model.init_checkpoint else "true"
+    return params
 
 
 def segctl_version() -> str:
@@ -318,7 +324,7 @@ def prediction_overlays(model, dataset, recipe: Recipe, device, count: int = 3) 
                 net.encode_decode, image, test_scale=tuple(ev.test_scale) if ev.test_scale else None,
                 mode=ev.mode, crop_size=tuple(ev.crop_size) if ev.crop_size else None,
                 stride=tuple(ev.stride) if ev.stride else None, num_classes=preset.num_classes,
-                keep_ratio=ev.keep_ratio,
+                keep_ratio=ev.keep_ratio, size_divisor=ev.size_divisor,
             )
             prediction = probs.argmax(dim=1)[0].cpu().numpy()
             label = dataset[index]["label"].cpu().numpy()

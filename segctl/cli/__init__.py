@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from segctl.cli import data, recipes, report, stage, sync
+from segctl.cli import data, recipes, report, stage, sync, weights
 from segctl.cli.evaluate import evaluate
 from segctl.cli.status import cancel, forget, logs, status
 from segctl.cli.submit import submit
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
+app.add_typer(weights.app, name="weights")
 app.command("submit")(submit)
 app.command("status")(status)
 app.command("logs")(logs)

@@ -19,7 +19,7 @@ from segctl.cli.placement import (
     load_profile_or_fail,
     placement_overrides,
 )
-from segctl.cli.submit import finish, print_notes, print_plan
+from segctl.cli.submit import finish, print_notes, print_plan, print_weights
 
 
 @user_errors
@@ -106,6 +106,7 @@ def evaluate(
         create_run_dir(run_dir, plan.recipe)
     print_notes(plan)
     submitted = apply(plan, registry())
+    print_weights(submitted.weights)
     typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
     if wait:
         finish(submitted)

@@ -122,10 +122,20 @@ def collect(uri: str, dataset: str | None = None) -> list[ReportRow]:
                 break
     rows = []
     for recipe_hash, runs in groups.items():
-        rows.append(_row(uri, recipe_hash, runs, REPRODUCED))
-        if any(_reproduced(r, m, PUBLISHED) is not None for r in runs for m in ("ss", "ms_flip")):
+        published = any(_reproduced(r, m, PUBLISHED) is not None
+                        for r in runs for m in ("ss", "ms_flip"))
+        if not published or any(_trained(r) for r in runs):
+            rows.append(_row(uri, recipe_hash, runs, REPRODUCED))
+        if published:
             rows.append(_row(uri, recipe_hash, runs, PUBLISHED))
     return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe, r.kind != REPRODUCED))
+
+
+def _trained(run) -> bool:
+    """Whether segctl trained (or evaluated its own weights) in this MLflow run, as opposed to
+    only scoring the published checkpoint."""
+    metrics = run.data.metrics
+    return any(key in metrics for key in ("loss", "mIoU", "eval/ss/mIoU", "eval/ms_flip/mIoU"))
 
 
 def _row(uri: str, recipe_hash: str, runs: list, kind: str) -> ReportRow:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -39,23 +40,33 @@ def submit(
         list[str] | None,
         typer.Option("--sweep", help="Sweep a field: section.field=v1,v2 (repeat for a grid)."),
     ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option("--from-scratch", help="Train without pretrained weights a recipe that "
+                     "reproduces a published result (refused otherwise)."),
+    ] = False,
 ) -> None:
     """Validate RECIPE, create its run directory and submit its training job.
 
     Re-submitting the same recipe finds the same run (same id) and resumes it. On Slurm the job
     has one task per GPU on each node; --dry-run prints the plan and the sbatch script.
+    Pretrained weights named by URL are fetched into the weights cache first (see `segctl
+    weights`); the job reads them from there. A recipe with a reference and no
+    model.init_checkpoint is refused unless --from-scratch is given.
     """
     from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
-    from segctl.submission import apply, plan_training, preflight
+    from segctl.submission import apply, check_pretraining, plan_training, preflight
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     site = load_profile_or_fail(profile)
     if sweeps:
-        submit_sweep(recipe, [*(overrides or []), *placement], sweeps, site, dry_run, wait)
+        submit_sweep(recipe, [*(overrides or []), *placement], sweeps, site, dry_run, wait,
+                     from_scratch)
         return
     loaded = load_recipe(recipe, [*(overrides or []), *placement])
     plan = plan_training(loaded, profile=site)
+    plan = replace(plan, notes=[*plan.notes, *check_pretraining(plan.recipe, from_scratch)])
     if dry_run:
         print_plan(plan)
         return
@@ -64,17 +75,19 @@ def submit(
         raise RecipeError(issues)
     print_notes(plan)
     submitted = apply(plan, registry())
+    print_weights(submitted.weights)
     typer.echo(f"submitted {plan.run_id} ({plan.executor} job {submitted.job_id})")
     typer.echo(f"  run dir: {plan.run_dir}")
     if wait:
         finish(submitted)
 
 
-def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool, wait: bool) -> None:
+def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool,
+                 wait: bool, from_scratch: bool = False) -> None:
     """Expand the sweep grid, check every member, and submit them as one job array."""
     from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
-    from segctl.submission import apply_sweep, plan_training, preflight
+    from segctl.submission import apply_sweep, check_pretraining, plan_training, preflight
     from segctl.sweeps import expand_grid, sweep_id
 
     issues, plans, loaded_members = [], [], []
@@ -88,6 +101,8 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
         plans.append(plan_training(loaded, profile=site))
     if issues:
         raise RecipeError(issues)
+    plans = [replace(p, notes=[*p.notes, *check_pretraining(p.recipe, from_scratch)])
+             for p in plans]
     sweep = sweep_id(plans[0].recipe.name, [p.run_id for p in plans])
     if dry_run:
         typer.echo(json.dumps({"sweep": sweep, "runs": [p.to_dict() for p in plans]}, indent=2))
@@ -104,6 +119,7 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
     for plan in plans:
         print_notes(plan)
     submitted = apply_sweep(plans, registry(), sweep)
+    print_weights([line for job in submitted for line in job.weights])
     typer.echo(f"submitted sweep {sweep}: {len(submitted)} runs ({plans[0].executor})")
     for job in submitted:
         typer.echo(f"  {job.plan.run_id}  job {job.job_id}")
@@ -119,8 +135,9 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
 
 
 def print_plan(plan) -> None:
-    """The plan as JSON, then (for Slurm) the sbatch script after a marker line."""
-    typer.echo(json.dumps(plan.to_dict(), indent=2))
+    """The plan as JSON (weights sizes asked of the source where not cached: nothing is
+    downloaded), then (for Slurm) the sbatch script after a marker line."""
+    typer.echo(json.dumps(plan.to_dict(probe_sizes=True), indent=2))
     script = plan.sbatch_script()
     if script is not None:
         typer.echo(SBATCH_MARKER)
@@ -131,6 +148,12 @@ def print_notes(plan) -> None:
     """The plan's warnings, on stderr (``--dry-run`` shows them in the JSON)."""
     for note in plan.notes:
         typer.echo(f"warning: {note}", err=True)
+
+
+def print_weights(lines: list[str]) -> None:
+    """What :func:`segctl.submission.apply` fetched and checked, one line per file, on stderr."""
+    for line in lines:
+        typer.echo(f"weights: {line}", err=True)
 
 
 #: Line that separates the JSON plan from the sbatch script in ``--dry-run`` output.

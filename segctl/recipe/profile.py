@@ -2,8 +2,9 @@
 
 A profile holds what belongs to a site rather than to a recipe: partition, account, QOS,
 constraint, shell lines run before the task (module loads, environment activation), extra
-``#SBATCH`` directives and the default time limit. Select one with ``--profile NAME`` or
-``SEGCTL_PROFILE``.
+``#SBATCH`` directives, the default time limit, and where the site's shared caches live
+(``cache.weights_dir``, the pretrained-weights cache of :mod:`segctl.weights`). Select one with
+``--profile NAME`` or ``SEGCTL_PROFILE``.
 
 Every string that reaches the sbatch script is validated here: Slurm words are restricted to a
 safe alphabet, and no value may hold a newline or another control character (a newline inside
@@ -54,8 +55,24 @@ def check_no_control(value: str, field: str) -> str:
     return value
 
 
+class CacheSettings(Section):
+    """Shared caches of a site."""
+
+    weights_dir: str | None = Field(
+        None,
+        description="Folder of the pretrained-weights cache (`segctl weights fetch`), on "
+        "storage the compute nodes share; default $SEGCTL_HOME/weights. `~` and $VARS are "
+        "expanded where segctl runs.",
+    )
+
+    @field_validator("weights_dir")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return None if value is None else check_no_control(value, "cache.weights_dir")
+
+
 class SiteProfile(Section):
-    """Slurm settings of one site."""
+    """Slurm settings of one site, and where its shared caches live."""
 
     description: str = ""
     partition: str | None = Field(None, description="Default partition.")
@@ -71,6 +88,9 @@ class SiteProfile(Section):
         description="Extra #SBATCH directives, e.g. {exclusive: true, mail-type: END}.",
     )
     time_min: int | None = Field(None, gt=0, description="Default time limit in minutes.")
+    cache: CacheSettings = Field(
+        default_factory=CacheSettings, description="Shared caches (pretrained weights)."
+    )
 
     @field_validator("partition", "account", "qos", "constraint")
     @classmethod

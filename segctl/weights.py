@@ -1,0 +1,614 @@
+"""Pretrained weights: a shared, content-addressed cache, so that jobs never download.
+
+Recipes name their weights by URL: ``model.init_checkpoint`` (the pretrained backbone or model
+training starts from) and ``reference.checkpoint`` (the published trained model). Compute nodes
+often have no internet, so the files are fetched on a node that has it (``segctl weights
+fetch``; ``segctl submit`` and ``segctl eval --checkpoint URL`` fetch what their job needs before
+submitting it), and the job maps each URL to its cached file with :func:`cached_path`, which
+never downloads: a file missing from the cache fails the job at once, naming it.
+
+Layout of the cache folder (``cache.weights_dir`` of the site profile, else
+``$SEGCTL_HOME/weights``; on a cluster, a folder the compute nodes share)::
+
+    blobs/sha256/<hex>           the files, named by the SHA-256 of their bytes
+    index/<key>.json             one per source URL (key: the first 32 hex digits of the URL's
+                                 SHA-256): url, sha256, size (bytes), file_name, fetched_at
+                                 (UTC, ISO 8601), checks; written atomically
+    partial/<key>.<tag8>.part    a download in progress (tag8: a hash of the source's size and
+                                 ETag, as in :mod:`segctl.staging`)
+    partial/<key>.lock           held while the URL is fetched (one download per URL at a time)
+
+Downloads go through fsspec (``https://``, ``http://``, ``s3://``, any fsspec URL) with the
+copy engine of :mod:`segctl.staging` (:func:`~segctl.staging.download_part`): bytes land in
+the ``.part`` file, an interrupted download continues from where it stopped with ranged reads
+(HTTP ``Range``) when fetched again, and a progress line goes to stderr. Local paths (no
+``://``, or ``file://``) are not cached: they are read in place.
+
+Verification: the SHA-256 of every file is computed while it lands and recorded. Where the
+file name carries a hash (``name-<hex>.ext``, six or more hex digits after the last ``-``: the
+leading digits of the file's SHA-256, the torch.hub / open-mmlab / timm convention, e.g.
+``hrnetv2_w18-00eb2006.pth``), a mismatch is an error (:class:`WeightsError`): the ``.part`` file
+is removed and nothing enters the cache. A single-part S3 ETag (an MD5) is checked as staging
+checks it. A second fetch of a cached URL reads the index and the blob's size, and sends no
+request at all.
+
+Checks (``checks`` in the index): :func:`check_loads` loads a file the way the job will
+(``torch.load(weights_only=True)``, the converters of
+:func:`trainer.models.converters.pretrained.load_pretrained`) into the recipe's model built on
+PyTorch's meta device; a success is recorded under a key of the model settings and the model
+code's fingerprint, so the next submission of the same model skips it.
+
+This module imports only the standard library at import time (fsspec, torch and the trainer
+inside the functions that need them), so the job and ``segctl --help`` can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from segctl.recipe import Recipe
+    from segctl.recipe.profile import SiteProfile
+
+log = logging.getLogger(__name__)
+
+BLOBS = Path("blobs") / "sha256"
+INDEX = "index"
+PARTIAL = "partial"
+SIZE_PROBE_TIMEOUT_S = 5.0  # how long a dry run waits for a remote size, seconds
+#: The hash in a file name: ``-<6+ hex digits>`` right before the extension.
+_NAME_HASH = re.compile(r"-([0-9a-f]{6,})\.[A-Za-z0-9]+$")
+_META_COPY_WARNING = r".*copying from a non-meta parameter.*"
+
+#: What a weights file is for: ``init`` (``model.init_checkpoint``: a backbone or a whole
+#: model, as training loads it) or ``full`` (a whole trained segmentor, as evaluation loads it).
+USES = ("init", "full")
+
+
+class WeightsError(RuntimeError):
+    """A weights file could not be fetched, verified or loaded; the message names the URL or
+    file and the reason."""
+
+
+class NotCachedError(WeightsError):
+    """A job asked for weights that are not in the cache (jobs never download)."""
+
+
+@dataclass(frozen=True)
+class CachedWeights:
+    """One URL's entry in the cache.
+
+    Attributes:
+        url: the source URL, as the recipe spells it.
+        sha256: hex SHA-256 of the file's bytes.
+        size: bytes.
+        file_name: the last part of the URL's path.
+        fetched_at: when it was downloaded (UTC, ISO 8601).
+        path: the cached file (``<cache>/blobs/sha256/<sha256>``).
+        checks: keys of the model checks this file passed (:func:`check_key`).
+    """
+
+    url: str
+    sha256: str
+    size: int
+    file_name: str
+    fetched_at: str
+    path: Path
+    checks: tuple[str, ...] = ()
+
+    @property
+    def present(self) -> bool:
+        """Whether the cached file exists with the recorded size."""
+        try:
+            return self.path.stat().st_size == self.size
+        except OSError:
+            return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (what ``segctl weights list --json`` prints)."""
+        return {"url": self.url, "file_name": self.file_name, "size": self.size,
+                "sha256": self.sha256, "fetched_at": self.fetched_at, "path": str(self.path),
+                "present": self.present}
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file a recipe or a job needs.
+
+    Attributes:
+        url: a URL or a local path, as the recipe (or ``--checkpoint``) spells it.
+        use: ``init`` or ``full`` (see :data:`USES`).
+        field: where it comes from, e.g. ``model.init_checkpoint``.
+    """
+
+    url: str
+    use: str
+    field: str
+
+    @property
+    def remote(self) -> bool:
+        """Whether it is fetched into the cache (a URL other than ``file://``)."""
+        return is_remote(self.url)
+
+
+@dataclass
+class FetchResult:
+    """What :func:`fetch` did.
+
+    Attributes:
+        entry: the cache entry.
+        downloaded: whether bytes were downloaded (False when the URL was cached already).
+        resumed_at: bytes an interrupted earlier fetch had left in the ``.part`` file, which
+            this one continued from (0 for a fresh download).
+        seconds: wall time of the download.
+    """
+
+    entry: CachedWeights
+    downloaded: bool = False
+    resumed_at: int = 0  # bytes already in the .part file when this download started
+    seconds: float = 0.0
+
+
+# --- names and places --------------------------------------------------------------------------
+
+
+def default_weights_dir() -> Path:
+    """``$SEGCTL_HOME/weights`` (see :func:`segctl.paths.segctl_home`)."""
+    from segctl.paths import segctl_home
+
+    return segctl_home() / "weights"
+
+
+def weights_dir(profile: SiteProfile | None = None) -> Path:
+    """The cache folder: the profile's ``cache.weights_dir`` (``~`` and ``$VARS`` expanded,
+    made absolute), else :func:`default_weights_dir`."""
+    configured = profile.cache.weights_dir if profile is not None else None
+    if configured:
+        return Path(os.path.expandvars(configured)).expanduser().resolve()
+    return default_weights_dir()
+
+
+def is_remote(location: str) -> bool:
+    """True for URLs that are fetched into the cache: anything with ``://`` but ``file://``."""
+    return "://" in location and not location.startswith("file://")
+
+
+def local_path(location: str) -> Path:
+    """The path of a local location (a path, or a ``file://`` URL)."""
+    if location.startswith("file://"):
+        return Path(unquote(urlsplit(location).path))
+    return Path(location).expanduser()
+
+
+def url_file_name(url: str) -> str:
+    """The last part of the URL's path, without the query (``weights`` when empty)."""
+    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "weights"
+
+
+def name_hash(file_name: str) -> str | None:
+    """The leading SHA-256 hex digits a file name carries (``hrnetv2_w18-00eb2006.pth`` ->
+    ``00eb2006``), or None when it carries none."""
+    match = _NAME_HASH.search(file_name)
+    return match.group(1) if match else None
+
+
+def url_key(url: str) -> str:
+    """The name of a URL's index entry and ``.part`` file: 32 hex digits of its SHA-256."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+
+
+def blob_path(cache_dir: str | Path, sha256: str) -> Path:
+    """``<cache>/blobs/sha256/<sha256>``."""
+    return Path(cache_dir) / BLOBS / sha256
+
+
+def _index_path(cache_dir: str | Path, url: str) -> Path:
+    return Path(cache_dir) / INDEX / f"{url_key(url)}.json"
+
+
+# --- the index -----------------------------------------------------------------------------------
+
+
+def _entry_from(cache_dir: Path, data: Mapping[str, Any]) -> CachedWeights | None:
+    try:
+        sha = str(data["sha256"])
+        return CachedWeights(
+            url=str(data["url"]), sha256=sha, size=int(data["size"]),
+            file_name=str(data["file_name"]), fetched_at=str(data.get("fetched_at") or ""),
+            path=blob_path(cache_dir, sha), checks=tuple(data.get("checks") or ()),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_index_file(cache_dir: Path, path: Path) -> CachedWeights | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return _entry_from(cache_dir, data) if isinstance(data, dict) else None
+
+
+def read_entry(url: str, cache_dir: str | Path) -> CachedWeights | None:
+    """The index entry of ``url`` (whether or not its file is still there), or None."""
+    cache_dir = Path(cache_dir)
+    entry = _read_index_file(cache_dir, _index_path(cache_dir, url))
+    return entry if entry is not None and entry.url == url else None
+
+
+def lookup(url: str, cache_dir: str | Path) -> CachedWeights | None:
+    """The entry of ``url`` when its file is in the cache with the recorded size, else None.
+    Reads two small files; no network."""
+    entry = read_entry(url, cache_dir)
+    return entry if entry is not None and entry.present else None
+
+
+def list_cached(cache_dir: str | Path) -> list[CachedWeights]:
+    """Every index entry of the cache (also those whose file is gone: ``present`` says), by
+    file name."""
+    cache_dir = Path(cache_dir)
+    entries = (_read_index_file(cache_dir, path) for path in (cache_dir / INDEX).glob("*.json"))
+    return sorted((e for e in entries if e is not None), key=lambda e: (e.file_name, e.url))
+
+
+def _write_entry(cache_dir: Path, entry: CachedWeights) -> None:
+    from trainer.atomic import atomic_write_json  # standard library only, no torch
+
+    atomic_write_json(_index_path(cache_dir, entry.url), {
+        "url": entry.url, "sha256": entry.sha256, "size": entry.size,
+        "file_name": entry.file_name, "fetched_at": entry.fetched_at,
+        "blob": str(BLOBS / entry.sha256), "checks": list(entry.checks),
+    })
+
+
+@contextmanager
+def _url_lock(cache_dir: Path, url: str) -> Iterator[None]:
+    """Hold ``partial/<key>.lock``: one process at a time fetches (or updates) a URL."""
+    import fcntl
+
+    folder = cache_dir / PARTIAL
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{url_key(url)}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def record_check(url: str, cache_dir: str | Path, key: str) -> None:
+    """Add ``key`` to the ``checks`` of ``url``'s index entry (no-op when it has no entry).
+
+    Raises:
+        OSError: the index cannot be written.
+    """
+    cache_dir = Path(cache_dir)
+    with _url_lock(cache_dir, url):
+        entry = read_entry(url, cache_dir)
+        if entry is not None and key not in entry.checks:
+            _write_entry(cache_dir, replace(entry, checks=(*entry.checks, key)))
+
+
+# --- fetching ------------------------------------------------------------------------------------
+
+
+def check_name_hash(file_name: str, sha256: str) -> None:
+    """Compare the hash a file name carries (:func:`name_hash`) with the file's SHA-256.
+
+    Raises:
+        WeightsError: they differ; the message names the file, the expected prefix and the
+            actual digest.
+    """
+    expected = name_hash(file_name)
+    if expected is not None and not sha256.startswith(expected):
+        raise WeightsError(
+            f"{file_name}: SHA-256 mismatch: the name says the digest starts with {expected}, "
+            f"the downloaded bytes have {sha256}; the file is corrupt or not the one named, "
+            "and was not cached"
+        )
+
+
+def fetch(url: str, cache_dir: str | Path, *, storage_options: Mapping[str, Any] | None = None,
+          progress: bool = True, stream: TextIO | None = None) -> FetchResult:
+    """Make sure ``url`` is in the cache, downloading it if it is not.
+
+    A cached URL (index entry plus a file of the recorded size) costs no request. Otherwise the
+    file is streamed into ``partial/<key>.<tag8>.part`` (continued from its size when an
+    earlier fetch was interrupted), its SHA-256 computed on the way, checked against the hash
+    in its name (:func:`check_name_hash`) and against an MD5 ETag, moved to
+    ``blobs/sha256/<sha256>`` and recorded in the index.
+
+    Args:
+        url: any fsspec URL but ``file://`` (``https://``, ``s3://``, ...).
+        cache_dir: the cache folder (created when missing).
+        storage_options: for the fsspec backend (e.g. ``endpoint_url``); never stored.
+        progress: a progress line (files, bytes, bytes/s) on ``stream`` (default stderr).
+
+    Returns:
+        A :class:`FetchResult`.
+
+    Raises:
+        WeightsError: a local path; the source cannot be reached, is missing, or does not state
+            its size; the download broke off (the ``.part`` file is kept: fetch again to
+            continue); a checksum mismatch (the ``.part`` file is removed, nothing cached).
+    """
+    if not is_remote(url):
+        raise WeightsError(f"{url} is a local file: it is read in place, not cached")
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    hit = lookup(url, cache_dir)
+    if hit is not None:
+        return FetchResult(hit)
+    started = time.perf_counter()
+    with _url_lock(cache_dir, url):
+        hit = lookup(url, cache_dir)  # another process may have fetched it meanwhile
+        if hit is not None:
+            return FetchResult(hit)
+        fs, source = _open_file(url, storage_options)
+        part, digest, resumed_at = _download(fs, source, cache_dir / PARTIAL / url_key(url),
+                                             url, progress, stream)
+        blob = blob_path(cache_dir, digest)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, blob)
+        entry = CachedWeights(
+            url=url, sha256=digest, size=source.size, file_name=source.rel,
+            fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), path=blob,
+        )
+        _write_entry(cache_dir, entry)
+    log.info("cached %s (%d bytes, sha256 %s) at %s", url, entry.size, digest, blob)
+    return FetchResult(entry, downloaded=True, resumed_at=resumed_at,
+                       seconds=time.perf_counter() - started)
+
+
+def _open_file(url: str, storage_options: Mapping[str, Any] | None):
+    """``(filesystem, SourceFile)`` of the file at ``url``, from one ``info`` request."""
+    from segctl.staging import file_from_info, open_source
+
+    try:
+        fs, path = open_source(url, storage_options)
+        info = fs.info(path)
+    except FileNotFoundError as exc:  # fsspec's HTTP backend says so of server errors too
+        cause = f": {type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else ""
+        raise WeightsError(
+            f"{url}: not found (no such file at the source, or the source cannot be reached)"
+            f"{cause}"
+        ) from None
+    except Exception as exc:
+        raise WeightsError(f"{url}: cannot reach it: {type(exc).__name__}: {exc}") from None
+    if info.get("size") is None or info.get("type", "file") != "file":
+        raise WeightsError(f"{url}: the source does not state a file size (is it a file?)")
+    return fs, file_from_info(url_file_name(url), path, info)
+
+
+def _download(fs, source, target: Path, url: str, progress: bool,
+              stream: TextIO | None) -> tuple[Path, str, int]:
+    """Download ``source`` into ``<target>.<tag8>.part`` (continuing one left by an interrupted
+    fetch) and verify it; returns ``(part file, sha256, bytes that were already there)``.
+
+    Raises:
+        WeightsError: the download broke off (the ``.part`` file is kept), or a checksum
+            mismatch (the ``.part`` file is removed).
+    """
+    from segctl.staging import ContentDigest, ProgressBar, StagingError, download_part
+
+    sha, content = hashlib.sha256(), ContentDigest(source)
+    there = sum(p.stat().st_size for p in target.parent.glob(f"{target.name}.{source.tag8()}.part"))
+    there = min(there, source.size)
+    bar = ProgressBar(1, source.size - there, stream, progress, label="weights")
+    try:
+        part = download_part(fs, source, target, bar, threading.Event(), (sha, content))
+        digest = sha.hexdigest()
+    except StagingError as exc:
+        bar.close()
+        raise WeightsError(f"{url}: {exc}; fetch again to continue") from None
+    except Exception as exc:
+        bar.close()
+        raise WeightsError(
+            f"{url}: download broke off: {type(exc).__name__}: {exc}; fetch again to continue "
+            "where it stopped"
+        ) from None
+    try:
+        content.check(part)
+        check_name_hash(source.rel, digest)
+        bar.add(files=1)
+    except (StagingError, WeightsError) as exc:
+        part.unlink(missing_ok=True)
+        raise WeightsError(str(exc)) from None
+    finally:
+        bar.close()
+    return part, digest, there
+
+
+def cached_path(url: str, cache_dir: str | Path) -> Path:
+    """The local file to read for ``url``: its cached copy, or a local path itself. Never
+    downloads (the job's side of the cache).
+
+    Raises:
+        NotCachedError: ``url`` is not in the cache, or its cached file is gone or has another
+            size; the message names the URL and the file, and says to run
+            ``segctl weights fetch`` on a node with internet.
+        FileNotFoundError: a local path that does not exist.
+    """
+    if not is_remote(url):
+        path = local_path(url)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        return path
+    entry = read_entry(url, cache_dir)
+    fix = (f"run `segctl weights fetch {url}` (or `segctl weights fetch RECIPE`) on a node with "
+           f"internet, with the same cache folder {cache_dir} (jobs never download)")
+    if entry is None:
+        raise NotCachedError(f"{url_file_name(url)} ({url}) is not in the weights cache: {fix}")
+    if not entry.present:
+        raise NotCachedError(
+            f"the cached file of {entry.file_name} ({url}), {entry.path}, is missing or does not "
+            f"have its {entry.size} bytes: {fix}"
+        )
+    return entry.path
+
+
+def remote_size(url: str, storage_options: Mapping[str, Any] | None = None,
+                timeout_s: float = SIZE_PROBE_TIMEOUT_S) -> int | None:
+    """The size in bytes the source states for ``url`` (an HTTP ``HEAD``, an S3 ``HeadObject``),
+    or None when it cannot be had within ``timeout_s`` seconds (offline, no such file). Never
+    raises; the request is left to a daemon thread when it takes longer."""
+    found: list[int | None] = [None]
+
+    def probe() -> None:
+        try:
+            from segctl.staging import open_source
+
+            fs, path = open_source(url, storage_options)
+            size = fs.info(path).get("size")
+            found[0] = int(size) if size is not None else None
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=probe, name="weights-size", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return found[0]
+
+
+# --- what a recipe needs, and whether it loads -------------------------------------------------
+
+
+def recipe_weights(recipe: Recipe, *, published: bool = False) -> list[WeightsFile]:
+    """The weights a recipe names: ``model.init_checkpoint`` (use ``init``) and, with
+    ``published``, ``reference.checkpoint`` (use ``full``)."""
+    files = []
+    if recipe.model.init_checkpoint:
+        files.append(WeightsFile(recipe.model.init_checkpoint, "init", "model.init_checkpoint"))
+    published_url = getattr(recipe.reference, "checkpoint", None) if recipe.reference else None
+    if published and published_url:
+        files.append(WeightsFile(published_url, "full", "reference.checkpoint"))
+    return files
+
+
+def check_key(recipe: Recipe, use: str) -> str:
+    """What a passed check covers: the use, the dataset's class count, the model settings
+    (without ``init_checkpoint``) and the model code's fingerprint
+    (:func:`segctl.model_params.models_fingerprint`), as one short hash."""
+    from segctl.model_params import models_fingerprint
+    from segctl.recipe import dataset_preset
+
+    settings = recipe.model.model_dump(mode="json", exclude={"init_checkpoint"})
+    text = json.dumps([use, dataset_preset(recipe).num_classes, settings, models_fingerprint()],
+                      sort_keys=True)
+    return f"{use}:{recipe.model.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def check_loads(path: str | Path, recipe: Recipe, use: str, name: str | None = None) -> str:
+    """Load the file at ``path`` the way the job will, into the recipe's model built on
+    PyTorch's meta device (no memory for the parameters; shapes and key names are checked, no
+    values copied). Reads with ``torch.load(weights_only=True)`` only.
+
+    Args:
+        path: a local file.
+        use: ``init`` (backbone or whole model, as ``model.init_checkpoint``) or ``full`` (a
+            whole segmentor, as evaluation requires).
+        name: the file's name in messages (default ``path``).
+
+    Returns:
+        The loader's one-line summary (format, target, missing/unexpected keys).
+
+    Raises:
+        WeightsError: the file does not load or convert; the message names the file, the model
+            and the reason.
+    """
+    import warnings
+
+    import torch
+
+    from trainer.engine import build_model
+    from trainer.models.converters.pretrained import load_pretrained
+
+    name = name or str(path)
+    bare = recipe.model_copy(
+        update={"model": recipe.model.model_copy(update={"init_checkpoint": None})})
+    with torch.device("meta"):
+        model = build_model(bare, load_init=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_META_COPY_WARNING)
+            report = load_pretrained(model, str(path), require_full=use == "full", source=name)
+    except Exception as exc:
+        raise WeightsError(
+            f"{name} does not load into model {recipe.model.name}: {type(exc).__name__}: {exc}"
+        ) from None
+    return report.summary()
+
+
+def fetch_and_check(files: Sequence[WeightsFile], recipe: Recipe, cache_dir: str | Path, *,
+                    check_local: bool = False, progress: bool = True,
+                    stream: TextIO | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Fetch every remote file of ``files`` into the cache and check that it loads into the
+    recipe's model (:func:`check_loads`; skipped when the cache records a pass for the same
+    model, see :func:`check_key`). Local files are checked only with ``check_local``.
+
+    Returns:
+        One line per file for the user (name, size, SHA-256 or "local", check summary).
+
+    Raises:
+        WeightsError: a file cannot be fetched, is missing (local), or does not load.
+    """
+    lines = []
+    for item in files:
+        if not item.remote:
+            path = local_path(item.url)
+            if not path.is_file():
+                raise WeightsError(f"{item.field}: weights file {path} does not exist")
+            summary = (check_loads(path, recipe, item.use, item.url) if check_local
+                       else "not checked")
+            lines.append(f"{item.field}: {path} (local, read in place): {summary}")
+            continue
+        result = fetch(item.url, cache_dir, storage_options=storage_options,
+                       progress=progress, stream=stream)
+        entry, key = result.entry, check_key(recipe, item.use)
+        if key in entry.checks:
+            summary = f"loads into {recipe.model.name} (checked before)"
+        else:
+            summary = check_loads(entry.path, recipe, item.use, entry.file_name)
+            record_check(item.url, cache_dir, key)
+        how = "downloaded" if result.downloaded else "cached"
+        lines.append(f"{item.field}: {entry.file_name} ({human_size(entry.size)}, sha256 "
+                     f"{entry.sha256[:16]}..., {how}): {summary}")
+    return lines
+
+
+def with_cached_weights(recipe: Recipe, cache_dir: str | Path) -> Recipe:
+    """The job's side: the recipe with ``model.init_checkpoint`` mapped to the file to read
+    (:func:`cached_path`), for this process only (``recipe.json`` and MLflow keep the URL).
+
+    Raises:
+        NotCachedError: the URL is not in the cache (at once, before any data is staged).
+        FileNotFoundError: a local ``init_checkpoint`` does not exist.
+    """
+    url = recipe.model.init_checkpoint
+    if not url:
+        return recipe
+    path = cached_path(url, cache_dir)
+    if is_remote(url):
+        log.info("model.init_checkpoint %s: cached file %s", url, path)
+    return recipe.model_copy(update={"model": recipe.model.model_copy(
+        update={"init_checkpoint": str(path)})})
+
+
+def human_size(nbytes: int | None) -> str:
+    """``38.9 MB`` (decimal units, :func:`segctl.staging.human_bytes`), or ``unknown`` for
+    None."""
+    from segctl.staging import human_bytes
+
+    return "unknown" if nbytes is None else human_bytes(nbytes)
