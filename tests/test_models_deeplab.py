@@ -130,6 +130,26 @@ def test_mcibi_reference_options_build():
             assert hasattr(model, "downsample_backbone")
 
 
+def test_mcibi_hrnet_stem_and_vit_dropout_follow_sssegmentation():
+    """MCIBI HRNetV2-W48: no ReLU after the stem's bn1 (sssegmentation's hrnet.py before
+    4602275d; mcibi_version=True since 85efec48); plain DeepLabV3 keeps mmseg's stem. MCIBI
+    ViT-L: backbone drop_rate 0.0 (mcibi_deeplabv3_vitlarge_*.py since c99d1e5c)."""
+    with torch.device("meta"):
+        mcibi_hrnet = BUILDERS["deeplabv3_mcibi_hrnetv2_w48"](19)
+        plain_hrnet = BUILDERS["deeplabv3_hrnetv2_w48"](19)
+        with_relu = BUILDERS["deeplabv3_mcibi_hrnetv2_w48"](19, stem_relu=True)
+        vit = BUILDERS["deeplabv3_mcibi_vit_large"](19)
+        vit_01 = BUILDERS["deeplabv3_mcibi_vit_large"](19, backbone_drop_rate=0.1)
+    assert (mcibi_hrnet.backbone.stem_relu, with_relu.backbone.stem_relu) == (False, True)
+    assert plain_hrnet.backbone.stem_relu is True
+    assert count(mcibi_hrnet) == count(with_relu)
+
+    def drops(model):
+        return {m.p for m in model.backbone.modules() if isinstance(m, nn.Dropout)}
+
+    assert drops(vit) <= {0.0} and drops(vit_01) == {0.1}
+
+
 def test_loss_weights():
     with torch.device("meta"):
         plain = BUILDERS["deeplabv3_r50"](19)

@@ -156,6 +156,97 @@ def test_poly_schedule_matches_mmcv(power, min_lr):
         assert poly_lr(base, 999, sched) == pytest.approx(base * 0.001)
 
 
+def _up_lrs(target, warmup_iter, warmup_ratio, max_iter, power, min_lr, steps):
+    """ModelTC/United-Perception@52aaeb9ed27a up/utils/model/lr_helper.py, written out:
+    BaseWarmScheduler (init_lr = warmup_ratio * target_lr), LinearWarmUpLR (gamma =
+    (target - init) / max(1, warmup_iter - 1), lr = init + gamma * last_iter) and ChainIterLR
+    over PolyLR (at last_iter == warmup_iter base_lrs becomes the group's current lr, then
+    (base - min_lr) * (1 - last_iter / max_iter) ** power + min_lr). Iteration i trains with
+    the rate of last_iter = i (BaseRunner.train steps the scheduler after each iteration)."""
+    init = warmup_ratio * target
+    gamma = (target - init) / max(1, warmup_iter - 1)
+    rates, base, group_lr = [], target, target
+    for last_iter in range(steps):
+        if last_iter < warmup_iter:
+            lr = init + gamma * last_iter
+        else:
+            if last_iter == warmup_iter:
+                base = group_lr
+            lr = (base - min_lr) * (1 - last_iter / max_iter) ** power + min_lr
+        rates.append(lr)
+        group_lr = lr
+    return rates
+
+
+@pytest.mark.parametrize("lr,warmup,ratio,max_iters,power", [
+    (0.005, 500, 0.25, 66960, 0.9),     # configs/seg/hrnet/*.yaml: 0.000625 x 8
+    (0.0006, 1500, 1e-6, 160000, 1.0),  # configs/seg/segformer/*.yaml decoder: 7.5e-5 x 8
+])
+def test_up_linear_warmup_is_united_perceptions_rule(lr, warmup, ratio, max_iters, power):
+    sched = ScheduleConfig(max_iters=max_iters, val_interval=1860, checkpoint_interval=372,
+                           warmup_iters=warmup, warmup_ratio=ratio, poly_power=power,
+                           warmup_style="up_linear")
+    want = _up_lrs(lr, warmup, ratio, max_iters, power, 0.0, warmup + 50)
+    for it, rate in enumerate(want):
+        got = poly_lr(lr, it, sched)
+        if it < warmup:
+            assert got == rate, it  # same operations in the same order
+        else:
+            assert math.isclose(got, rate, rel_tol=1e-12), it
+    assert math.isclose(poly_lr(lr, max_iters - 1, sched),
+                        lr * (1 / max_iters) ** power, rel_tol=1e-9)
+
+
+def test_up_linear_warmup_by_hand():
+    """The HRNet recipes' schedule (lr 0.005, 500 warm-up steps from 0.25 x lr, poly 0.9 over
+    66960 steps), each value computed by hand from LinearWarmUpLR and PolyLR."""
+    sched = ScheduleConfig(max_iters=66960, val_interval=1860, checkpoint_interval=372,
+                           warmup_iters=500, warmup_ratio=0.25, poly_power=0.9,
+                           warmup_style="up_linear")
+    assert poly_lr(0.005, 0, sched) == pytest.approx(0.00125, rel=1e-15)
+    assert poly_lr(0.005, 1, sched) == pytest.approx(0.00125 + 0.00375 / 499, rel=1e-15)
+    assert poly_lr(0.005, 249, sched) == pytest.approx(0.0031212424849699398, rel=1e-15)
+    assert poly_lr(0.005, 499, sched) == pytest.approx(0.005, rel=1e-15)  # lr reached at W - 1
+    assert poly_lr(0.005, 500, sched) == pytest.approx(0.005 * (66460 / 66960) ** 0.9,
+                                                       rel=1e-15)
+    # mmcv's rule on the same numbers: the poly rate times a factor reaching 1 at step 500
+    mmcv = sched.model_copy(update={"warmup_style": "mmcv"})
+    assert poly_lr(0.005, 0, mmcv) == pytest.approx(0.00125, rel=1e-12)
+    assert poly_lr(0.005, 499, mmcv) == pytest.approx(
+        0.005 * (1 - 499 / 66960) ** 0.9 * (1 - 0.75 / 500), rel=1e-12)
+    # no warm-up: both are plain poly
+    for style in ("mmcv", "up_linear"):
+        flat = sched.model_copy(update={"warmup_iters": 0, "warmup_style": style})
+        assert poly_lr(0.005, 0, flat) == 0.005
+
+
+def test_padded_epochs_count_the_batches_of_a_distributed_sampler():
+    """ModelTC/United-Perception@52aaeb9ed27a up/data/samplers/sampler.py DistributedSampler:
+    num_samples = ceil(N / world) per rank; BaseBatchSampler (drop_last False) then gives
+    ceil(num_samples / batch) batches; base_runner: max_iter = max_epoch x that."""
+    from trainer.optim import iterations_for_epochs, padded_epoch_iterations
+
+    assert padded_epoch_iterations(2975, 2, 4) == 372       # ceil(744 / 2)
+    assert padded_epoch_iterations(2975, 1, 8) == 372       # ceil(2975 / 8) = 372
+    assert padded_epoch_iterations(10, 3, 3) == 2           # ceil(ceil(10 / 3) / 3) = ceil(4 / 3)
+    assert iterations_for_epochs(180, 2975, 2, 4, "per_rank") == 66960
+    assert iterations_for_epochs(180, 2975, 2, 4) == 66938  # the unpadded stream: ceil(66937.5)
+    with pytest.raises(ValueError, match="epoch_padding"):
+        iterations_for_epochs(1, 10, 2, 1, "drop_last")
+
+
+def test_warmup_style_defaults_to_mmcv_and_is_validated():
+    from pydantic import ValidationError
+
+    base = {"max_iters": 10, "val_interval": 1, "checkpoint_interval": 1}
+    assert ScheduleConfig(**base).warmup_style == "mmcv"
+    assert ScheduleConfig(**base).epoch_padding == "none"
+    with pytest.raises(ValidationError):
+        ScheduleConfig(**base, warmup_style="linear")
+    with pytest.raises(ValidationError):
+        ScheduleConfig(**base, epoch_padding="per_gpu")
+
+
 def test_set_learning_rates_per_group(model):
     optim = OptimConfig(lr=6e-5)
     sched = ScheduleConfig(max_iters=100, val_interval=10, checkpoint_interval=10, warmup_iters=0)
@@ -164,6 +255,43 @@ def test_set_learning_rates_per_group(model):
     assert lr == pytest.approx(3e-5)
     for group in opt.param_groups:
         assert group["lr"] == pytest.approx(group["lr_mult"] * 3e-5)
+
+
+def test_min_lr_follows_lr_mult_is_sssegmentations_poly_scheduler(model):
+    """SegmentationBLWX/sssegmentation@eb1878c1 ssseg/modules/models/schedulers/polyscheduler.py
+    (``PolyScheduler.updatelr``) with ``basescheduler.py``'s ``min_lr = lr * 0.01`` default:
+
+        target_lr = (1 - cur_iter / max_iters) ** power * (lr - min_lr) + min_lr
+        param_group['lr'] = param_group['lr_multiplier'] * target_lr
+
+    The MCIBI ViT-L COCO-Stuff row: lr 0.001, min_lr 1e-5, power 0.9, backbone_net x0.1.
+    Expected values worked out by hand (max_iters 1000)."""
+    optim = OptimConfig(type="sgd", lr=0.001, weight_decay=0.0, head_lr_mult=1.0,
+                        no_decay_norm_and_pos=False, backbone_lr_mult=0.1)
+    sched = ScheduleConfig(max_iters=1000, val_interval=10, checkpoint_interval=10,
+                           warmup_iters=0, poly_power=0.9, min_lr=1e-5,
+                           min_lr_follows_lr_mult=True)
+    # iteration 500: 0.5 ** 0.9 = 0.535886731268146; (0.001 - 1e-5) * that + 1e-5
+    heads_500 = 0.00054052786395546
+    # iteration 999: 0.001 ** 0.9 = 0.001995262314968879; 0.00099 * that + 1e-5
+    heads_999 = 1.1975309691819190e-05
+    hand = {0: (0.001, 0.0001), 500: (heads_500, heads_500 / 10),
+            999: (heads_999, heads_999 / 10), 1000: (1e-5, 1e-6)}
+    for it, (heads, backbone) in hand.items():
+        assert poly_lr(0.001, it, sched) == pytest.approx(heads, rel=1e-12)
+        assert poly_lr(0.0001, it, sched, lr_mult=0.1) == pytest.approx(backbone, rel=1e-12)
+    # mmcv's rule (the default) takes the same absolute floor from every group instead.
+    mmcv = sched.model_copy(update={"min_lr_follows_lr_mult": False})
+    assert poly_lr(0.0001, 1000, mmcv, lr_mult=0.1) == pytest.approx(1e-5)
+    assert poly_lr(0.0001, 500, mmcv, lr_mult=0.1) == pytest.approx(
+        (0.0001 - 1e-5) * 0.5 ** 0.9 + 1e-5)
+    # through the optimizer: every group at its multiplier times the returned base rate
+    with torch.device("meta"):
+        vit = build_segmentor("deeplabv3_mcibi_vit_large", num_classes=4)
+    opt = build_optimizer(vit, optim)
+    assert set_learning_rates(opt, 500, sched) == pytest.approx(heads_500, rel=1e-12)
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx(
+        [heads_500 / 10, heads_500], rel=1e-12)
 
 
 def test_layer_decay_rate_builds_internimage_layer_groups():

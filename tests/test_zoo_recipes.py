@@ -182,9 +182,11 @@ ROW_TO_RECIPE: dict[tuple[str, str, str, str, str, str, str], str] = {
 DATASET_PRESET = {
     "cityscapes": "cityscapes", "ade20k": "ade20k", "voc12aug": "pascal_voc",
     "pascal_context": "pascal_context", "pascal_context_59": "pascal_context_59",
-    "cocostuff10k": "coco_stuff10k", "lip": "lip", "loveda": "loveda", "potsdam": "potsdam",
+    "cocostuff10k": "coco_stuff10k_182", "lip": "lip", "loveda": "loveda", "potsdam": "potsdam",
     "vaihingen": "vaihingen", "isaid": "isaid",
 }
+#: Presets that read another preset's files: recipes/<folder>/ names the prepared dataset.
+PRESET_FOLDER = {"coco_stuff10k_182": "coco_stuff10k"}
 
 #: (method, backbone) as the tables write them -> model preset.
 MODEL_PRESET = {
@@ -293,7 +295,7 @@ def test_recipe_carries_its_row(row):
 
     assert path.read_text().splitlines()[0] == f"# segctl submit {path.relative_to(REPO).as_posix()} --nodes {recipe.cluster.nodes}", where
     assert recipe.data.dataset == DATASET_PRESET[row["dataset"]], where
-    assert path.parent.name == recipe.data.dataset, where
+    assert path.parent.name == PRESET_FOLDER.get(recipe.data.dataset, recipe.data.dataset), where
     assert recipe.model.name == MODEL_PRESET[(row["method"], row["backbone"])], where
     h, w = map(int, row["crop_size"].split("x"))
     assert list(recipe.data.crop_size) == [h, w], where
@@ -378,7 +380,13 @@ def test_lip_recipes_use_the_sssegmentation_lip_augmentations():
     others = [p for p in RECIPES.rglob("*.yaml") if p.parent.name != "lip"]
     for path in others:
         data = load_recipe(path).recipe.data
-        assert data.keep_ratio and not data.flip_swap_pairs and data.random_rotation is None, path
+        # keep_ratio false also in the United-Perception recipes (ratio_sampling halves): their
+        # SegRandResize makes the frame (int(w r), int(h r)), which keep_ratio false with
+        # train_scale = the 2048x1024 Cityscapes frame gives exactly (mmcv's keep-ratio rescale
+        # is a pixel narrower in half of the draws).
+        assert data.keep_ratio or (data.ratio_sampling == "halves"
+                                   and tuple(data.train_scale) == (2048, 1024)), path
+        assert not data.flip_swap_pairs and data.random_rotation is None, path
 
 
 def test_augmentation_fields_are_validated():
@@ -440,18 +448,20 @@ def test_list_table_groups_rows_by_dataset(segctl_env):
     assert "InternImage-H" in block and "1.12B" in block and "59.90" in block and "60.30" in block
 
 
-def test_coco_stuff10k_uses_the_171_annotated_classes_of_the_182_id_space():
+def test_coco_stuff10k_recipes_train_on_the_182_id_space():
     """sssegmentation's COCOStuff10kDataset: num_classes 182, label = raw id - 1; the 11 thing
-    ids below are never annotated in COCO-Stuff, so the 171 train ids are the same classes in
-    the same order (the recipes' comment explains the choice)."""
-    from segctl.recipe.datasets import COCO_STUFF_CLASSES
+    ids below are never annotated in COCO-Stuff, so the 171 train ids are the other classes in
+    the same order. The MCIBI recipes use the 182-class preset (the mapping is pinned in
+    tests/parity/test_sssegmentation.py)."""
+    from segctl.recipe.datasets import COCO_STUFF_182_CLASSES, COCO_STUFF_CLASSES
 
     unannotated = {"street sign", "hat", "shoe", "eye glasses", "plate", "mirror", "window",
                    "desk", "door", "blender", "hair brush"}
     assert len(COCO_STUFF_CLASSES) == 182 - len(unannotated) == 171
     assert not unannotated & set(COCO_STUFF_CLASSES)
+    assert [c for c in COCO_STUFF_182_CLASSES if c not in unannotated] == list(COCO_STUFF_CLASSES)
     assert COCO_STUFF_CLASSES[:3] == ("person", "bicycle", "car")
     assert COCO_STUFF_CLASSES[-1] == "wood"
     for path in sorted(RECIPES.glob("coco_stuff10k/*.yaml")):
-        assert load_recipe(path).recipe.data.dataset == "coco_stuff10k", path
+        assert load_recipe(path).recipe.data.dataset == "coco_stuff10k_182", path
         assert "num_classes 182" in path.read_text(), path

@@ -43,7 +43,12 @@ from trainer.models import MODEL_BUILDERS, build_segmentor
 from trainer.models.converters.pretrained import load_pretrained
 from trainer.models.losses import segmentation_loss
 from trainer.models.mcibi import MCIBISegmentor, memory_classification_loss
-from trainer.optim import build_optimizer, iterations_for_epochs, set_learning_rates
+from trainer.optim import (
+    build_optimizer,
+    iterations_for_epochs,
+    padded_epoch_iterations,
+    set_learning_rates,
+)
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
 from trainer.tracking import Tracker, metrics_in_percent
@@ -64,17 +69,27 @@ class DataOrder:
     position's epoch and offset fix the dataset index and the augmentation seed
     ``SeedSequence([seed, epoch, offset])``. Nothing here has state beyond a cache.
 
+    With ``epoch_padding="per_rank"`` (``schedule.epoch_padding``) an epoch has
+    :attr:`epoch_positions` = ``world_size * batch_size *``
+    :func:`~trainer.optim.padded_epoch_iterations` positions, the ones past ``dataset_size``
+    repeating the start of its permutation (offset ``o`` reads ``permutation[o %
+    dataset_size]``), as United-Perception's ``DistributedSampler`` pads
+    (``up/data/samplers/sampler.py``: ``indices += indices[:padding_size]``); only which rank
+    reads which image differs (ranks interleave here, take contiguous blocks there).
+
     Attributes:
         dataset_size: number of training samples (> 0).
         batch_size: samples per rank and iteration.
         world_size: number of ranks.
         seed: the recipe's ``train.seed``.
+        epoch_padding: ``"none"`` or ``"per_rank"``.
     """
 
     dataset_size: int
     batch_size: int
     world_size: int
     seed: int
+    epoch_padding: str = "none"
     _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -87,22 +102,33 @@ class DataOrder:
             )
         return self._cache[epoch]
 
+    @property
+    def epoch_positions(self) -> int:
+        """Stream positions (samples over all ranks) in one epoch."""
+        if self.epoch_padding == "none":
+            return self.dataset_size
+        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, self.world_size)
+        return steps * self.world_size * self.batch_size
+
     def sample(self, iteration: int, rank: int, slot: int) -> tuple[int, int]:
         """``(dataset index, augmentation seed)`` of ``slot`` in rank's batch at ``iteration``."""
         position = (iteration * self.world_size + rank) * self.batch_size + slot
-        epoch, offset = divmod(position, self.dataset_size)
-        index = int(self.permutation(epoch)[offset])
+        epoch, offset = divmod(position, self.epoch_positions)
+        index = int(self.permutation(epoch)[offset % self.dataset_size])
         aug_seed = int(np.random.SeedSequence([self.seed, epoch, offset]).generate_state(1)[0])
         return index, aug_seed
 
-    def state(self) -> dict[str, int]:
+    def state(self) -> dict[str, int | str]:
         """What a checkpoint stores to check that a resume reads the same order."""
-        return {
+        state: dict[str, int | str] = {
             "seed": self.seed,
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "dataset_size": self.dataset_size,
         }
+        if self.epoch_padding != "none":  # older checkpoints resume as before
+            state["epoch_padding"] = self.epoch_padding
+        return state
 
 
 class IterationSampler(Sampler):
@@ -139,7 +165,9 @@ class AugmentedDataset(Dataset):
 
 
 def build_train_dataset(recipe: Recipe) -> AugmentedDataset:
-    """The training split with the standard mmseg augmentations of the recipe."""
+    """The training split with the recipe's augmentations (:func:`train_pipeline`: mmseg's
+    by default; ``data.ratio_sampling``, ``data.photometric`` and ``data.pad_order`` select
+    United-Perception's variants)."""
     preset = dataset_preset(recipe)
     data = recipe.data
     base = build_dataset(
@@ -159,6 +187,9 @@ def build_train_dataset(recipe: Recipe) -> AugmentedDataset:
         ignore_index=preset.ignore_index,
         keep_ratio=data.keep_ratio,
         pad_position=data.pad_position,
+        ratio_sampling=data.ratio_sampling,
+        photometric=data.photometric,
+        pad_order=data.pad_order,
         flip_swap_pairs=data.flip_swap_pairs,
         rotation=(None if data.random_rotation is None
                   else (data.random_rotation.max_degrees, data.random_rotation.prob)),
@@ -208,8 +239,8 @@ def build_train_loader(
 # --- model ---------------------------------------------------------------------------------------
 
 
-# sssegmentation names COCO-Stuff-10k "cocostuff10k" in MCIBI_REFERENCE_OPTIONS
-_MCIBI_DATASET_KEYS = {"coco_stuff10k": "cocostuff10k"}
+# sssegmentation names COCO-Stuff-10k "cocostuff10k" in MCIBI_REFERENCE_OPTIONS (either id space)
+_MCIBI_DATASET_KEYS = {"coco_stuff10k": "cocostuff10k", "coco_stuff10k_182": "cocostuff10k"}
 
 
 def builder_options(recipe: Recipe) -> dict[str, Any]:
@@ -300,7 +331,8 @@ def load_init_weights(model: nn.Module, path_or_url: str) -> str:
 def resolve_schedule(recipe: Recipe, dataset_size: int, world_size: int) -> Recipe:
     """The recipe with ``schedule.max_iters`` filled from ``schedule.max_epochs``.
 
-    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size))``
+    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size))``, or with
+    ``schedule.epoch_padding: per_rank`` ``max_epochs`` padded epochs
     (:func:`trainer.optim.iterations_for_epochs`); ``max_epochs`` stays as the record of where
     it came from. A recipe with ``max_iters`` is returned unchanged. The copy is not
     re-validated (the schema wants exactly one of the two); use it in this process only.
@@ -309,7 +341,7 @@ def resolve_schedule(recipe: Recipe, dataset_size: int, world_size: int) -> Reci
     if sched.max_iters is not None or sched.max_epochs is None:
         return recipe
     iters = iterations_for_epochs(sched.max_epochs, dataset_size, recipe.train.batch_size,
-                                  world_size)
+                                  world_size, sched.epoch_padding)
     return recipe.model_copy(update={"schedule": sched.model_copy(update={"max_iters": iters})})
 
 
@@ -346,6 +378,7 @@ def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
         flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
         keep_ratio=ev.keep_ratio,
         average=ev.average,
+        size_divisor=ev.size_divisor,
     )
 
 
@@ -398,7 +431,9 @@ def train_step(
     The loss is mmseg's: cross-entropy on the decode head plus each auxiliary head at the
     weight the model declares in ``loss_weights`` (e.g. 0.4 for the auxiliary FCN head),
     averaged over all pixels (``avg_non_ignore=False``, the mmseg default the published configs
-    ran with). With ``train.loss: ohem`` the decode head's term is OHEM cross-entropy
+    ran with), each output resized to the label size with the segmentor's ``align_corners``
+    (as mmseg's ``BaseDecodeHead.loss_by_feat``; True for United-Perception's HRNet heads).
+    With ``train.loss: ohem`` the decode head's term is OHEM cross-entropy
     (``train.ohem_thresh``, ``train.ohem_min_kept``; :func:`~trainer.models.losses.ohem_cross_entropy`),
     or with ``train.ohem_style: up_seg_ohem`` every head's term is United-Perception's
     (:func:`~trainer.models.losses.ohem_kept_cross_entropy`).
@@ -420,6 +455,7 @@ def train_step(
     train_cfg = recipe.train
     ohem = (train_cfg.ohem_thresh, train_cfg.ohem_min_kept) if train_cfg.loss == "ohem" else None
     ignore_index = dataset_preset(recipe).ignore_index
+    align_corners = bool(getattr(net, "align_corners", False))  # the loss's resize, as the model's
     with accelerator.autocast():
         if isinstance(net, MCIBISegmentor):
             outputs = model(images, labels, lr=lr, epoch=epoch)
@@ -427,6 +463,7 @@ def train_step(
             loss, _ = segmentation_loss(
                 outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
                 avg_non_ignore=True, ohem=ohem, ohem_style=train_cfg.ohem_style,
+                align_corners=align_corners,
             )
             if memory_logits is not None:
                 loss = loss + net.memory_loss_weight * memory_classification_loss(
@@ -437,6 +474,7 @@ def train_step(
             loss, _ = segmentation_loss(
                 outputs, labels, ignore_index=ignore_index, weights=net.loss_weights,
                 avg_non_ignore=False, ohem=ohem, ohem_style=train_cfg.ohem_style,
+                align_corners=align_corners,
             )
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
@@ -585,7 +623,8 @@ def train(
     sched = recipe.schedule
     ema = build_ema(accelerator.unwrap_model(model), recipe.train)
     eval_model = ema.module if ema is not None else model
-    order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed)
+    order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed,
+                      sched.epoch_padding)
     images_per_step = recipe.train.batch_size * world
     start = resume(run_dir, model, optimizer, accelerator, order, ema)
     stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
@@ -604,7 +643,7 @@ def train(
         batches = iter(loader)
     for iteration, batch in enumerate(batches, start=start + 1):  # iteration = steps done after
         lr = set_learning_rates(optimizer, iteration - 1, sched)
-        epoch = 1 + (iteration - 1) * images_per_step // len(train_set)
+        epoch = 1 + (iteration - 1) * images_per_step // order.epoch_positions
         loss_sum += train_step(model, optimizer, batch, accelerator, recipe, lr=lr, epoch=epoch)
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))

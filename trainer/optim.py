@@ -8,6 +8,11 @@ Both reproduce what produced the published SegFormer numbers (mmsegmentation 0.x
   'norm': dict(decay_mult=0.), 'head': dict(lr_mult=10.)})``;
 - schedule: mmcv ``mmcv/runner/hooks/lr_updater.py`` (``PolyLrUpdaterHook.get_lr`` and
   ``LrUpdaterHook.get_warmup_lr`` with ``warmup='linear'``, ``by_epoch=False``).
+
+With ``schedule.min_lr_follows_lr_mult`` the floor of each group scales with its multiplier, as
+sssegmentation's ``PolyScheduler.updatelr``
+(``ssseg/modules/models/schedulers/polyscheduler.py``, SegmentationBLWX/sssegmentation@eb1878c1),
+which schedules one base rate and gives each group ``lr_multiplier`` times it.
 """
 
 from __future__ import annotations
@@ -127,23 +132,60 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     )
 
 
-def poly_lr(base_lr: float, iteration: int, schedule: ScheduleConfig) -> float:
+def poly_lr(
+    base_lr: float, iteration: int, schedule: ScheduleConfig, lr_mult: float = 1.0
+) -> float:
     """Learning rate of a group with initial rate ``base_lr`` before step ``iteration``.
 
     ``iteration`` counts completed optimizer steps (0 for the first step), as mmcv's
-    ``runner.iter`` in ``before_train_iter``::
+    ``runner.iter`` in ``before_train_iter`` and sssegmentation's ``scheduler.cur_iter`` when
+    ``updatelr`` is called::
 
-        regular = (base_lr - min_lr) * (1 - iteration / max_iters) ** power + min_lr
-        warm-up (iteration < warmup_iters):
+        floor   = min_lr * lr_mult if schedule.min_lr_follows_lr_mult else min_lr
+        regular = (base_lr - floor) * (1 - iteration / max_iters) ** power + floor
+        warm-up (iteration < warmup_iters), warmup_style "mmcv":
             k  = (1 - iteration / warmup_iters) * (1 - warmup_ratio)
             lr = regular * (1 - k)
+        warm-up (iteration < warmup_iters), warmup_style "up_linear":
+            start = base_lr * warmup_ratio
+            lr    = start + (base_lr - start) / max(1, warmup_iters - 1) * iteration
 
-    ``min_lr`` is subtracted from every group's own base rate, as in mmcv (so a head group
-    at 10x decays to the same ``min_lr``).
+    ``"mmcv"`` is mmcv's linear warm-up (``LrUpdaterHook.get_warmup_lr``), which scales the
+    poly rate and reaches it at ``warmup_iters``. ``"up_linear"`` is United-Perception's
+    (ModelTC/United-Perception@52aaeb9ed27a ``up/utils/model/lr_helper.py``: ``LinearWarmUpLR``
+    with ``init_lr = warmup_ratio * target_lr`` from ``BaseWarmScheduler``, chained to
+    ``PolyLR`` by ``BaseLRScheduler``'s ``ChainIterLR``): it climbs from ``base_lr *
+    warmup_ratio`` to ``base_lr`` at step ``warmup_iters - 1``, ignoring the poly decay, and at
+    step ``warmup_iters`` poly takes over from the rate just reached (``base_lr``, up to one
+    rounding), i.e. ``regular`` from then on.
+
+    By default (``min_lr_follows_lr_mult`` false) ``min_lr`` is subtracted from every group's
+    own base rate, as in mmcv (``mmcv/runner/hooks/lr_updater.py``, ``PolyLrUpdaterHook``), so a
+    head group at 10x decays to the same ``min_lr``. With it true, and ``base_lr = lr *
+    lr_mult``, the rate is ``lr_mult`` times the base schedule, as sssegmentation's
+    ``PolyScheduler.updatelr`` (``ssseg/modules/models/schedulers/polyscheduler.py``)::
+
+        target_lr = (1 - cur_iter / max_iters) ** power * (lr - min_lr) + min_lr
+        param_group['lr'] = param_group['lr_multiplier'] * target_lr
+
+    Args:
+        base_lr: the group's initial rate (``optim.lr * lr_mult``), per step.
+        iteration: completed optimizer steps, >= 0; values past ``max_iters`` are clamped.
+        schedule: a schedule with ``max_iters`` resolved.
+        lr_mult: the group's multiplier of ``optim.lr``; only used with
+            ``min_lr_follows_lr_mult``.
+
+    Returns:
+        The learning rate, per step.
     """
+    floor = schedule.min_lr * lr_mult if schedule.min_lr_follows_lr_mult else schedule.min_lr
     progress = min(iteration, schedule.max_iters) / schedule.max_iters
-    regular = (base_lr - schedule.min_lr) * (1 - progress) ** schedule.poly_power + schedule.min_lr
+    regular = (base_lr - floor) * (1 - progress) ** schedule.poly_power + floor
     if iteration < schedule.warmup_iters:
+        if schedule.warmup_style == "up_linear":
+            start = base_lr * schedule.warmup_ratio  # UP's operation order, bit for bit
+            gamma = (base_lr - start) / max(1, schedule.warmup_iters - 1)
+            return start + gamma * iteration
         k = (1 - iteration / schedule.warmup_iters) * (1 - schedule.warmup_ratio)
         return regular * (1 - k)
     return regular
@@ -152,31 +194,54 @@ def poly_lr(base_lr: float, iteration: int, schedule: ScheduleConfig) -> float:
 def set_learning_rates(
     optimizer: torch.optim.Optimizer, iteration: int, schedule: ScheduleConfig
 ) -> float:
-    """Set every group's ``lr`` to :func:`poly_lr` of its ``base_lr``.
+    """Set every group's ``lr`` to :func:`poly_lr` of its ``base_lr`` (and ``lr_mult``).
 
     Returns:
-        The rate of a group with multiplier 1 (the recipe's ``optim.lr`` scheduled), for logs.
+        The rate of a group with multiplier 1 (the recipe's ``optim.lr`` scheduled), for logs
+        and for MCIBI's memory momentum (sssegmentation passes this ``target_lr`` to the model).
     """
     for group in optimizer.param_groups:
-        group["lr"] = poly_lr(group["base_lr"], iteration, schedule)
+        group["lr"] = poly_lr(group["base_lr"], iteration, schedule, group["lr_mult"])
     base = optimizer.param_groups[0]["base_lr"] / optimizer.param_groups[0]["lr_mult"]
     return poly_lr(base, iteration, schedule)
 
 
 def iterations_for_epochs(
-    max_epochs: int, dataset_size: int, batch_size: int, world_size: int
+    max_epochs: int, dataset_size: int, batch_size: int, world_size: int,
+    epoch_padding: str = "none",
 ) -> int:
-    """Optimizer steps of an epoch-based schedule: ``ceil(max_epochs * dataset_size /
-    (batch_size * world_size))``, with ``batch_size`` per process (so the global batch is
-    ``batch_size * world_size``). The data order (``trainer.engine.DataOrder``) is one stream
-    of epochs, so the last step may reach into the next epoch's first images.
+    """Optimizer steps of an epoch-based schedule, with ``batch_size`` per process (so the
+    global batch is ``batch_size * world_size``).
+
+    ``epoch_padding="none"``: ``ceil(max_epochs * dataset_size / (batch_size * world_size))``;
+    the data order (``trainer.engine.DataOrder``) is one stream of epochs, so the last step may
+    reach into the next epoch's first images. ``"per_rank"``: ``max_epochs *``
+    :func:`padded_epoch_iterations` (schedule.epoch_padding).
 
     Raises:
-        ValueError: any argument is not positive.
+        ValueError: any argument is not positive; an unknown ``epoch_padding``.
     """
     values = {"max_epochs": max_epochs, "dataset_size": dataset_size,
               "batch_size": batch_size, "world_size": world_size}
     bad = [f"{k}={v}" for k, v in values.items() if v <= 0]
     if bad:
         raise ValueError(f"cannot turn epochs into iterations: {', '.join(bad)} (must be > 0)")
+    if epoch_padding == "per_rank":
+        return max_epochs * padded_epoch_iterations(dataset_size, batch_size, world_size)
+    if epoch_padding != "none":
+        raise ValueError(f"epoch_padding must be 'none' or 'per_rank', got {epoch_padding!r}")
     return -(-max_epochs * dataset_size // (batch_size * world_size))
+
+
+def padded_epoch_iterations(dataset_size: int, batch_size: int, world_size: int) -> int:
+    """Iterations of one padded epoch (``schedule.epoch_padding: per_rank``):
+    ``ceil(ceil(dataset_size / world_size) / batch_size)``, the length of a batch sampler
+    (``drop_last=False``) over a ``DistributedSampler`` that pads the epoch to
+    ``world_size * ceil(dataset_size / world_size)`` samples
+    (ModelTC/United-Perception@52aaeb9ed27a ``up/data/samplers/sampler.py``
+    ``DistributedSampler``, ``batch_sampler.py`` ``BaseBatchSampler``; UP's ``max_epoch`` is
+    that many iterations per epoch, ``up/runner/base_runner.py``). Cityscapes' 2975 images on
+    4 GPUs x 2: 372; on 8 GPUs x 1: 372.
+    """
+    per_rank = -(-dataset_size // world_size)
+    return -(-per_rank // batch_size)

@@ -231,6 +231,53 @@ COCO_STUFF_PALETTE = (
     (64, 192, 96), (64, 160, 64), (64, 64, 0),
 )
 
+#: sssegmentation's COCO-Stuff id space: the 182 names of ``COCOStuff10kDataset.classnames``
+#: (SegmentationBLWX/sssegmentation@eb1878c1 ``ssseg/modules/datasets/coco.py``), label = raw
+#: 1-based category id - 1, raw 0 (and 255) ignored. It keeps the 11 thing ids COCO-Stuff never
+#: annotates (:data:`COCO_STUFF_UNANNOTATED_IDS`); the other 171, in order, are
+#: :data:`COCO_STUFF_CLASSES`.
+COCO_STUFF_182_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "street sign", "stop sign", "parking meter", "bench",
+    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat",
+    "backpack", "umbrella", "shoe", "eye glasses", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
+    "surfboard", "tennis racket", "bottle", "plate", "wine glass", "cup", "fork", "knife",
+    "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
+    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table",
+    "window", "desk", "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "blender", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "hair brush",
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog",
+    "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
+    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net",
+    "paper", "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield",
+    "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad", "sand", "sea",
+    "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw",
+    "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)
+
+#: The 1-based COCO-Stuff category ids without annotations (street sign, hat, shoe, eye
+#: glasses, plate, mirror, window, desk, door, blender, hair brush); the same table as
+#: ``trainer.data.convert.coco_stuff.UNUSED_IDS``.
+COCO_STUFF_UNANNOTATED_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
+
+
+def _coco_stuff_182_palette() -> tuple[RGB, ...]:
+    """The 171-class palette at the annotated ids; black at the 11 unannotated ones."""
+    colours = iter(COCO_STUFF_PALETTE)
+    return tuple(
+        (0, 0, 0) if cat in COCO_STUFF_UNANNOTATED_IDS else next(colours) for cat in range(1, 183)
+    )
+
+
+COCO_STUFF_182_PALETTE = _coco_stuff_182_palette()
+
 LIP_CLASSES = (
     "Background", "Hat", "Hair", "Glove", "Sunglasses", "UpperClothes", "Dress", "Coat",
     "Socks", "Pants", "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
@@ -337,6 +384,20 @@ DATASET_PRESETS: dict[str, DatasetPreset] = {
             layout="coco_stuff10k",
             classes=COCO_STUFF_CLASSES,
             palette=COCO_STUFF_PALETTE,
+            train_scale=(2048, 512),
+            test_scale=(2048, 512),
+            train_split="train",
+            val_split="test",
+        ),
+        DatasetPreset(
+            # The files `segctl data prepare coco_stuff10k` writes, read in sssegmentation's
+            # 182-class id space (COCO_STUFF_182_CLASSES; trainer.data.coco_stuff maps each
+            # train id back to its category id - 1), as the MCIBI configs train and test:
+            # num_classes 182, the 11 unannotated classes never in a label.
+            name="coco_stuff10k_182",
+            layout="coco_stuff10k_182",
+            classes=COCO_STUFF_182_CLASSES,
+            palette=COCO_STUFF_182_PALETTE,
             train_scale=(2048, 512),
             test_scale=(2048, 512),
             train_split="train",

@@ -72,6 +72,13 @@ class DataConfig(Section):
     ratio_range: tuple[float, float] = Field(
         (0.5, 2.0), description="Random resize ratio range applied to train_scale."
     )
+    ratio_sampling: Literal["uniform", "halves"] = Field(
+        "uniform",
+        description="How the resize ratio is drawn from ratio_range. uniform: one uniform draw "
+        "(mmcv RandomResize). halves: [low, 1) or [1, high), each with probability 1/2, "
+        "uniform within (ModelTC/United-Perception up/tasks/seg/data/seg_transfomer.py "
+        "SegRandResize); needs low <= 1 <= high.",
+    )
     cat_max_ratio: float = Field(
         0.75, gt=0, le=1, description="Largest share of a random crop one class may take."
     )
@@ -86,6 +93,24 @@ class DataConfig(Section):
         description="Where a crop smaller than crop_size sits in the padded sample: "
         "bottom_right pads after the pixels (mmseg Pad), center pads around them "
         "(sssegmentation Padding).",
+    )
+    pad_order: Literal["after_normalize", "before_photometric"] = Field(
+        "after_normalize",
+        description="When a crop smaller than crop_size is padded. after_normalize: after "
+        "Normalize, so the image pad is 0 in normalized units (mmseg Pad). "
+        "before_photometric: the uint8 image is padded with 0 before the photometric "
+        "transform and Normalize, so pad pixels are jittered and come out near -mean/std "
+        "(ModelTC/United-Perception up/tasks/seg/data/seg_transfomer.py SegCrop). The label "
+        "pad is the ignore index either way.",
+    )
+    photometric: Literal["mmseg", "up_color_jitter", "up_brightness"] = Field(
+        "mmseg",
+        description="Photometric transform after the flip. mmseg: PhotoMetricDistortion (each "
+        "step with probability 1/2). up_color_jitter: United-Perception color_jitter_mmseg "
+        "(same steps, each with probability 2/3, contrast skipped in 1/3 of the samples, hue "
+        "shift in [-18, 18]). up_brightness: United-Perception seg_rand_brightness (with "
+        "probability 1/2, one integer in [-10, 10] added to every pixel). Both in "
+        "ModelTC/United-Perception up/tasks/seg/data/seg_transfomer.py.",
     )
     flip_swap_pairs: list[tuple[int, int]] = Field(
         default_factory=list,
@@ -132,6 +157,16 @@ class DataConfig(Section):
         if not 0 < value[0] <= value[1]:
             raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _halves_around_one(self) -> DataConfig:
+        low, high = self.ratio_range
+        if self.ratio_sampling == "halves" and not low <= 1.0 <= high:
+            raise ValueError(
+                f"ratio_sampling 'halves' draws below and above 1, so ratio_range must contain "
+                f"1, got {list(self.ratio_range)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _combined_split(self) -> DataConfig:
@@ -247,14 +282,38 @@ class ScheduleConfig(Section):
         None,
         gt=0,
         description="Epochs to train instead of max_iters: the job turns them into iterations "
-        "as ceil(epochs * train images / global batch).",
+        "as ceil(epochs * train images / global batch) (see epoch_padding).",
+    )
+    epoch_padding: Literal["none", "per_rank"] = Field(
+        "none",
+        description="What an epoch of the training data is. none: the N training images once, "
+        "epochs read back to back as one stream. per_rank: as a DistributedSampler with "
+        "drop_last false pads it, ceil(N / GPUs) images per GPU rounded up to whole batches, "
+        "the extra ones repeating the start of the epoch's shuffled order "
+        "(ModelTC/United-Perception up/data/samplers/sampler.py); max_epochs then means "
+        "epochs * ceil(ceil(N / GPUs) / batch_size) iterations (Cityscapes on 4 GPUs x 2: "
+        "372 an epoch).",
     )
     val_interval: int = Field(gt=0, description="Evaluate every this many iterations.")
     checkpoint_interval: int = Field(gt=0, description="Checkpoint every this many iterations.")
     warmup_iters: int = Field(1500, ge=0, description="Linear warm-up length in iterations.")
     warmup_ratio: float = Field(1e-6, gt=0, le=1, description="Warm-up starts at lr * this.")
+    warmup_style: Literal["mmcv", "up_linear"] = Field(
+        "mmcv",
+        description="Warm-up rule. mmcv: the poly rate scaled by a factor climbing linearly from "
+        "warmup_ratio to 1 over warmup_iters steps (mmcv LrUpdaterHook linear warm-up). "
+        "up_linear: United-Perception's LinearWarmUpLR, lr * warmup_ratio climbing linearly "
+        "to lr at step warmup_iters - 1, then poly from lr at step warmup_iters.",
+    )
     poly_power: float = Field(1.0, gt=0, description="Power of the poly decay.")
     min_lr: float = Field(0.0, ge=0, description="Learning rate at the last iteration.")
+    min_lr_follows_lr_mult: bool = Field(
+        False,
+        description="false: every parameter group decays to min_lr (mmcv PolyLrUpdaterHook); "
+        "true: a group with lr multiplier m decays to min_lr * m, i.e. its rate is m times the "
+        "scheduled base rate (sssegmentation PolyScheduler with params_rules, e.g. a ViT "
+        "backbone at 0.1x ends at 0.1 * min_lr).",
+    )
     log_interval: int = Field(50, gt=0, description="Log loss and lr every this many iterations.")
 
     @model_validator(mode="after")
@@ -279,8 +338,9 @@ class TrainConfig(Section):
     tf32: bool | None = Field(
         None,
         description="TensorFloat-32 on Ampere+ GPUs. Unset: PyTorch's defaults (cuDNN "
-        "convolutions in TF32, matmuls in full fp32), as mmsegmentation, InternImage and "
-        "United-Perception train; false: off for both (sssegmentation); true: on for both.",
+        "convolutions in TF32, matmuls in full fp32), as mmsegmentation and United-Perception "
+        "train; true: on for both (InternImage's segmentation/train.py); false: off for both "
+        "(sssegmentation).",
     )
     deterministic: bool = Field(False, description="Deterministic algorithms (slower).")
     ema_decay: float | None = Field(

@@ -3,16 +3,62 @@
 Reference: mmsegmentation ``mmseg/datasets/coco_stuff.py`` and
 ``tools/dataset_converters/coco_stuff10k.py`` / ``coco_stuff164k.py``. Both layouts hold
 ``*_labelTrainIds.png`` label maps with the 171 train ids 0..170 and 255 unlabeled.
+
+:class:`COCOStuff10k182Dataset` reads the same 10k files in sssegmentation's 182-class id space
+(``COCOStuff10kDataset`` in ``ssseg/modules/datasets/coco.py``,
+SegmentationBLWX/sssegmentation@eb1878c1: label = raw 1-based category id - 1, raw 0 ignored),
+which the MCIBI COCO-Stuff configs train and test on (``num_classes = 182``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.base import SegmentationDataset
+import numpy as np
+
+from trainer.data.base import Sample, SegmentationDataset
+from trainer.data.convert.coco_stuff import USED_IDS
 from trainer.data.listing import read_split_list
 
 LABEL_SUFFIX = "_labelTrainIds.png"
+
+
+def _train_id_to_182_lut(ignore_index: int = 255) -> np.ndarray:
+    lut = np.full(256, ignore_index, np.uint8)
+    for train_id, category in enumerate(USED_IDS):
+        lut[train_id] = category - 1
+    return lut
+
+
+#: uint8 (256,) lookup table: train id t (0..170) -> sssegmentation label ``USED_IDS[t] - 1``
+#: (0..181); every other value (255 unlabeled) -> 255. The exact inverse of the converter's
+#: table (:data:`trainer.data.convert.coco_stuff.USED_IDS`) composed with sssegmentation's
+#: ``clsid2label`` (raw id i -> i - 1).
+TRAIN_ID_TO_SSSEG_182 = _train_id_to_182_lut()
+
+
+def train_ids_to_sssegmentation_182(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """Map COCO-Stuff train ids (0..170, see the module docstring) to sssegmentation's 182-class
+    labels (0..181): train id t becomes ``USED_IDS[t] - 1``; values above 170 (the unlabeled
+    255) become ``ignore_index``. The 11 unannotated classes (e.g. 11 "street sign") never
+    appear in the result.
+
+    Args:
+        label: integer array of any shape, usually ``np.uint8 (H, W)``.
+        ignore_index: the value unlabeled pixels get, 0..255.
+
+    Returns:
+        ``np.uint8`` array of the same shape.
+
+    Raises:
+        ValueError: ``ignore_index`` outside 0..255, or a negative or > 255 label value.
+    """
+    if not 0 <= ignore_index <= 255:
+        raise ValueError(f"ignore_index must be in 0..255, got {ignore_index}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must be in 0..255, got {label.min()}..{label.max()}")
+    lut = TRAIN_ID_TO_SSSEG_182 if ignore_index == 255 else _train_id_to_182_lut(ignore_index)
+    return lut[label.astype(np.intp, copy=False)]
 
 
 class COCOStuff10kDataset(SegmentationDataset):
@@ -57,6 +103,21 @@ class COCOStuff10kDataset(SegmentationDataset):
         if missing:
             raise self.layout_error(missing[0], f"image listed in {list_file.name} not found")
         return self.check_labels_exist(pairs)
+
+
+class COCOStuff10k182Dataset(COCOStuff10kDataset):
+    """COCO-Stuff 10k as :class:`COCOStuff10kDataset` (same files and splits), labels in
+    sssegmentation's 182-class id space (:func:`train_ids_to_sssegmentation_182`): what the
+    ``coco_stuff10k_182`` preset and the MCIBI COCO-Stuff recipes train and evaluate on.
+
+    Items: as :class:`~trainer.data.base.SegmentationDataset`, ``label`` ``np.uint8 (H, W)``
+    in 0..181 or ``ignore_index`` before the transform.
+    """
+
+    def load(self, index: int) -> Sample:
+        sample = super().load(index)
+        sample["label"] = train_ids_to_sssegmentation_182(sample["label"], self.ignore_index)
+        return sample
 
 
 class COCOStuff164kDataset(SegmentationDataset):

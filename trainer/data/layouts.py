@@ -12,7 +12,11 @@ from typing import Any
 from trainer.data.ade20k import ADE20KDataset
 from trainer.data.base import DatasetLayoutError, SegmentationDataset, Transform
 from trainer.data.cityscapes import CityscapesDataset
-from trainer.data.coco_stuff import COCOStuff10kDataset, COCOStuff164kDataset
+from trainer.data.coco_stuff import (
+    COCOStuff10k182Dataset,
+    COCOStuff10kDataset,
+    COCOStuff164kDataset,
+)
 from trainer.data.img_ann_dir import (
     ISAIDDataset,
     LoveDADataset,
@@ -29,6 +33,7 @@ DATASET_LAYOUTS: dict[str, type[SegmentationDataset]] = {
     "pascal_voc": PascalVOCDataset,
     "pascal_context": PascalContextDataset,
     "coco_stuff10k": COCOStuff10kDataset,
+    "coco_stuff10k_182": COCOStuff10k182Dataset,
     "coco_stuff164k": COCOStuff164kDataset,
     "lip": LIPDataset,
     "loveda": LoveDADataset,
@@ -39,6 +44,7 @@ DATASET_LAYOUTS: dict[str, type[SegmentationDataset]] = {
 
 __all__ = [
     "ADE20KDataset",
+    "COCOStuff10k182Dataset",
     "COCOStuff10kDataset",
     "COCOStuff164kDataset",
     "CityscapesDataset",

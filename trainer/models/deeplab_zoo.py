@@ -5,8 +5,9 @@ settings of mmsegmentation ``configs/_base_/models/deeplabv3_r50-d8.py`` (ASPP h
 channels, dilations (1, 12, 24, 36), dropout 0.1; auxiliary FCN head on stage 3: 256 channels,
 one conv, no concat, dropout 0.1, loss weight 0.4) and ``configs/resnest/deeplabv3_s101-d8*``.
 MCIBI: Jin et al. 2021 (arXiv 2108.11819), settings of sssegmentation
-``ssseg/configs/memorynet/base_cfg.py`` and ``memorynet_deeplabv3_*.py`` (see
-:mod:`trainer.models.mcibi`); per-dataset options in :data:`MCIBI_REFERENCE_OPTIONS`.
+(SegmentationBLWX/sssegmentation@eb1878c1) ``ssseg/configs/_base_/segmentors/mcibi.py`` and
+``ssseg/configs/mcibi/mcibi_deeplabv3_*.py`` (see :mod:`trainer.models.mcibi`); per-dataset
+options in :data:`MCIBI_REFERENCE_OPTIONS`.
 
 Every builder has the signature ``(num_classes, *, align_corners=False, **opts)`` and only
 allocates modules, so it works under ``with torch.device("meta"):``.
@@ -32,13 +33,14 @@ from trainer.models.vit import VIT_LARGE_16, VIT_LARGE_SSSEG_OUT_INDICES, Vision
 BACKBONES = ("r50", "r101", "resnest101", "hrnetv2_w48", "vit_large")
 # DeepLabV3's rates for output stride 16 (Chen et al. 2017, Sec. 4.1), used on ViT's 1/16 maps.
 ASPP_DILATIONS_OS16 = (1, 6, 12, 18)
-AUX_LOSS_WEIGHT = 0.4  # mmseg deeplabv3 and sssegmentation memorynet configs
+AUX_LOSS_WEIGHT = 0.4  # mmseg deeplabv3 and sssegmentation mcibi configs
 HRNET_W48_WIDTHS = (48, 96, 192, 384)
 
-# Options of the MCIBI builders per published row (sssegmentation memorynet_deeplabv3_*
-# configs): ``momentum_base_lr`` (momentum_cfg.base_lr), ``use_memory_loss`` (head.use_loss),
-# ``act`` (act_cfg), ``downsample_backbone`` (head.downsample_backbone.stride == 2),
-# ``context_dilations`` (ASPP rates). Keys: (backbone, dataset).
+# Options of the MCIBI builders per published row (sssegmentation@eb1878c1
+# ssseg/configs/mcibi/mcibi_deeplabv3_* configs): ``momentum_base_lr``
+# (head.update_cfg.momentum_cfg.base_lr), ``use_memory_loss`` (head.use_loss), ``act``
+# (act_cfg), ``downsample_backbone`` (head.downsample_backbone.stride == 2), ``context_dilations``
+# (head.context_within_image.cfg.dilations). Keys: (backbone, dataset).
 MCIBI_REFERENCE_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     **{
         (b, "ade20k"): {"momentum_base_lr": lr, "use_memory_loss": True}
@@ -84,19 +86,22 @@ def _resnet_backbone(name: str) -> nn.Module:
     raise KeyError(name)
 
 
-def _hrnet_w48() -> nn.Module:
+def _hrnet_w48(stem_relu: bool = True) -> nn.Module:
+    """HRNetV2-W48; ``stem_relu`` False leaves out the ReLU after the stem's ``bn1``
+    (:class:`trainer.models.hrnet.HRNet`)."""
     from trainer.models.hrnet import HRNET_SPECS, HRNet
 
-    return HRNet(HRNET_SPECS["w48"])
+    return HRNet(HRNET_SPECS["w48"], stem_relu=stem_relu)
 
 
-def _vit_large(drop_path_rate: float) -> VisionTransformer:
+def _vit_large(drop_path_rate: float, drop_rate: float = 0.1) -> VisionTransformer:
     """sssegmentation's MCIBI ViT-L/16 (jx_vit_large_p16_384 weights): img_size 512, taps
-    (9, 14, 19, 23) each followed by a LayerNorm (eps 1e-6), dropout 0.1, no final norm,
-    bilinear position-embedding resize."""
+    (9, 14, 19, 23) each followed by a LayerNorm (eps 1e-6), no final norm, bilinear
+    position-embedding resize; ``drop_rate``: dropout after the position embedding, in the
+    attention projection and in the FFN (probability)."""
     return VisionTransformer(
         img_size=512, **VIT_LARGE_16, out_indices=VIT_LARGE_SSSEG_OUT_INDICES,
-        drop_rate=0.1, drop_path_rate=drop_path_rate, norm_eps=1e-6, final_norm=False,
+        drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm_eps=1e-6, final_norm=False,
         interpolate_mode="bilinear", tap_norms=True,
     )
 
@@ -183,10 +188,13 @@ def build_deeplabv3_mcibi(
     dropout: float = 0.1,
     drop_path_rate: float = 0.0,
     ignore_index: int = 255,
+    stem_relu: bool = False,
+    backbone_drop_rate: float = 0.0,
 ) -> MCIBISegmentor:
-    """DeepLabV3 + MCIBI as sssegmentation's ``memorynet_deeplabv3_<backbone>_<dataset>``.
+    """DeepLabV3 + MCIBI as sssegmentation's ``mcibi_deeplabv3_<backbone>_<dataset>``.
 
-    Defaults are the reference's ``base_cfg.py`` (the ADE20K ResNet rows); the per-row
+    Defaults are the reference's ``ssseg/configs/_base_/segmentors/mcibi.py``
+    (SegmentationBLWX/sssegmentation@eb1878c1; the ADE20K ResNet rows); the per-row
     differences are in :data:`MCIBI_REFERENCE_OPTIONS`, e.g.
     ``build_deeplabv3_mcibi("r50", 19, **MCIBI_REFERENCE_OPTIONS[("r50", "cityscapes")])``.
 
@@ -209,6 +217,14 @@ def build_deeplabv3_mcibi(
             widths (reference 1, 512, 256, 512, 0.1).
         drop_path_rate: stochastic depth of ViT-L.
         ignore_index: label skipped by the memory update.
+        stem_relu: HRNetV2-W48 only: ReLU after the stem's ``bn1``. False (default) is the
+            stem that trained the published MCIBI HRNet models: sssegmentation's
+            ``backbones/hrnet.py`` had conv1-bn1-conv2-bn2-relu until 2025-06 (4602275d), and
+            since 85efec48 keeps it under ``mcibi_version=True`` ("to align with paper
+            results"), which ``mcibi_deeplabv3_hrnetv2w48_cityscapes.py`` sets.
+        backbone_drop_rate: ViT-L only: dropout probability of the backbone (its
+            ``drop_rate``): 0.0 in ``mcibi_deeplabv3_vitlarge_{ade20k,cocostuff10k}.py`` since
+            c99d1e5c (2025-08-16; 0.1 before).
 
     Returns:
         :class:`~trainer.models.mcibi.MCIBISegmentor`; loss weights ``{"stage1": 0.4, "aux":
@@ -227,9 +243,9 @@ def build_deeplabv3_mcibi(
         aux = _fcn_aux(1024, 512, num_classes, align_corners, act)
         weights["aux"] = AUX_LOSS_WEIGHT
     elif backbone == "hrnetv2_w48":
-        net, in_channels, concat = _hrnet_w48(), sum(HRNET_W48_WIDTHS), True
+        net, in_channels, concat = _hrnet_w48(stem_relu), sum(HRNET_W48_WIDTHS), True
     elif backbone == "vit_large":
-        net, in_channels = _vit_large(drop_path_rate), 1024
+        net, in_channels = _vit_large(drop_path_rate, backbone_drop_rate), 1024
         aux = [
             UpsampleAuxHead(1024, 512, num_classes, in_index=i, num_convs=2, scale_factor=4,
                             dropout=0.1, act=act)

@@ -2,10 +2,12 @@
 
 Method: Jin et al. 2021, "Mining Contextual Information Beyond Image for Semantic
 Segmentation" (ICCV 2021, arXiv 2108.11819). Reference implementation: sssegmentation
-``ssseg/modules/models/segmentors/memorynet/memorynet.py`` (the segmentor) and ``memory.py``
+(SegmentationBLWX/sssegmentation@eb1878c1; the segmentor was ``memorynet`` until 222a73f9)
+``ssseg/modules/models/segmentors/mcibi/mcibi.py`` (the segmentor) and ``memory.py``
 (``FeaturesMemory``), ``segmentors/base/selfattention.py`` (``SelfAttentionBlock``),
-``segmentors/deeplabv3/aspp.py`` (``ASPP``) and ``segmentors/base/base.py`` (auxiliary decoder);
-settings from ``ssseg/configs/memorynet/base_cfg.py`` and ``memorynet_deeplabv3_*.py``.
+``segmentors/deeplabv3/aspp.py`` (``ASPP``), ``segmentors/base/base.py`` and
+``segmentors/base/auxiliary.py`` (auxiliary decoder); settings from
+``ssseg/configs/_base_/segmentors/mcibi.py`` and ``ssseg/configs/mcibi/mcibi_deeplabv3_*.py``.
 
 Data flow (one image batch, backbone map ``x`` at 1/8, or 1/16 for ViT):
 
