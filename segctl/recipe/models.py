@@ -52,7 +52,7 @@ _DEEPLAB_SOURCE = (
 )
 _MCIBI_SOURCE = (
     "Jin et al. 2021, Mining Contextual Information Beyond Image (arXiv 2108.11819); "
-    "sssegmentation memorynet"
+    "sssegmentation ssseg/modules/models/segmentors/mcibi (configs ssseg/configs/mcibi/)"
 )
 
 _INTERNIMAGE_SOURCE = (

@@ -26,7 +26,8 @@ from trainer.models.mit import DropPath
 VIT_LARGE_16 = dict(patch_size=16, embed_dims=1024, num_layers=24, num_heads=16, mlp_ratio=4)
 # mmseg's ViT-L configs tap the blocks that end each quarter of the encoder.
 VIT_LARGE_MMSEG_OUT_INDICES = (5, 11, 17, 23)
-# sssegmentation's MCIBI ViT-L configs (memorynet_deeplabv3_vitlarge_*.py) tap these instead.
+# sssegmentation's MCIBI ViT-L configs (ssseg/configs/mcibi/mcibi_deeplabv3_vitlarge_*.py) tap
+# these instead.
 VIT_LARGE_SSSEG_OUT_INDICES = (9, 14, 19, 23)
 
 
