@@ -455,7 +455,7 @@ def train_step(
     train_cfg = recipe.train
     ohem = (train_cfg.ohem_thresh, train_cfg.ohem_min_kept) if train_cfg.loss == "ohem" else None
     ignore_index = dataset_preset(recipe).ignore_index
-    align_corners = bool(getattr(net, "align_corners", False))  # the loss's resize, as the model's
+    align_corners = bool(getattr(net, "align_corners", False))  # loss resize, as the model
     with accelerator.autocast():
         if isinstance(net, MCIBISegmentor):
             outputs = model(images, labels, lr=lr, epoch=epoch)

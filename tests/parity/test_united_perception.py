@@ -4,9 +4,10 @@ Every expected value below was read from ModelTC/United-Perception at commit
 52aaeb9ed27a490820696d7754d19f98cd6ecd11 (the configs and ``up/tasks/seg`` are identical at the
 ``0.2.0_github`` tag 164bff80486e, whose checkpoints the benchmark links): the six
 ``configs/seg/segformer/segformer_b*.yaml``, the six ``configs/seg/hrnet/*.yaml``, and the code
-they run, each group citing its file. Values segctl cannot express are listed in
-:data:`KNOWN_DEPARTURES` with the recipe's stated substitute, so a drift in either direction
-fails here. Models are built on the meta device (no weights), the whole file runs in seconds.
+they run, each group citing its file. What segctl still cannot express is written in the
+recipes as "departs from" comments (the init weights where the config's file is not public, the
+8-GPU test sampler's 504 images, the heads' conv bias before BatchNorm while training). Models
+are built on the meta device (no weights), the whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ RUNNER = {
 }
 
 #: up/tasks/seg/data/seg_transfomer.py: SegRandResize (halves around 1, scales the frame
-#: itself), SegCrop (pads raw 0 / ignore 255 before cropping, no class-share check),
+#: itself: (int(w r), int(h r)), cv2 INTER_LINEAR / INTER_NEAREST), SegCrop (pads raw 0 / ignore 255 before cropping, no class-share check),
 #: Random_Brightness (shift_value 10, skipped with probability 0.5), RandomColorJitterMMSeg
 #: (mmseg's defaults with random.randint).
 TRANSFORMS = {
     "source": up("up/tasks/seg/data/seg_transfomer.py"),
     "ratio_sampling": "halves",
+    "frame_size": (2048, 1024),                # every Cityscapes frame
     "cat_max_ratio": 1.0,
     "pad_order": "before_photometric",
     "image_pad": 0,
@@ -86,12 +88,14 @@ SEGFORMER = {
     "special_param_group": [("decoder", 0.000075, 0.01), ("norm", 0.0000075, 0.0)],
     "warmup_iter": 1500,
     "warmup_ratio": 0.000001,
+    "warmup_type": "linear",                   # up/utils/model/lr_helper.py LinearWarmUpLR
     "power": 1.0,
     "min_lr": 0.0,
     "drop_path_rate": 0.1,
     "decoder_dropout": 0.1,
     "align_corners": False,
     "loss": "ce",                              # seg_ce, loss_weight 1.0
+    "loss_resize_align_corners": False,        # F.interpolate(out, size, align_corners) first
 }
 
 #: configs/seg/hrnet/*.yaml (heads: up/tasks/seg/models/decoder/ocrnet.py hr_seg_head and
@@ -112,11 +116,13 @@ HRNET = {
     "weight_decay": 0.0005,
     "warmup_iter": 500,
     "warmup_ratio": 0.25,
+    "warmup_type": "linear",                   # up/utils/model/lr_helper.py LinearWarmUpLR
     "power": 0.9,
     "min_lr": 0.0,
     "ohem_thresh": 0.9,
     "ohem_min_kept": 100000,
     "align_corners": True,                     # nn.UpsamplingBilinear2d everywhere
+    "loss_resize_align_corners": True,         # heads upsample to the crop before seg_ohem
     "ema_decay": 0.9998,                       # ema_type exp
     "ema_ramp_iters": 2000,                    # ExpEMA: decay * (1 - exp(-x / 2000))
     "ocr_dropout": 0.05,                       # SpatialOCR_Module(dropout=0.05)
@@ -189,12 +195,6 @@ ROWS = {
         init=f"{HRNET_CLS}/HRNet_W48_C_ssld_pretrained.pth"),
 }
 
-#: Values segctl cannot express, with the substitute each recipe states in a "departs from"
-#: comment: SegRandResize's (int(w r), int(h r)) frame by mmcv's keep-ratio rescale (keep_ratio
-#: false would be exact but tests/test_zoo_recipes.py keeps it for LIP); 180 epochs by
-#: ceil(180 x 2975 / 8) iterations instead of 180 x 372; UP's own warm-up rule by mmcv's.
-KNOWN_DEPARTURES = {"keep_ratio": True, "hrnet_iterations": 66938, "source_iterations": 66960}
-
 PATHS = recipes_matching("cityscapes/segformer_mit_b*_1024x1024_160k.yaml") + recipes_matching(
     "cityscapes/*_1024x1024_180e*.yaml")
 
@@ -222,8 +222,9 @@ def test_data_matches_the_config(path):
     assert tuple(data.crop_size) == cfg["crop"], where
     assert tuple(data.ratio_range) == cfg["rand_resize_scale"], where
     assert data.ratio_sampling == TRANSFORMS["ratio_sampling"], where
-    assert tuple(data.train_scale) == (2048, 1024), where  # the frame itself: Cityscapes size
-    assert data.keep_ratio is KNOWN_DEPARTURES["keep_ratio"], where
+    # the frame itself: train_scale is the Cityscapes frame, resized to exactly the target
+    assert tuple(data.train_scale) == TRANSFORMS["frame_size"], where
+    assert data.keep_ratio is False, where
     assert data.cat_max_ratio == TRANSFORMS["cat_max_ratio"], where
     assert data.pad_order == TRANSFORMS["pad_order"], where
     assert data.pad_position == "bottom_right", where  # copyMakeBorder(0, pad_h, 0, pad_w)
@@ -285,12 +286,19 @@ def test_optimizer_schedule_and_training_match_the_config(path):
         assert optim.momentum == cfg["momentum"], where
         assert optim.head_lr_mult == 1.0 and not optim.no_decay_norm_and_pos, where
         assert (sched.max_epochs, sched.max_iters) == (cfg["max_epoch"], None), where
-        # departure: segctl's epoch rule against UP's padded epochs
-        assert math.ceil(cfg["max_epoch"] * RUNNER["cityscapes_train_images"] / global_batch) \
-            == KNOWN_DEPARTURES["hrnet_iterations"]
-        assert cfg["max_epoch"] * _epoch_iterations(row["gpus"], cfg["batch_size"]) \
-            == KNOWN_DEPARTURES["source_iterations"]
+    # every epoch padded as UP's DistributedSampler pads it; max_iter = max_epoch x epoch size
+    assert sched.epoch_padding == "per_rank", where
+    from trainer.engine import resolve_schedule
+
+    iters = resolve_schedule(recipe, RUNNER["cityscapes_train_images"], world).schedule.max_iters
+    if row["family"] == "segformer":
+        assert iters == cfg["max_iter"], where
+    else:
+        assert iters == cfg["max_epoch"] * _epoch_iterations(row["gpus"], cfg["batch_size"]) \
+            == 66960, where
     assert (sched.warmup_iters, sched.warmup_ratio) == (cfg["warmup_iter"], cfg["warmup_ratio"])
+    # warmup_type linear: LinearWarmUpLR + ChainIterLR (up/utils/model/lr_helper.py)
+    assert (cfg["warmup_type"], sched.warmup_style) == ("linear", "up_linear"), where
     assert (sched.poly_power, sched.min_lr) == (cfg["power"], cfg["min_lr"]), where
     epoch = _epoch_iterations(row["gpus"], cfg["batch_size"])
     assert epoch == 372, where
@@ -355,6 +363,8 @@ def test_meta_model_matches_the_source_architecture(path):
     assert conv_seg and all(m.out_channels == 19 for m in conv_seg), where  # num_classes 19
     corners = align_corners_values(model)
     assert corners and set(corners.values()) == {cfg["align_corners"]}, (where, corners)
+    # trainer.engine.train_step resizes the logits to the labels with the model's align_corners
+    assert model.align_corners is cfg["loss_resize_align_corners"], where
     dropouts = dropout_probabilities(model)
     if row["family"] == "segformer":
         assert dropouts == {"decode_head.dropout": cfg["decoder_dropout"]}, where
@@ -374,6 +384,26 @@ def test_meta_model_matches_the_source_architecture(path):
             assert dropouts == {}, where  # hr_seg_head: no dropout
             assert getattr(model, "auxiliary_head", None) is None, where
 
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_released_checkpoint_layout_loads_strictly(path):
+    """reference.checkpoint is a UP ModelHelper state dict (encoder.*, decoder.*): generated
+    here on the meta device from the recipe's model through the inverse name table of
+    tests/test_converters_united_perception.py, it converts to exactly the model's keys and
+    shapes (what ``segctl eval --published`` loads with strict=True)."""
+    from tests.test_converters_united_perception import to_up
+    from trainer.models.converters.pretrained import detect_kind
+    from trainer.models.converters.united_perception import convert_united_perception
+
+    row, _ = _row(path)
+    model = meta_model(path)
+    head = "segformer" if row["family"] == "segformer" else row["model"].split("_")[0]
+    ours = model.state_dict()
+    up_state = to_up(ours, head)
+    assert detect_kind(list(up_state)) == "united_perception", path
+    converted, dropped = convert_united_perception(up_state)
+    assert dropped == [] and set(converted) == set(ours), path
+    assert all(converted[k].shape == ours[k].shape for k in ours), path
 
 @pytest.fixture(scope="module")
 def synthetic_cityscapes(tmp_path_factory):
@@ -426,6 +456,117 @@ def test_engine_assembles_the_up_pipeline(family, synthetic_cityscapes):
     assert tuple(normalize.std.tolist()) == pytest.approx(NORMALIZE["std"])
 
 
+
+def _up_resize_scale(scale, draws):
+    """SegRandResize.augment's ratio (up/tasks/seg/data/seg_transfomer.py), its two
+    ``random.random()`` values replaced by ``draws``."""
+    if draws[0] < 0.5:
+        return scale[0] + (1. - scale[0]) * draws[1]
+    return 1. + (scale[1] - 1.) * draws[1]
+
+
+def _seg_rand_resize(image, label, scale, draws):
+    """SegRandResize.augment, aspect_ratio None: (int(w r), int(h r)), cv2 linear / nearest."""
+    import cv2
+
+    temp_scale = _up_resize_scale(scale, draws)
+    h, w, _ = image.shape
+    new_w, new_h = int(w * temp_scale), int(h * temp_scale)
+    return (cv2.resize(image, dsize=(new_w, new_h), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, dsize=(new_w, new_h), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if "b0" in p or "ocr" in p])
+def test_resize_gives_up_frames_pixel_for_pixel(path):
+    """The recipe's RandomResize against SegRandResize on a 2048x1024 frame: the same two
+    uniform draws give the same ratio, the same (int(2048 r), int(1024 r)) size and the same
+    pixels."""
+    import numpy as np
+
+    from trainer.data.transforms import RandomResize
+
+    data = resolved(path).data
+    resize = RandomResize(tuple(data.train_scale), tuple(data.ratio_range), data.keep_ratio,
+                          ratio_sampling=data.ratio_sampling)
+    frame_w, frame_h = TRANSFORMS["frame_size"]
+    for seed in range(500):
+        draws = np.random.default_rng(seed).random(2)
+        ratio = resize.draw_ratio(np.random.default_rng(seed))
+        assert ratio == _up_resize_scale(data.ratio_range, draws), seed
+        assert resize.target_size(frame_w, frame_h, ratio) == (
+            int(frame_w * ratio), int(frame_h * ratio)), (path, ratio)
+    gen = np.random.default_rng(0)
+    image = gen.integers(0, 256, (frame_h, frame_w, 3), dtype=np.uint8)
+    label = gen.integers(0, 19, (frame_h, frame_w), dtype=np.uint8)
+    for seed in (0, 2):  # one ratio below 1, one above
+        draws = np.random.default_rng(seed).random(2)
+        want_image, want_label = _seg_rand_resize(image, label, data.ratio_range, draws)
+        got = resize({"image": image.copy(), "label": label.copy()}, np.random.default_rng(seed))
+        assert got["image"].shape == want_image.shape, seed
+        assert np.array_equal(got["image"], want_image), seed
+        assert np.array_equal(got["label"], want_label), seed
+
+def _up_distributed_sampler_epoch(permutation, world):
+    """The indices of one epoch over all ranks, up/data/samplers/sampler.py DistributedSampler:
+    num_samples = ceil(len / world), the shuffled indices padded with their own start."""
+    num_samples = math.ceil(len(permutation) / world)
+    total_size = num_samples * world
+    indices = list(permutation)
+    padding_size = total_size - len(indices)
+    if padding_size <= len(indices):
+        indices += indices[:padding_size]
+    else:
+        indices += (indices * math.ceil(padding_size / len(indices)))[:padding_size]
+    return [indices[r * num_samples:(r + 1) * num_samples] for r in range(world)]
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if "b0" in p or "w48" in p])
+def test_epochs_read_the_images_up_reads(path):
+    """trainer.engine.DataOrder with the recipe's epoch_padding: each epoch of 372 iterations
+    reads the UP sampler's multiset of images (2975 + the first one again), and the next epoch
+    starts at iteration 372 (which rank reads which image differs; the shuffles are the
+    framework's own)."""
+    from collections import Counter
+
+    from trainer.engine import DataOrder
+
+    recipe = resolved(path)
+    world = recipe.cluster.nodes * recipe.cluster.gpus_per_node
+    images = RUNNER["cityscapes_train_images"]
+    order = DataOrder(images, recipe.train.batch_size, world, recipe.train.seed,
+                      recipe.schedule.epoch_padding)
+    epoch = _epoch_iterations(world, recipe.train.batch_size)
+    assert order.epoch_positions == 2976 and epoch * world * recipe.train.batch_size == 2976
+    for e in (0, 1):
+        read = Counter(order.sample(i, r, j)[0] for i in range(e * epoch, (e + 1) * epoch)
+                       for r in range(world) for j in range(recipe.train.batch_size))
+        up_ranks = _up_distributed_sampler_epoch(order.permutation(e).tolist(), world)
+        assert read == Counter(index for rank in up_ranks for index in rank), (path, e)
+        assert order.sample((e + 1) * epoch, 0, 0)[0] == order.permutation(e + 1)[0]
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if "b0" in p or "w48" in p])
+def test_learning_rate_follows_up_schedule(path):
+    """The resolved schedule's rate at the warm-up's ends and after it, against
+    up/utils/model/lr_helper.py (LinearWarmUpLR from warmup_ratio x lr, PolyLR from lr over
+    max_iter, min_lr 0), for the encoder group (lr x 8)."""
+    from trainer.engine import resolve_schedule
+    from trainer.optim import poly_lr
+
+    row, cfg = _row(path)
+    recipe = resolved(path)
+    world = recipe.cluster.nodes * recipe.cluster.gpus_per_node
+    sched = resolve_schedule(recipe, RUNNER["cityscapes_train_images"], world).schedule
+    lr = cfg["lr"] * 8
+    warm, ratio = cfg["warmup_iter"], cfg["warmup_ratio"]
+    total = cfg["max_iter"] if row["family"] == "segformer" else 66960
+    gamma = (lr - ratio * lr) / (warm - 1)
+    assert poly_lr(recipe.optim.lr, 0, sched) == pytest.approx(ratio * lr, rel=1e-12)
+    assert poly_lr(recipe.optim.lr, 7, sched) == pytest.approx(ratio * lr + 7 * gamma, rel=1e-12)
+    assert poly_lr(recipe.optim.lr, warm - 1, sched) == pytest.approx(lr, rel=1e-12)
+    for step in (warm, total // 2, total - 1):
+        assert poly_lr(recipe.optim.lr, step, sched) == pytest.approx(
+            lr * (1 - step / total) ** cfg["power"], rel=1e-12), (path, step)
 
 def test_up_data_fields_default_to_mmseg_and_are_validated():
     """The schema fields these recipes added keep every other recipe's pipeline (and run id:

@@ -1,8 +1,12 @@
 """Training losses for segmentors.
 
 Cross-entropy as mmsegmentation 1.x applies it in ``BaseDecodeHead.loss_by_feat`` with
-``losses/cross_entropy_loss.py``: logits are resized bilinearly to the label size, then
-per-pixel cross-entropy skips ``ignore_index``.
+``losses/cross_entropy_loss.py``: logits are resized bilinearly to the label size, with the
+head's ``align_corners`` (``segmentation_loss(..., align_corners=)``; the training step passes
+the segmentor's), then per-pixel cross-entropy skips ``ignore_index``. United-Perception's
+heads do the same resize before their loss (``up/tasks/seg/models/decoder/ocrnet.py``:
+``nn.UpsamplingBilinear2d``, align_corners True; ``decoder/segformer_decoder.py``:
+``F.interpolate(..., align_corners=self.align_corners)``, False in its configs).
 
 OHEM (online hard example mining) follows mmsegmentation's ``OHEMPixelSampler``
 (1.x ``mmseg/structures/sampler/ohem_pixel_sampler.py``, 0.x
@@ -186,6 +190,8 @@ def ohem_kept_cross_entropy(
         thresh: probability threshold in (0, 1].
         min_kept: pixels kept at least, for the whole batch.
         ignore_index: label value that is never kept.
+        align_corners: passed to the bilinear resize (True reproduces UP's HRNet heads,
+            ``nn.UpsamplingBilinear2d``).
 
     Returns:
         A float scalar tensor.
@@ -226,6 +232,7 @@ def segmentation_loss(
     avg_non_ignore: bool = False,
     ohem: tuple[float, int] | None = None,
     ohem_style: str = "mmseg_sampler",
+    align_corners: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of :func:`pixel_cross_entropy` over a segmentor's outputs.
 
@@ -242,6 +249,9 @@ def segmentation_loss(
             None: plain cross-entropy everywhere.
         ohem_style: ``"mmseg_sampler"`` (above) or ``"up_seg_ohem"``: every output uses
             :func:`ohem_kept_cross_entropy` (``avg_non_ignore`` does not apply).
+        align_corners: of the bilinear resize of every output to the label size (outputs
+            already at that size are not resized); pass the segmentor's ``align_corners``, as
+            mmseg's ``BaseDecodeHead.loss_by_feat`` resizes with its head's.
 
     Returns:
         ``(total, parts)`` where ``parts[name]`` is the weighted loss of each head and
@@ -262,12 +272,14 @@ def segmentation_loss(
     parts = {}
     for name, logits in outputs.items():
         if ohem is not None and ohem_style == "up_seg_ohem":
-            loss = ohem_kept_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index)
+            loss = ohem_kept_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index,
+                                           align_corners)
         elif ohem is not None and name == "decode":
             loss = ohem_cross_entropy(logits, labels, ohem[0], ohem[1], ignore_index,
-                                      avg_non_ignore)
+                                      avg_non_ignore, align_corners)
         else:
-            loss = pixel_cross_entropy(logits, labels, ignore_index, avg_non_ignore)
+            loss = pixel_cross_entropy(logits, labels, ignore_index, avg_non_ignore,
+                                       align_corners)
         parts[name] = weights.get(name, 1.0) * loss
     total = torch.stack(list(parts.values())).sum()
     return total, parts

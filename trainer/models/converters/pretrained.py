@@ -17,6 +17,10 @@ Formats (``kind``), detected from the keys with ``kind="auto"``:
   only its encoder loads, with a warning naming the preset, or, with ``require_full``, it is
   an error naming the preset. ImageNet files (``mit_b*.pth``) load into the backbone.
 * ``"hrnet_official"``: HRNet-Semantic-Segmentation (:mod:`.hrnet_official`).
+* ``"united_perception"``: ModelTC/United-Perception segmentation checkpoints (keys
+  ``encoder.*``/``decoder.*``; SegFormer, HRNet FCN and OCR heads; :mod:`.united_perception`).
+  Their ``ema["ema_state_dict"]`` entry wins over ``model``/``state_dict``, as UP evaluates
+  with the EMA weights; an encoder-only file loads into the backbone.
 * ``"internimage"``: InternImage segmentation checkpoints (keys already ``backbone.``-prefixed
   as ours: handled as ``"mmseg"``) and ImageNet classification checkpoints (backbone only,
   :mod:`.internimage_official`).
@@ -57,12 +61,17 @@ from trainer.models.converters.segformer_official import (
     is_segformer_official,
     official_preset,
 )
+from trainer.models.converters.united_perception import (
+    convert_united_perception,
+    is_united_perception,
+)
 from trainer.models.segformer_official_head import SegFormerOfficialHead
 from trainer.models.weights import load_segmentor_weights
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "mmseg", "segformer_official", "hrnet_official", "internimage", "backbone")
+KINDS = ("auto", "mmseg", "segformer_official", "hrnet_official", "united_perception",
+         "internimage", "backbone")
 _SHOWN = 10
 
 
@@ -125,12 +134,16 @@ def read_checkpoint(path_or_url: str | os.PathLike) -> Any:
 def unwrap_checkpoint(checkpoint: Mapping) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """``(state_dict, meta)`` from the usual containers: mmseg ``{"meta", "state_dict"}``,
     InternImage/timm ``{"model"}``, this project's ``iter_*.pt`` (``"ema"`` before
-    ``"model"``); a ``module.`` prefix on every key is removed."""
+    ``"model"``), United-Perception's ``{"model" | "state_dict", "ema": {"ema_state_dict"}}``
+    (the EMA weights before the others, as UP's ``Saver.load_pretrain_or_resume``); a
+    ``module.`` prefix on every key is removed."""
     meta = dict(checkpoint.get("meta") or {}) if isinstance(checkpoint.get("meta"), Mapping) else {}
     state: Mapping = checkpoint
     ema = checkpoint.get("ema")
     if isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
         state = ema["model"]
+    elif isinstance(ema, Mapping) and isinstance(ema.get("ema_state_dict"), Mapping):
+        state = ema["ema_state_dict"]
     else:
         for container in ("state_dict", "model"):
             inner = checkpoint.get(container)
@@ -145,6 +158,8 @@ def unwrap_checkpoint(checkpoint: Mapping) -> tuple[dict[str, Tensor], dict[str,
 
 def detect_kind(keys: list[str]) -> str:
     """The format of an unwrapped state dict from its key names (see the module docstring)."""
+    if is_united_perception(keys):
+        return "united_perception"
     if is_segformer_official(keys):
         return "segformer_official"
     bare = [k.removeprefix("model.") for k in keys]
@@ -235,6 +250,9 @@ def load_pretrained(
         state, dropped, full = _segformer_official(model, state, source, require_full)
     elif kind == "hrnet_official":
         state = convert_hrnet_official(state)
+        full = any(k.startswith("decode_head.") for k in state)
+    elif kind == "united_perception":
+        state, dropped = convert_united_perception(state)
         full = any(k.startswith("decode_head.") for k in state)
     elif kind == "internimage" and is_internimage_classification(list(state)):
         state, dropped = convert_internimage_classification(state)
