@@ -235,6 +235,26 @@ def test_padded_epochs_count_the_batches_of_a_distributed_sampler():
         iterations_for_epochs(1, 10, 2, 1, "drop_last")
 
 
+def test_drop_last_epochs_count_whole_batches_per_rank():
+    """sssegmentation@eb1878c1: torch DistributedSampler pads to ceil(N / world) per rank
+    (ssseg/modules/parallel/dataloader.py), the DataLoader drops the last partial batch
+    (drop_last True, ssseg/configs/_base_/dataloaders/default_dataloader_bs*.py)."""
+    from trainer.engine import DataOrder
+    from trainer.optim import iterations_for_epochs, padded_epoch_iterations
+
+    assert padded_epoch_iterations(20210, 2, 8, drop_last=True) == 1263  # ceil(2526.25) // 2
+    assert iterations_for_epochs(130, 20210, 2, 8, "per_rank_drop_last") == 164190  # ADE20K
+    assert iterations_for_epochs(180, 20210, 2, 8, "per_rank_drop_last") == 227340
+    assert iterations_for_epochs(440, 3475, 2, 8, "per_rank_drop_last") == 95480  # train+val
+    assert iterations_for_epochs(150, 30462, 4, 8, "per_rank_drop_last") == 142800  # LIP
+
+    order = DataOrder(10, 2, 2, seed=0, epoch_padding="per_rank_drop_last")
+    assert order.epoch_positions == 8  # ceil(10 / 2) = 5 per rank, 2 whole batches of 2
+    first_epoch = [order.sample(i, r, j)[0] for i in range(2) for r in range(2) for j in range(2)]
+    assert len(set(first_epoch)) == 8 and set(first_epoch) == set(order.permutation(0)[:8])
+    assert order.sample(2, 0, 0)[0] == order.permutation(1)[0]  # iteration 2 starts epoch 1
+
+
 def test_warmup_style_defaults_to_mmcv_and_is_validated():
     from pydantic import ValidationError
 

@@ -75,14 +75,16 @@ class DataOrder:
     repeating the start of its permutation (offset ``o`` reads ``permutation[o %
     dataset_size]``), as United-Perception's ``DistributedSampler`` pads
     (``up/data/samplers/sampler.py``: ``indices += indices[:padding_size]``); only which rank
-    reads which image differs (ranks interleave here, take contiguous blocks there).
+    reads which image differs (ranks interleave here, take contiguous blocks there). With
+    ``"per_rank_drop_last"`` the epoch is that many whole batches rounded down (sssegmentation),
+    so the last images of each epoch's permutation go unread, as there.
 
     Attributes:
         dataset_size: number of training samples (> 0).
         batch_size: samples per rank and iteration.
         world_size: number of ranks.
         seed: the recipe's ``train.seed``.
-        epoch_padding: ``"none"`` or ``"per_rank"``.
+        epoch_padding: ``"none"``, ``"per_rank"`` or ``"per_rank_drop_last"``.
     """
 
     dataset_size: int
@@ -107,7 +109,8 @@ class DataOrder:
         """Stream positions (samples over all ranks) in one epoch."""
         if self.epoch_padding == "none":
             return self.dataset_size
-        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, self.world_size)
+        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, self.world_size,
+                                        drop_last=self.epoch_padding == "per_rank_drop_last")
         return steps * self.world_size * self.batch_size
 
     def sample(self, iteration: int, rank: int, slot: int) -> tuple[int, int]:

@@ -215,8 +215,8 @@ def iterations_for_epochs(
 
     ``epoch_padding="none"``: ``ceil(max_epochs * dataset_size / (batch_size * world_size))``;
     the data order (``trainer.engine.DataOrder``) is one stream of epochs, so the last step may
-    reach into the next epoch's first images. ``"per_rank"``: ``max_epochs *``
-    :func:`padded_epoch_iterations` (schedule.epoch_padding).
+    reach into the next epoch's first images. ``"per_rank"`` / ``"per_rank_drop_last"``:
+    ``max_epochs *`` :func:`padded_epoch_iterations` (schedule.epoch_padding).
 
     Raises:
         ValueError: any argument is not positive; an unknown ``epoch_padding``.
@@ -226,14 +226,21 @@ def iterations_for_epochs(
     bad = [f"{k}={v}" for k, v in values.items() if v <= 0]
     if bad:
         raise ValueError(f"cannot turn epochs into iterations: {', '.join(bad)} (must be > 0)")
-    if epoch_padding == "per_rank":
-        return max_epochs * padded_epoch_iterations(dataset_size, batch_size, world_size)
+    if epoch_padding in ("per_rank", "per_rank_drop_last"):
+        return max_epochs * padded_epoch_iterations(
+            dataset_size, batch_size, world_size, drop_last=epoch_padding == "per_rank_drop_last"
+        )
     if epoch_padding != "none":
-        raise ValueError(f"epoch_padding must be 'none' or 'per_rank', got {epoch_padding!r}")
+        raise ValueError(
+            "epoch_padding must be 'none', 'per_rank' or 'per_rank_drop_last', "
+            f"got {epoch_padding!r}"
+        )
     return -(-max_epochs * dataset_size // (batch_size * world_size))
 
 
-def padded_epoch_iterations(dataset_size: int, batch_size: int, world_size: int) -> int:
+def padded_epoch_iterations(
+    dataset_size: int, batch_size: int, world_size: int, drop_last: bool = False
+) -> int:
     """Iterations of one padded epoch (``schedule.epoch_padding: per_rank``):
     ``ceil(ceil(dataset_size / world_size) / batch_size)``, the length of a batch sampler
     (``drop_last=False``) over a ``DistributedSampler`` that pads the epoch to
@@ -242,6 +249,13 @@ def padded_epoch_iterations(dataset_size: int, batch_size: int, world_size: int)
     ``DistributedSampler``, ``batch_sampler.py`` ``BaseBatchSampler``; UP's ``max_epoch`` is
     that many iterations per epoch, ``up/runner/base_runner.py``). Cityscapes' 2975 images on
     4 GPUs x 2: 372; on 8 GPUs x 1: 372.
+
+    With ``drop_last`` (``per_rank_drop_last``) each rank's loader drops its last partial
+    batch: ``floor(ceil(dataset_size / world_size) / batch_size)``, sssegmentation's epoch
+    (SegmentationBLWX/sssegmentation@eb1878c1 ``ssseg/modules/parallel/dataloader.py``: torch
+    ``DistributedSampler``; ``drop_last: True`` in
+    ``ssseg/configs/_base_/dataloaders/default_dataloader_bs*.py``). ADE20K's 20210 images on
+    8 GPUs x 2: 1263.
     """
     per_rank = -(-dataset_size // world_size)
-    return -(-per_rank // batch_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)

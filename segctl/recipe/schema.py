@@ -284,7 +284,7 @@ class ScheduleConfig(Section):
         description="Epochs to train instead of max_iters: the job turns them into iterations "
         "as ceil(epochs * train images / global batch) (see epoch_padding).",
     )
-    epoch_padding: Literal["none", "per_rank"] = Field(
+    epoch_padding: Literal["none", "per_rank", "per_rank_drop_last"] = Field(
         "none",
         description="What an epoch of the training data is. none: the N training images once, "
         "epochs read back to back as one stream. per_rank: as a DistributedSampler with "
@@ -292,7 +292,11 @@ class ScheduleConfig(Section):
         "the extra ones repeating the start of the epoch's shuffled order "
         "(ModelTC/United-Perception up/data/samplers/sampler.py); max_epochs then means "
         "epochs * ceil(ceil(N / GPUs) / batch_size) iterations (Cityscapes on 4 GPUs x 2: "
-        "372 an epoch).",
+        "372 an epoch). per_rank_drop_last: the same padded sampler under a loader that drops "
+        "each GPU's last partial batch, floor(ceil(N / GPUs) / batch_size) iterations an epoch "
+        "(sssegmentation: torch DistributedSampler, drop_last True in "
+        "ssseg/configs/_base_/dataloaders/default_dataloader_bs*.py; ADE20K on 8 GPUs x 2: "
+        "1263).",
     )
     val_interval: int = Field(gt=0, description="Evaluate every this many iterations.")
     checkpoint_interval: int = Field(gt=0, description="Checkpoint every this many iterations.")

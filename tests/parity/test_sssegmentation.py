@@ -25,6 +25,7 @@ from tests.parity.support import (
     recipes_matching,
     resolved,
 )
+from trainer.engine import resolve_schedule
 
 REPO = "SegmentationBLWX/sssegmentation"
 COMMIT = "eb1878c112402e86a92ee6958778272065bf59b9"
@@ -315,6 +316,9 @@ def test_optimizer_schedule_and_numerics(path):
     assert sched.min_lr == pytest.approx(min_lr, rel=1e-12), f"{where}; {BASE_SCHEDULER}"
     assert sched.min_lr_follows_lr_mult is True, f"{where}; {POLY_SCHEDULER}"
     per_epoch = iters_per_epoch(cfg)
+    assert sched.epoch_padding == "per_rank_drop_last", f"{where}; {DATALOADER}"
+    total = resolve_schedule(recipe, DATASETS[cfg["dataset"]]["train_images"], GPUS)
+    assert total.schedule.max_iters == cfg["epochs"] * per_epoch, f"{where}; {DATALOADER}"
     assert sched.val_interval == BASE_VALUES["eval_interval_epochs"] * per_epoch, where
     assert sched.checkpoint_interval == BASE_VALUES["save_interval_epochs"] * per_epoch, where
 
