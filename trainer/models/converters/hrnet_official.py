@@ -119,6 +119,34 @@ def detect_head(keys: list[str]) -> str:
     return "none"
 
 
+
+def fold_biases_into_running_means(
+    state: dict[str, Tensor], pairs: tuple[tuple[str, str], ...]
+) -> None:
+    """Fold the bias of a conv that feeds a BatchNorm into that BN's running mean, in place.
+
+    ``BN(W x + b) = gamma (W x + b - mean) / sqrt(var + eps) + beta = BN'(W x)`` with
+    ``mean' = mean - b`` (inference: BN normalises with its running statistics), so a
+    bias-free conv with ``running_mean - b`` gives the same output.
+
+    Args:
+        state: a state dict; modified in place.
+        pairs: ``(bias key, BN key prefix)`` pairs, e.g. ``("last_layer.0.bias",
+            "last_layer.1.")``; a pair whose bias is absent is skipped.
+
+    Raises:
+        ValueError: a bias whose BN has no ``running_mean`` in ``state``.
+    """
+    for bias_key, bn_prefix in pairs:
+        if bias_key not in state:
+            continue
+        mean_key = bn_prefix + "running_mean"
+        if mean_key not in state:
+            raise ValueError(f"cannot fold {bias_key}: {mean_key} is missing")
+        bias = state.pop(bias_key)
+        state[mean_key] = state[mean_key] - bias.to(state[mean_key].dtype)
+
+
 def convert_hrnet_official(
     state_dict: Mapping[str, Tensor], *, head: str | None = None
 ) -> dict[str, Tensor]:
@@ -148,14 +176,7 @@ def convert_hrnet_official(
         raise ValueError(f"head must be one of {sorted(HEAD_RULES)} or None, got {head!r}")
     unwrapped = {k: v for k, v in unwrapped.items() if not k.startswith(IGNORED_PREFIXES)}
 
-    for bias_key, bn_prefix in FOLDED_BIASES.get(head, ()):
-        if bias_key not in unwrapped:
-            continue
-        mean_key = bn_prefix + "running_mean"
-        if mean_key not in unwrapped:
-            raise ValueError(f"cannot fold {bias_key}: {mean_key} is missing")
-        bias = unwrapped.pop(bias_key)
-        unwrapped[mean_key] = unwrapped[mean_key] - bias.to(unwrapped[mean_key].dtype)
+    fold_biases_into_running_means(unwrapped, FOLDED_BIASES.get(head, ()))
 
     rules = [(re.compile(pattern), target) for pattern, target in HEAD_RULES[head]]
     converted: dict[str, Tensor] = {}

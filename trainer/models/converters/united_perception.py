@@ -67,6 +67,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from trainer.models.converters.hrnet_official import fold_biases_into_running_means
+
 ENCODER = "encoder."
 DECODER = "decoder."
 BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -178,14 +180,7 @@ def convert_united_perception(
     dropped = sorted(k for k in state if k.startswith(DROPPED_PREFIXES))
     state = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
 
-    for bias_key, bn_prefix in FOLDED_BIASES.get(head, ()):
-        if bias_key not in state:
-            continue
-        mean_key = bn_prefix + "running_mean"
-        if mean_key not in state:
-            raise ValueError(f"cannot fold {bias_key}: {mean_key} is missing")
-        bias = state.pop(bias_key)
-        state[mean_key] = state[mean_key] - bias.to(state[mean_key].dtype)
+    fold_biases_into_running_means(state, FOLDED_BIASES.get(head, ()))
 
     rules = [(re.compile(pattern), target) for pattern, target in DECODER_RULES[head]]
     converted: dict[str, Tensor] = {}
