@@ -16,7 +16,15 @@ Formats (``kind``), detected from the keys with ``kind="auto"``:
   official head (presets ``segformer_official_mit_b*``); into any other model (mmseg's head)
   only its encoder loads, with a warning naming the preset, or, with ``require_full``, it is
   an error naming the preset. ImageNet files (``mit_b*.pth``) load into the backbone.
-* ``"hrnet_official"``: HRNet-Semantic-Segmentation (:mod:`.hrnet_official`).
+* ``"hrnet_official"``: HRNet-Semantic-Segmentation (:mod:`.hrnet_official`), and HRNet
+  ImageNet classification files (official HRNet-Image-Classification names with the head
+  ``incre_modules``/``downsamp_modules``/``final_layer``/``classifier``: OpenMMLab's
+  ``pretrain/third_party/hrnetv2_w*`` copies, the SSLD files, timm's ``hrnet_w18_small_v1``;
+  backbone only, head dropped, :mod:`.hrnet_imagenet`).
+* ``"timm_vit"``: timm/JAX ViT ImageNet files (``blocks.{i}.attn.qkv``; :mod:`.timm_vit`):
+  renamed with :func:`trainer.models.vit.convert_timm_vit`, ``pos_embed`` resized to the
+  backbone's grid with its ``interpolate_mode``, ``head.*`` and (without a final norm in the
+  target) ``norm.*`` dropped; backbone only.
 * ``"united_perception"``: ModelTC/United-Perception segmentation checkpoints (keys
   ``encoder.*``/``decoder.*``; SegFormer, HRNet FCN and OCR heads; :mod:`.united_perception`).
   Their ``ema["ema_state_dict"]`` entry wins over ``model``/``state_dict``, as UP evaluates
@@ -24,12 +32,20 @@ Formats (``kind``), detected from the keys with ``kind="auto"``:
 * ``"internimage"``: InternImage segmentation checkpoints (keys already ``backbone.``-prefixed
   as ours: handled as ``"mmseg"``) and ImageNet classification checkpoints (backbone only,
   :mod:`.internimage_official`).
-* ``"backbone"``: any other backbone state dict (e.g. mmseg/mmcls ImageNet ResNet files, keys
-  optionally ``backbone.``-prefixed): loaded into ``model.backbone`` non-strictly, failing when
-  no key fits.
+* ``"backbone"``: any other backbone state dict whose names are already the backbone's (e.g.
+  OpenMMLab's ImageNet ``resnet*_v1c``/``resnest*`` and mmseg ``mit_b*`` files, keys optionally
+  ``backbone.``-prefixed): every backbone key must be in the file; keys the backbone lacks
+  (e.g. an ImageNet ``fc.*`` classifier) are left out and listed as ``unexpected``.
 
-A full segmentor (any ``decode_head.*`` key after conversion) loads with ``strict=True``; a
-backbone with ``strict=True`` where the format is known, else non-strictly. Every file is read
+A full segmentor (any ``decode_head.*`` key after conversion) loads with ``strict=True``. A
+backbone never loads partially: after conversion and after the format's documented classifier
+keys are dropped, every key of ``model.backbone.state_dict()`` must be in the file with its
+shape (apart from a format's documented target-only keys, e.g. the ViT tap norms that the
+reference builds outside its backbone, listed as ``fresh``), else a ``ValueError`` names the
+file and the first missing keys; a known format must also have no key left over (``strict``),
+the unknown ``"backbone"`` format reports them. On a model built on PyTorch's meta device (the
+``segctl weights fetch`` check) the backbone's tensors are replaced by the file's
+(``load_state_dict(assign=True)``), so what loaded can be inspected. Every file is read
 with ``torch.load(weights_only=True)`` on the CPU; URLs are opened with ``fsspec.open`` (fsspec
 is imported only for them).
 """
@@ -50,6 +66,7 @@ from trainer.models.converters.hrnet_official import (
     convert_hrnet_official,
     detect_head,
 )
+from trainer.models.converters.hrnet_imagenet import convert_hrnet_imagenet, is_hrnet_imagenet
 from trainer.models.converters.internimage_official import (
     convert_internimage_classification,
     is_internimage_classification,
@@ -61,6 +78,11 @@ from trainer.models.converters.segformer_official import (
     is_segformer_official,
     official_preset,
 )
+from trainer.models.converters.timm_vit import (
+    TARGET_ONLY_PREFIXES as TIMM_VIT_TARGET_ONLY_PREFIXES,
+    convert_timm_vit_backbone,
+    is_timm_vit,
+)
 from trainer.models.converters.united_perception import (
     convert_united_perception,
     is_united_perception,
@@ -71,7 +93,10 @@ from trainer.models.weights import load_segmentor_weights
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "mmseg", "segformer_official", "hrnet_official", "united_perception",
-         "internimage", "backbone")
+         "internimage", "timm_vit", "backbone")
+# Backbone keys a format never holds, left as the model initialised them (the reference builds
+# those modules outside its pretrained backbone; see the format's module).
+TARGET_ONLY_PREFIXES: dict[str, tuple[str, ...]] = {"timm_vit": TIMM_VIT_TARGET_ONLY_PREFIXES}
 _SHOWN = 10
 
 
@@ -83,11 +108,15 @@ class PretrainedLoad:
         source: the path or URL (``"<dict>"`` for an in-memory checkpoint).
         kind: the format used (one of :data:`KINDS` except ``"auto"``).
         target: ``"model"`` (full segmentor, strict) or ``"backbone"``.
-        strict: whether the key sets had to match exactly.
+        strict: whether the key sets had to match exactly (a backbone: no key left over
+            after the format's drops; no backbone key may ever be missing).
         missing, unexpected: keys of the target the checkpoint lacked / keys it had that the
-            target lacks (empty when ``strict``).
+            target lacks (empty when ``strict``; ``missing`` is empty for every load that
+            succeeds, kept for callers).
         dropped: source keys the converter discarded (classifiers, unmappable decoders).
         meta: ``meta`` of an mmseg checkpoint (e.g. ``mmseg_version``), else {}.
+        fresh: backbone keys the format never holds (:data:`TARGET_ONLY_PREFIXES`), left as
+            the model initialised them.
     """
 
     source: str
@@ -98,6 +127,7 @@ class PretrainedLoad:
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    fresh: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the log."""
@@ -110,7 +140,8 @@ class PretrainedLoad:
         if self.meta.get("mmseg_version"):
             parts.append(f"mmseg {self.meta['mmseg_version']}")
         for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("dropped", self.dropped)):
+                            ("dropped", self.dropped),
+                            ("left to the model's init (not in this format)", self.fresh)):
             if keys:
                 parts.append(f"{len(keys)} {label}: {first(keys)}")
         return "; ".join(parts)
@@ -169,6 +200,10 @@ def detect_kind(keys: list[str]) -> str:
         return "mmseg"
     if is_internimage_classification(keys):
         return "internimage"
+    if is_timm_vit(keys):
+        return "timm_vit"
+    if is_hrnet_imagenet(keys):
+        return "hrnet_official"
     return "backbone"
 
 
@@ -228,7 +263,8 @@ def load_pretrained(
     Raises:
         ValueError: unknown ``kind``; a converter rejects the keys; a full checkpoint does not
             fit the model (missing, unexpected or mis-shaped keys, listed); a backbone
-            checkpoint shares no key with the backbone; with ``require_full``, a checkpoint
+            checkpoint shares no key with the backbone, lacks any backbone key (listed), has a
+            mis-shaped key, or (known formats) a key left over; with ``require_full``, a checkpoint
             that holds a backbone only, or an official SegFormer segmentor for a model
             without the official head (the message names the preset to use).
         FileNotFoundError: a local path does not exist.
@@ -248,6 +284,12 @@ def load_pretrained(
     known = True
     if kind == "segformer_official":
         state, dropped, full = _segformer_official(model, state, source, require_full)
+    elif kind == "hrnet_official" and is_hrnet_imagenet(list(state)):
+        state, dropped = convert_hrnet_imagenet(state)
+        full = False
+    elif kind == "timm_vit":
+        state, dropped = convert_timm_vit_backbone(state, model.backbone)
+        full = False
     elif kind == "hrnet_official":
         state = convert_hrnet_official(state)
         full = any(k.startswith("decode_head.") for k in state)
@@ -283,12 +325,54 @@ def load_pretrained(
                 f"(checkpoint keys like {', '.join(list(backbone_state)[:5])}; backbone keys like "
                 f"{', '.join(list(own)[:5])})"
             )
-        try:
-            missing, unexpected = load_segmentor_weights(model.backbone, backbone_state,
-                                                         strict=known)
-        except ValueError as exc:
-            raise ValueError(f"{source} ({kind}) does not fit the backbone: {exc}") from None
-        report = PretrainedLoad(source, kind, "backbone", known, missing, unexpected, dropped,
-                                meta)
+        fresh, unexpected = _fill_backbone(model.backbone, backbone_state, source, kind, known)
+        report = PretrainedLoad(source, kind, "backbone", known, [], unexpected, dropped, meta,
+                                fresh)
     log.info("%s", report.summary())
     return report
+
+
+def _fill_backbone(
+    backbone: nn.Module, state: Mapping[str, Tensor], source: str, kind: str, known: bool
+) -> tuple[list[str], list[str]]:
+    """Load ``state`` (backbone-relative keys) into ``backbone``, never partially.
+
+    Every key of ``backbone.state_dict()`` must be in ``state`` with its shape, except the
+    format's :data:`TARGET_ONLY_PREFIXES`; with ``known``, ``state`` may hold no other key.
+    Tensors are copied, or assigned where the backbone is on the meta device.
+
+    Returns:
+        ``(fresh, unexpected)``: the target-only keys left as initialised, the keys of
+        ``state`` the backbone lacks (left out; empty with ``known``).
+
+    Raises:
+        ValueError: missing, mis-shaped or (with ``known``) unexpected keys; the message names
+            ``source``, ``kind`` and the first offending keys.
+    """
+    own = backbone.state_dict()
+    target_only = TARGET_ONLY_PREFIXES.get(kind, ())
+    absent = [k for k in own if k not in state]
+    fresh = [k for k in absent if target_only and k.startswith(target_only)]
+    missing = [k for k in absent if not (target_only and k.startswith(target_only))]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:_SHOWN]) + (f" ... (+{len(keys) - _SHOWN})"
+                                           if len(keys) > _SHOWN else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the backbone's {len(own)} keys are missing from the "
+                        f"file (a partially filled backbone is refused): {first(missing)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {first(mismatched)}")
+    if known and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {first(unexpected)}")
+    if problems:
+        raise ValueError(f"{source} ({kind}) does not fit the backbone: " + "; ".join(problems))
+    on_meta = any(t.is_meta for t in own.values())
+    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False,
+                             assign=on_meta)
+    return fresh, unexpected
