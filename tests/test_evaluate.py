@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -392,7 +393,9 @@ def test_recipe_view_average_reaches_the_inference_settings():
 
     for path in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
         recipe = load_recipe(path).recipe
-        assert inference_settings(recipe, True).average == recipe.eval.average, path
+        assert inference_settings(recipe, False).average == recipe.eval.average, path
+        ms_flip_average = recipe.eval.ms_flip_average or recipe.eval.average
+        assert inference_settings(recipe, True).average == ms_flip_average, path
         ssseg = recipe.reference is not None and "sssegmentation" in recipe.reference.source
         if not ssseg:
             assert recipe.eval.average == "probs", path
@@ -475,3 +478,314 @@ def test_recipe_size_divisor_reaches_the_inference_settings():
         assert inference_settings(recipe, ms_flip=True).size_divisor == 32, path
     quick = load_recipe(recipes / "quickstart.yaml").recipe
     assert inference_settings(quick, ms_flip=False).size_divisor is None
+
+
+# ---------------------------------------------------------------- sssegmentation's order
+
+
+class CoarseModel(torch.nn.Module):
+    """Logits at a quarter of the input resolution (ceil(h / 4), ceil(w / 4)), as a decode
+    head's before any resize; a strided random conv whose output also depends on the input
+    size and on the column, so every scale, window and flip gives a different answer."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(4)
+        self.conv = torch.nn.Conv2d(3, num_classes, 3, stride=4, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen))
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=gen))
+        self.ramp_weight = torch.randn(num_classes, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        out = self.conv(x) * (h * w) ** 0.25 / 4.0
+        ramp = torch.linspace(-2.0, 2.0, out.shape[3])
+        return out + self.ramp_weight.view(1, -1, 1, 1) * ramp.view(1, 1, 1, -1)
+
+
+class SsSegReference:
+    """sssegmentation's test-time inference, rewritten line by line from
+    SegmentationBLWX/sssegmentation@eb1878c112402e86a92ee6958778272065bf59b9:
+    ``ssseg/modules/models/segmentors/base/base.py`` ``BaseSegmentor.inference`` (lines 52-87)
+    and ``auginference`` (lines 89-117), and ``ssseg/test.py`` ``Tester.start`` (lines
+    129-131: each view resized to the image's height and width, summed, divided by their
+    number). ``net`` stands for the segmentor's forward in TEST mode, which returns
+    ``seg_logits`` at the decode head's resolution (e.g. ``mcibi/mcibi.py`` line 125)."""
+
+    def __init__(self, net, *, mode, cropsize=None, stride=None, multiscale=(1,), flip=False,
+                 use_probs_before_resize, fixed_seg_target_pairs=None, align_corners=False,
+                 num_classes=NUM_CLASSES):
+        self.net, self.align_corners = net, align_corners
+        self.cfg = {
+            "num_classes": num_classes,
+            "inference": {
+                "forward": {"mode": mode, "cropsize": cropsize, "stride": stride},
+                "tta": {"multiscale": list(multiscale), "flip": flip,
+                        "use_probs_before_resize": use_probs_before_resize,
+                        "fixed_seg_target_pairs": fixed_seg_target_pairs},
+            },
+        }
+
+    def inference(self, images):  # base.py lines 52-87
+        inference_cfg = self.cfg["inference"]
+        use_probs_before_resize = inference_cfg["tta"]["use_probs_before_resize"]
+        if inference_cfg["forward"]["mode"] == "whole":
+            seg_logits = self.net(images)
+            if use_probs_before_resize:
+                seg_logits = F.softmax(seg_logits, dim=1)
+        else:
+            stride_h, stride_w = inference_cfg["forward"]["stride"]
+            cropsize_h, cropsize_w = inference_cfg["forward"]["cropsize"]
+            batch_size, _, image_h, image_w = images.size()
+            num_grids_h = max(image_h - cropsize_h + stride_h - 1, 0) // stride_h + 1
+            num_grids_w = max(image_w - cropsize_w + stride_w - 1, 0) // stride_w + 1
+            seg_logits = images.new_zeros((batch_size, self.cfg["num_classes"], image_h, image_w))
+            count_mat = images.new_zeros((batch_size, 1, image_h, image_w))
+            for h_idx in range(num_grids_h):
+                for w_idx in range(num_grids_w):
+                    x1, y1 = w_idx * stride_w, h_idx * stride_h
+                    x2, y2 = min(x1 + cropsize_w, image_w), min(y1 + cropsize_h, image_h)
+                    x1, y1 = max(x2 - cropsize_w, 0), max(y2 - cropsize_h, 0)
+                    crop_images = images[:, :, y1:y2, x1:x2]
+                    seg_logits_crop = self.net(crop_images)
+                    seg_logits_crop = F.interpolate(
+                        seg_logits_crop, size=crop_images.size()[2:], mode="bilinear",
+                        align_corners=self.align_corners)
+                    if use_probs_before_resize:
+                        seg_logits_crop = F.softmax(seg_logits_crop, dim=1)
+                    seg_logits += F.pad(seg_logits_crop, (int(x1), int(seg_logits.shape[3] - x2),
+                                                          int(y1), int(seg_logits.shape[2] - y2)))
+                    count_mat[:, :, y1:y2, x1:x2] += 1
+            assert (count_mat == 0).sum() == 0
+            seg_logits = seg_logits / count_mat
+        return seg_logits
+
+    def auginference(self, images):  # base.py lines 89-117
+        infer_tta_cfg, seg_logits_list = self.cfg["inference"]["tta"], []
+        for scale_factor in infer_tta_cfg["multiscale"]:
+            images_scale = F.interpolate(images, scale_factor=scale_factor, mode="bilinear",
+                                         align_corners=self.align_corners)
+            seg_logits = self.inference(images=images_scale).cpu()
+            seg_logits_list.append(seg_logits)
+            if infer_tta_cfg["flip"]:
+                images_scale_flip = torch.from_numpy(
+                    np.flip(images_scale.cpu().numpy(), axis=3).copy())
+                seg_logits_flip = self.inference(images=images_scale_flip)
+                fixed_seg_target_pairs = infer_tta_cfg.get("fixed_seg_target_pairs", None)
+                if fixed_seg_target_pairs is not None:
+                    seg_logits_flip_clone = seg_logits_flip.data.clone()
+                    for (pair_a, pair_b) in fixed_seg_target_pairs:
+                        seg_logits_flip[:, pair_a, :, :] = seg_logits_flip_clone[:, pair_b, :, :]
+                        seg_logits_flip[:, pair_b, :, :] = seg_logits_flip_clone[:, pair_a, :, :]
+                seg_logits_flip = torch.from_numpy(
+                    np.flip(seg_logits_flip.cpu().numpy(), axis=3).copy()).type_as(seg_logits)
+                seg_logits_list.append(seg_logits_flip)
+        return seg_logits_list
+
+    def test(self, test_image, height, width):  # test.py lines 128-131, one image
+        with torch.no_grad():
+            seg_logits_list = self.auginference(test_image)
+            seg_logit_list = [
+                F.interpolate(seg_logits[0:1], size=(height, width), mode="bilinear",
+                              align_corners=self.align_corners)
+                for seg_logits in seg_logits_list
+            ]
+            return sum(seg_logit_list) / len(seg_logit_list)
+
+
+def _ssseg_test_image(image, test_scale, keep_ratio=True):
+    """The dataset's test Resize (ssseg Resize, scale_range None) of the normalised image: the
+    stand-in for its cv2.resize of the uint8 image, as predict_probs does."""
+    from trainer.evaluate import stretch_size
+
+    h, w = image.shape[2:]
+    size = (rescale_size if keep_ratio else stretch_size)(h, w, test_scale, 1.0)
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
+# ADE20K-like: the test size (40, 59) is not the image's, and the ratios give sizes whose
+# product with the ratio is not whole (59 x 0.75 = 44.25), where scale_factor and size differ.
+SSSEG_IMAGE = (30, 44)
+SSSEG_TEST_SCALE = (100, 40)
+
+
+@pytest.mark.parametrize("mode, crop, stride", [("whole", None, None),
+                                                ("slide", (16, 16), (11, 11))])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_probs_before_resize_equals_sssegmentation(mode, crop, stride, align_corners):
+    """eval.average probs_before_resize (use_probs_before_resize True), ms+flip, whole images
+    and sliding windows, with a swapped class pair: bit for bit sssegmentation's order."""
+    model = CoarseModel().eval()
+    image = _image(*SSSEG_IMAGE, seed=11)
+    reference = SsSegReference(
+        model, mode=mode, cropsize=crop, stride=stride, multiscale=MS_FLIP_RATIOS, flip=True,
+        use_probs_before_resize=True, fixed_seg_target_pairs=[(1, 0)],
+        align_corners=align_corners,
+    ).test(_ssseg_test_image(image, SSSEG_TEST_SCALE), *SSSEG_IMAGE)
+    got = predict_probs(
+        model, image, test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
+        crop_size=crop, stride=stride, num_classes=NUM_CLASSES, flip_swap_pairs=[(1, 0)],
+        average="probs_before_resize", align_corners=align_corners,
+    )
+    assert got.shape == (1, NUM_CLASSES, *SSSEG_IMAGE) and got.dtype == torch.float32
+    torch.testing.assert_close(got, reference, rtol=0, atol=0)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(1, *SSSEG_IMAGE))
+    # the softmax's place matters: mmseg's order (after the resizes) gives other scores
+    mmseg = predict_probs(
+        lambda x: F.interpolate(model(x), size=x.shape[2:], mode="bilinear",
+                                align_corners=align_corners),
+        image, test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
+        crop_size=crop, stride=stride, num_classes=NUM_CLASSES, flip_swap_pairs=[(1, 0)],
+    )
+    assert (mmseg - got).abs().max() > 1e-3
+
+
+def test_single_scale_probs_before_resize_softmaxes_at_the_model_resolution():
+    """One view: softmax of the quarter-resolution logits, then one resize to the image (the
+    ViT and Cityscapes configs' single scale); the logits' average differs from it."""
+    model = CoarseModel().eval()
+    image = _image(*SSSEG_IMAGE, seed=12)
+    probs = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES,
+                          average="probs_before_resize")
+    with torch.no_grad():
+        expected = F.interpolate(model(image).softmax(dim=1), size=SSSEG_IMAGE,
+                                 mode="bilinear", align_corners=False)
+    torch.testing.assert_close(probs, expected, rtol=0, atol=0)
+    logits = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES,
+                           average="logits")
+    assert (logits.softmax(dim=1) - probs).abs().max() > 1e-3
+
+
+def test_logits_average_equals_sssegmentation_for_lip():
+    """eval.average logits (use_probs_before_resize False) with LIP's test: stretched to
+    473x473 (here 47x47), one scale, flipped with the handed pairs exchanged, the logits at the
+    model's resolution resized once to the image (not model -> input -> image)."""
+    model = CoarseModel(num_classes=6).eval()
+    image = _image(30, 21, seed=13)
+    pairs = [(5, 4), (3, 2)]  # as LIP's (15, 14), (17, 16), (19, 18)
+    reference = SsSegReference(
+        model, mode="whole", multiscale=[1], flip=True, use_probs_before_resize=False,
+        fixed_seg_target_pairs=pairs, num_classes=6,
+    ).test(_ssseg_test_image(image, (47, 47), keep_ratio=False), 30, 21)
+    kwargs = dict(test_scale=(47, 47), keep_ratio=False, flip=True, num_classes=6,
+                  flip_swap_pairs=pairs, average="logits")
+    got = predict_probs(model, image, **kwargs)
+    torch.testing.assert_close(got, reference, rtol=0, atol=0)
+    # logits at the input size (encode_decode) are resized twice: not sssegmentation's numbers
+    twice = predict_probs(
+        lambda x: F.interpolate(model(x), size=x.shape[2:], mode="bilinear", align_corners=False),
+        image, **kwargs)
+    assert (twice - reference).abs().max() > 1e-4
+
+
+def test_segmentor_logits_picks_the_resolution_the_order_needs():
+    from trainer.evaluate import segmentor_logits
+    from trainer.models.segmentor import EncoderDecoder
+
+    head = CoarseModel()
+    net = EncoderDecoder(torch.nn.Identity(), head).eval()
+    image = _image(20, 28)
+    mmseg = segmentor_logits(net, InferenceSettings(average="probs"))
+    ssseg = segmentor_logits(net, InferenceSettings(average="probs_before_resize"))
+    with torch.no_grad():
+        assert mmseg(image).shape[2:] == (20, 28)
+        torch.testing.assert_close(ssseg(image), head(image), rtol=0, atol=0)
+    assert segmentor_logits(net, InferenceSettings(average="logits"))(image).shape[2:] == (5, 7)
+    assert InferenceSettings(average="logits").order == "sssegmentation"
+    assert InferenceSettings().order == "mmseg"
+
+
+def test_sssegmentation_order_has_no_resize_to_multiple():
+    with pytest.raises(ValueError, match="size_divisor"):
+        InferenceSettings(average="probs_before_resize", size_divisor=32)
+
+
+def test_stretch_size_gives_a_square_image_the_wider_target():
+    """ssseg Resize(keep_ratio=False): only h > w takes the larger value as the height."""
+    from trainer.evaluate import stretch_size
+
+    assert stretch_size(100, 100, (600, 400)) == (400, 600)
+    assert stretch_size(101, 100, (400, 600)) == (600, 400)  # the target's order does not matter
+
+
+# ---------------------------------------------------------------- ms+flip settings of a recipe
+
+
+def test_ms_flip_settings_may_differ_from_single_scale():
+    """eval.ms_flip_mode / ms_flip_crop_size / ms_flip_stride / ms_flip_average replace the
+    single-scale values in the ms+flip settings only (the MCIBI HRNet ADE20K config: whole
+    images and averaged logits at single scale, 512x512 windows and probabilities before the
+    resize for ms+flip)."""
+    from pathlib import Path
+
+    from segctl.recipe import load_recipe
+    from trainer.engine import inference_settings
+
+    path = (Path(__file__).resolve().parents[1] / "recipes" / "ade20k"
+            / "deeplabv3_mcibi_hrnetv2_w48_512x512_180e.yaml")
+    recipe = load_recipe(path).recipe
+    single = inference_settings(recipe, ms_flip=False)
+    assert (single.mode, single.crop_size, single.stride, single.average) == (
+        "whole", None, None, "logits")
+    assert (single.scales, single.flip) == ((1.0,), False)
+    ms = inference_settings(recipe, ms_flip=True)
+    assert (ms.mode, ms.crop_size, ms.stride, ms.average) == (
+        "slide", (512, 512), (341, 341), "probs_before_resize")
+    assert (ms.scales, ms.flip, ms.test_scale) == (MS_FLIP_RATIOS, True, single.test_scale)
+    # unset, the ms+flip evaluation runs as the single scale does
+    plain = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={
+        "ms_flip_mode": None, "ms_flip_crop_size": None, "ms_flip_stride": None,
+        "ms_flip_average": None})})
+    ms = inference_settings(plain, ms_flip=True)
+    assert (ms.mode, ms.crop_size, ms.stride, ms.average) == ("whole", None, None, "logits")
+
+
+def test_ms_flip_window_errors_say_how_to_fix():
+    from pydantic import ValidationError
+
+    from segctl.recipe.schema import EvalConfig
+
+    with pytest.raises(ValidationError, match="set ms_flip_crop_size and ms_flip_stride"):
+        EvalConfig(ms_flip_mode="slide")
+    with pytest.raises(ValidationError) as err:
+        EvalConfig(ms_flip_crop_size=(512, 512), ms_flip_stride=(341, 341))
+    message = str(err.value)  # both problems, each with its fix
+    assert "ms_flip_crop_size is set but the ms+flip evaluation runs whole images" in message
+    assert "ms_flip_stride is set" in message and "set ms_flip_mode: slide" in message
+    with pytest.raises(ValidationError, match="two positive integers"):
+        EvalConfig(ms_flip_mode="slide", ms_flip_crop_size=(0, 512), ms_flip_stride=(341, 341))
+    with pytest.raises(ValidationError, match="size_divisor"):
+        EvalConfig(size_divisor=32, ms_flip_average="probs_before_resize")
+    # a window inherited from the single-scale slide, or given for the ms+flip one, is fine
+    EvalConfig(mode="slide", crop_size=(512, 512), stride=(341, 341), ms_flip_mode="slide")
+    EvalConfig(ms_flip_mode="slide", ms_flip_crop_size=(512, 512), ms_flip_stride=(341, 341))
+    EvalConfig(mode="slide", crop_size=(512, 512), stride=(341, 341), ms_flip_mode="whole")
+
+
+def test_mcibi_segmentor_in_sssegmentation_order():
+    """The MCIBI segmentor through segmentor_logits: the stage-2 logits at 1/8 of the input
+    (those encode_decode resizes), scored in sssegmentation's order as the reference does,
+    without touching the memory."""
+    from tests.test_models_deeplab import tiny_mcibi
+    from trainer.evaluate import segmentor_logits
+
+    net = tiny_mcibi().eval()
+    memory = net.decode_head.memory_module.memory.clone()
+    settings = InferenceSettings(average="probs_before_resize")
+    logits = segmentor_logits(net, settings)
+    image = _image(40, 56, seed=14)
+    with torch.no_grad():
+        coarse = logits(image)
+        assert coarse.shape == (1, 5, 5, 7)
+        torch.testing.assert_close(
+            F.interpolate(coarse, size=(40, 56), mode="bilinear", align_corners=False),
+            net.encode_decode(image), rtol=0, atol=0)
+    got = predict_probs(logits, image, test_scale=(80, 40), scales=(0.75, 1.0), flip=True,
+                        num_classes=5, average="probs_before_resize")
+    reference = SsSegReference(
+        logits, mode="whole", multiscale=(0.75, 1.0), flip=True, use_probs_before_resize=True,
+        num_classes=5,
+    ).test(_ssseg_test_image(image, (80, 40)), 40, 56)
+    torch.testing.assert_close(got, reference, rtol=0, atol=0)
+    assert torch.equal(net.decode_head.memory_module.memory, memory)

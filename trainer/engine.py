@@ -37,7 +37,7 @@ from trainer.data.layouts import build_dataset
 from trainer.data.transforms import Compose, eval_pipeline, seed_worker, train_pipeline
 from trainer.distributed import autocast_dtype, convert_sync_batchnorm
 from trainer.ema import ModelEMA
-from trainer.evaluate import InferenceSettings, evaluate_dataset
+from trainer.evaluate import InferenceSettings, evaluate_dataset, segmentor_logits
 from trainer.metrics import SegMetrics, format_metrics_table
 from trainer.models import MODEL_BUILDERS, build_segmentor
 from trainer.models.converters.pretrained import load_pretrained
@@ -369,18 +369,26 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
     """The recipe's test-time settings: single scale, or ``eval.scales`` with flip (flipped views
-    exchange the scores of ``data.flip_swap_pairs``, as training's flips exchange the labels)."""
+    exchange the scores of ``data.flip_swap_pairs``, as training's flips exchange the labels).
+    With ``ms_flip``, ``eval.ms_flip_mode``, ``ms_flip_crop_size``, ``ms_flip_stride`` and
+    ``ms_flip_average`` replace ``mode``, ``crop_size``, ``stride`` and ``average`` where set."""
     ev = recipe.eval
+
+    def pick(field: str):
+        override = getattr(ev, f"ms_flip_{field}") if ms_flip else None
+        return getattr(ev, field) if override is None else override
+
+    crop_size, stride = pick("crop_size"), pick("stride")
     return InferenceSettings(
-        mode=ev.mode,
+        mode=pick("mode"),
         test_scale=tuple(ev.test_scale) if ev.test_scale else None,
         scales=tuple(ev.scales) if ms_flip else (1.0,),
         flip=ms_flip,
-        crop_size=tuple(ev.crop_size) if ev.crop_size else None,
-        stride=tuple(ev.stride) if ev.stride else None,
+        crop_size=tuple(crop_size) if crop_size else None,
+        stride=tuple(stride) if stride else None,
         flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
         keep_ratio=ev.keep_ratio,
-        average=ev.average,
+        average=pick("average"),
         size_divisor=ev.size_divisor,
     )
 
@@ -388,20 +396,22 @@ def inference_settings(recipe: Recipe, ms_flip: bool) -> InferenceSettings:
 def evaluate(model: nn.Module, dataset, recipe: Recipe, accelerator, *, ms_flip: bool) -> SegMetrics:
     """Score the whole ``dataset`` (sharded over ranks, reduced) with the recipe's settings."""
     preset = dataset_preset(recipe)
+    settings = inference_settings(recipe, ms_flip)
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
     try:
         metrics, _ = evaluate_dataset(
-            net.encode_decode,
+            segmentor_logits(net, settings),
             dataset,
             num_classes=preset.num_classes,
             ignore_index=preset.ignore_index,
-            settings=inference_settings(recipe, ms_flip),
+            settings=settings,
             device=accelerator.device,
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
             autocast_dtype=autocast_dtype(accelerator),
+            align_corners=bool(getattr(net, "align_corners", False)),
         )
     finally:
         net.train(was_training)

@@ -46,7 +46,7 @@ from trainer.engine import (
     resolve_schedule,
     train,
 )
-from trainer.evaluate import predict_probs
+from trainer.evaluate import predict_probs, segmentor_logits
 from trainer.metrics import format_metrics_table
 from trainer.models.converters.pretrained import load_pretrained
 from trainer import submission_format
@@ -247,12 +247,14 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
         image = (read_image(path).astype(np.float32) - mean) / std
         tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0)
         probs = predict_probs(
-            model.encode_decode, tensor.to(accelerator.device), test_scale=settings.test_scale,
+            segmentor_logits(model, settings), tensor.to(accelerator.device),
+            test_scale=settings.test_scale,
             scales=settings.scales, flip=settings.flip, mode=settings.mode,
             crop_size=settings.crop_size, stride=settings.stride,
             num_classes=preset.num_classes, autocast_dtype=autocast_dtype(accelerator),
             flip_swap_pairs=settings.flip_swap_pairs, keep_ratio=settings.keep_ratio,
             average=settings.average, size_divisor=settings.size_divisor,
+            align_corners=bool(getattr(model, "align_corners", False)),
         )
         return probs.argmax(dim=1)[0]
 

@@ -25,6 +25,27 @@ uint8 rounding of the resized image.
 Glossary: a *scale* is one resize ratio, a *view* one (ratio, flip) pair; mmseg's standard
 multi-scale + flip test uses the six :data:`MS_FLIP_RATIOS`, each with and without horizontal
 flip (12 views).
+
+sssegmentation's order (``average`` ``"logits"`` or ``"probs_before_resize"``, see
+:data:`SSSEG_AVERAGES`) differs from mmseg's in four places, all read from
+SegmentationBLWX/sssegmentation@eb1878c1 ``ssseg/modules/models/segmentors/base/base.py``
+(``BaseSegmentor.inference``, lines 52-87; ``auginference``, lines 89-117) and ``ssseg/test.py``
+(``Tester.start``, lines 113-132):
+
+1. the image is resized once to the test size (the dataset's ``Resize``), and each scale then
+   resizes that image again by the ratio, ``F.interpolate(scale_factor=ratio)`` (floor of the
+   size times the ratio, the ratio itself mapping the coordinates);
+2. in whole mode the model's logits stay at the model's own resolution (the decode head's, e.g.
+   1/8 of the input), in slide mode each window's logits are resized to the window;
+3. with ``use_probs_before_resize`` the softmax is taken there: on the whole-mode logits at the
+   model's resolution, on each window before the windows are summed and divided by their count;
+4. each view's output (flipped back) is resized straight to the original image, and the
+   views' outputs are averaged (probabilities or, without ``use_probs_before_resize``, logits).
+
+Every resize there but the dataset's uses the segmentor's ``align_corners``. The dataset's
+``Resize`` is OpenCV's on the uint8 image; here, as in mmseg's order, the normalised float image
+is resized (bilinear, ``align_corners=False``, :func:`rescale_size` or :func:`stretch_size` at
+ratio 1, which are ssseg's ``Resize`` sizes).
 """
 
 from __future__ import annotations
@@ -41,7 +62,9 @@ from trainer.metrics import ConfusionMatrix, SegMetrics
 
 __all__ = [
     "MS_FLIP_RATIOS",
+    "SSSEG_AVERAGES",
     "InferenceSettings",
+    "segmentor_logits",
     "whole_inference",
     "slide_inference",
     "rescale_size",
@@ -55,6 +78,13 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 
 #: Ratios of mmsegmentation's multi-scale test; with flip they give 12 views.
 MS_FLIP_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+#: The ``average`` values that follow sssegmentation's test order (module docstring):
+#: ``"logits"`` is its ``use_probs_before_resize: False``, ``"probs_before_resize"`` its
+#: ``True``. ``"probs"`` follows mmseg's.
+SSSEG_AVERAGES: tuple[str, ...] = ("logits", "probs_before_resize")
+
+Average = Literal["probs", "logits", "probs_before_resize"]
 
 
 @dataclass(frozen=True)
@@ -72,14 +102,18 @@ class InferenceSettings:
         flip: also run every scale on the horizontally flipped image.
         crop_size: (height, width) of a sliding window in pixels; required for ``"slide"``.
         stride: (height, width) step between windows in pixels; required for ``"slide"``.
-        keep_ratio: False resizes to ``test_scale`` exactly (:func:`stretch_size`: the longer
-            edge to ``test_scale[0]``, the shorter to ``test_scale[1]``, times the ratio), as
-            sssegmentation's LIP test ``Resize(output_size=(473, 473), keep_ratio=False)``;
-            needs ``test_scale``.
-        average: what the views average at the original resolution: ``"probs"`` (softmax
-            scores, mmseg ``aug_test``) or ``"logits"`` (sssegmentation's Tester with
-            ``use_probs_before_resize: False``). Only the argmax is used, which is all that
-            differs.
+        keep_ratio: False resizes to ``test_scale`` exactly (:func:`stretch_size`: a taller
+            image's height, any other's width, to the larger value, the other edge to the
+            smaller, times the ratio), as sssegmentation's LIP test
+            ``Resize(output_size=(473, 473), keep_ratio=False)``; needs ``test_scale``.
+        average: what the views average at the original resolution, and in which order:
+            ``"probs"``: softmax scores of the logits resized to the image (mmseg 0.x
+            ``aug_test``); ``"logits"``: resized logits, no softmax (sssegmentation's Tester
+            with ``use_probs_before_resize: False``); ``"probs_before_resize"``: softmax scores
+            taken before any resize, at the model's resolution in whole mode and per window in
+            slide mode (``use_probs_before_resize: True``). The last two follow
+            sssegmentation's order throughout (module docstring; :attr:`order`). Only the
+            argmax is used.
         size_divisor: after the test-scale resize, resize each view again (bilinear) so that
             its height and width are multiples of this many pixels (:func:`size_to_multiple`),
             as mmseg's ``ResizeToMultiple`` in InternImage's test pipeline (32); None: no
@@ -101,8 +135,13 @@ class InferenceSettings:
     stride: tuple[int, int] | None = None
     flip_swap_pairs: tuple[tuple[int, int], ...] = ()
     keep_ratio: bool = True
-    average: Literal["probs", "logits"] = "probs"
+    average: Average = "probs"
     size_divisor: int | None = None
+
+    @property
+    def order(self) -> Literal["mmseg", "sssegmentation"]:
+        """Whose order of test-time operations ``average`` implies (module docstring)."""
+        return "sssegmentation" if self.average in SSSEG_AVERAGES else "mmseg"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
@@ -124,8 +163,17 @@ class InferenceSettings:
             len(self.test_scale) != 2 or min(self.test_scale) <= 0
         ):
             errors.append(f"test_scale must be two positive ints, got {self.test_scale}")
-        if self.average not in ("probs", "logits"):
-            errors.append(f"average must be 'probs' or 'logits', got {self.average!r}")
+        if self.average not in ("probs", *SSSEG_AVERAGES):
+            errors.append(
+                "average must be 'probs', 'logits' or 'probs_before_resize', "
+                f"got {self.average!r}"
+            )
+        elif self.average in SSSEG_AVERAGES and self.size_divisor is not None:
+            errors.append(
+                f"size_divisor is mmseg's ResizeToMultiple; average {self.average!r} follows "
+                "sssegmentation's test order, which has none: drop size_divisor or average "
+                "'probs'"
+            )
         if not self.keep_ratio and self.test_scale is None:
             errors.append("keep_ratio False needs test_scale, the size to resize to")
         if self.size_divisor is not None and (
@@ -226,8 +274,11 @@ def stretch_size(
 ) -> tuple[int, int]:
     """Size of an (h, w) image after a test resize that does not keep the aspect ratio.
 
-    The longer of the image's edges becomes ``int(scale[0] * ratio)``, the other
-    ``int(scale[1] * ratio)`` (a square ``scale`` such as LIP's (473, 473) gives a square).
+    As sssegmentation's ``Resize(keep_ratio=False)`` (SegmentationBLWX/sssegmentation@eb1878c1
+    ``ssseg/modules/datasets/pipelines/transforms.py``, ``Resize.__call__``): with the target
+    ``(int(scale[0] * ratio), int(scale[1] * ratio))``, a taller-than-wide image (h > w) gets
+    the larger target value as its height, any other (square included) as its width; a square
+    ``scale`` such as LIP's (473, 473) gives a square.
 
     Returns:
         (new_h, new_w) in pixels.
@@ -237,10 +288,11 @@ def stretch_size(
     """
     if min(h, w) <= 0 or min(scale) <= 0 or ratio <= 0:
         raise ValueError(f"sizes, scale and ratio must be positive, got {(h, w)}, {scale}, {ratio}")
-    long_edge, short_edge = int(scale[0] * ratio), int(scale[1] * ratio)
-    if min(long_edge, short_edge) <= 0:
+    target = (int(scale[0] * ratio), int(scale[1] * ratio))
+    long_edge, short_edge = max(target), min(target)
+    if short_edge <= 0:
         raise ValueError(f"scale {scale} x ratio {ratio} leaves an empty image")
-    return (long_edge, short_edge) if h >= w else (short_edge, long_edge)
+    return (long_edge, short_edge) if h > w else (short_edge, long_edge)
 
 
 def rescale_size(
@@ -325,8 +377,9 @@ def predict_probs(
     autocast_dtype: torch.dtype | None = None,
     flip_swap_pairs: Sequence[tuple[int, int]] = (),
     keep_ratio: bool = True,
-    average: Literal["probs", "logits"] = "probs",
+    average: Average = "probs",
     size_divisor: int | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
@@ -339,8 +392,20 @@ def predict_probs(
     the logits flipped back (after exchanging the channels of ``flip_swap_pairs``); the logits are resized bilinearly to (H, W), softmaxed over
     classes in float32, and the mean over views is returned (mmseg 0.x ``aug_test``).
 
+    With ``average`` ``"logits"`` or ``"probs_before_resize"`` the views follow
+    sssegmentation's order instead (module docstring): the image is resized to the test size
+    once and then by each ratio with ``F.interpolate(scale_factor=ratio)``; in whole mode the
+    model's output is used at its own resolution; ``"probs_before_resize"`` softmaxes it there
+    (per window in slide mode); each view goes straight back to (H, W); all resizes but the
+    first use ``align_corners``.
+
     Args:
-        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w).
+        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w). In sssegmentation's
+            order it may return the logits at its own resolution (N, C, h', w'), e.g. the
+            decode head's before the resize to the input (:func:`segmentor_logits`), as
+            sssegmentation's segmentors do; with logits at the input size the whole-mode view
+            is resized twice (model to input, then input to image) where sssegmentation
+            resizes once.
         image: float32 (1, 3, H, W), normalised, at the original resolution.
         test_scale: (long, short) edge bounds in pixels, or None.
         scales: resize ratios.
@@ -353,10 +418,13 @@ def predict_probs(
         flip_swap_pairs: see :class:`InferenceSettings`; every index must be < ``num_classes``.
         keep_ratio: False resizes each view with :func:`stretch_size` instead of
             :func:`rescale_size` (see :class:`InferenceSettings`).
-        average: ``"logits"`` averages the views' resized logits instead of their softmax
-            (see :class:`InferenceSettings`); the result is then mean logits, not probabilities.
+        average: ``"probs"``, ``"logits"`` or ``"probs_before_resize"`` (see
+            :class:`InferenceSettings`); with ``"logits"`` the result is mean logits, not
+            probabilities.
         size_divisor: round each view's size up to a multiple of this many pixels before the
             model (see :class:`InferenceSettings`); None: no rounding.
+        align_corners: the segmentor's ``align_corners``, used by every resize of
+            sssegmentation's order but the test-size one (mmseg's order ignores it).
 
     Returns:
         float32 probabilities (1, C, H, W) (N, C, H, W for a batch of equal-size images), or
@@ -383,6 +451,10 @@ def predict_probs(
         if max(a, b) >= num_classes:
             raise ValueError(f"flip_swap_pairs names class {max(a, b)} of {num_classes}")
         channel_order[a], channel_order[b] = b, a
+    if settings.order == "sssegmentation":
+        return _predict_sssegmentation(
+            model, image, settings, num_classes, channel_order, align_corners, autocast_dtype
+        )
     n, _, h, w = image.shape
     bounds = settings.test_scale if settings.test_scale is not None else (w, h)
     probs = torch.zeros((n, num_classes, h, w), dtype=torch.float32, device=image.device)
@@ -422,6 +494,113 @@ def predict_probs(
     return probs / views
 
 
+def _predict_sssegmentation(
+    model: Model,
+    image: torch.Tensor,
+    settings: InferenceSettings,
+    num_classes: int,
+    channel_order: torch.Tensor,
+    align_corners: bool,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """:func:`predict_probs` in sssegmentation's order: ``auginference`` (base.py lines
+    89-117) over the test-size image, then the Tester's resize of every view to the image and
+    mean (test.py lines 129-131). Returns float32 (N, C, H, W)."""
+    n, _, h, w = image.shape
+    bounds = settings.test_scale if settings.test_scale is not None else (w, h)
+    size = (rescale_size if settings.keep_ratio else stretch_size)(h, w, bounds, 1.0)
+    test_image = image
+    if size != (h, w):  # the dataset's test Resize
+        test_image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    total = torch.zeros((n, num_classes, h, w), dtype=torch.float32, device=image.device)
+    views = 0
+    with torch.no_grad():
+        for ratio in settings.scales:
+            scaled = F.interpolate(
+                test_image, scale_factor=ratio, mode="bilinear", align_corners=align_corners
+            )
+            for flipped in (False, True) if settings.flip else (False,):
+                out = _sssegmentation_inference(
+                    model, scaled.flip(-1) if flipped else scaled, settings, num_classes,
+                    align_corners, autocast_dtype,
+                )
+                if flipped:
+                    if settings.flip_swap_pairs:
+                        out = out.index_select(1, channel_order)
+                    out = out.flip(-1)
+                total += F.interpolate(
+                    out, size=(h, w), mode="bilinear", align_corners=align_corners
+                )
+                views += 1
+    return total / views
+
+
+def _sssegmentation_inference(
+    model: Model,
+    image: torch.Tensor,
+    settings: InferenceSettings,
+    num_classes: int,
+    align_corners: bool,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """One view as sssegmentation's ``BaseSegmentor.inference`` (base.py lines 52-87): whole
+    mode: the model's logits at its own resolution; slide mode: each window's logits resized
+    to the window, summed over the windows and divided by their count at the view's size.
+    With ``probs_before_resize`` the softmax comes right after the model (whole) or after the
+    window resize (slide). Returns float32 (N, C, h', w')."""
+    softmax = settings.average == "probs_before_resize"
+    if settings.mode == "whole":
+        out = _run(model, image, autocast_dtype, at_input_size=False)
+        _check_classes(out, num_classes)
+        return out.softmax(dim=1) if softmax else out
+    (hc, wc), (hs, ws) = settings.crop_size, settings.stride
+    n, _, h, w = image.shape
+    h_grids = max(h - hc + hs - 1, 0) // hs + 1
+    w_grids = max(w - wc + ws - 1, 0) // ws + 1
+    total = image.new_zeros((n, num_classes, h, w), dtype=torch.float32)
+    count = image.new_zeros((n, 1, h, w), dtype=torch.float32)
+    for i in range(h_grids):
+        for j in range(w_grids):
+            x1, y1 = j * ws, i * hs
+            x2, y2 = min(x1 + wc, w), min(y1 + hc, h)
+            x1, y1 = max(x2 - wc, 0), max(y2 - hc, 0)
+            crop = image[:, :, y1:y2, x1:x2]
+            out = _run(model, crop, autocast_dtype, at_input_size=False)
+            _check_classes(out, num_classes)
+            out = F.interpolate(
+                out, size=crop.shape[2:], mode="bilinear", align_corners=align_corners
+            )
+            total[:, :, y1:y2, x1:x2] += out.softmax(dim=1) if softmax else out
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def _check_classes(logits: torch.Tensor, num_classes: int) -> None:
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"model returned {logits.shape[1]} channels, expected {num_classes}")
+
+
+def segmentor_logits(net: torch.nn.Module, settings: InferenceSettings) -> Model:
+    """The callable :func:`predict_probs` wants from a segmentor for ``settings``.
+
+    mmseg's order: ``net.encode_decode`` (decode-head logits resized to the input, with the
+    segmentor's ``align_corners``). sssegmentation's order: the decode-head logits at the
+    head's own resolution, ``net(images)["decode"]`` (every segmentor's ``forward`` returns
+    them so; sssegmentation's segmentors return ``seg_logits`` so in test mode, e.g.
+    ``ssseg/modules/models/segmentors/mcibi/mcibi.py`` line 125).
+
+    Args:
+        net: an ``EncoderDecoder``-like segmentor in eval mode.
+        settings: the inference settings the callable is for.
+
+    Returns:
+        A callable float32 (N, 3, H, W) -> float logits (N, C, h, w).
+    """
+    if settings.order == "mmseg":
+        return net.encode_decode
+    return lambda images: net(images)["decode"]
+
+
 def evaluate_dataset(
     model: Model,
     dataset,
@@ -434,6 +613,7 @@ def evaluate_dataset(
     world_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    align_corners: bool = False,
 ) -> tuple[SegMetrics, ConfusionMatrix]:
     """Evaluate this rank's shard of a dataset and reduce the confusion matrix over ranks.
 
@@ -443,7 +623,9 @@ def evaluate_dataset(
     with ``world_size == 1`` no collective is called.
 
     Args:
-        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w), already on ``device``.
+        model: callable, float32 (N, 3, h, w) -> logits (N, C, h, w), already on ``device``
+            (in sssegmentation's order, at the model's own resolution: see
+            :func:`predict_probs` and :func:`segmentor_logits`).
         dataset: supports ``len`` and indexing; each sample is a dict with ``image`` float32
             (3, H, W) normalised at the original resolution and ``label`` int64 (H, W).
         num_classes: C.
@@ -452,7 +634,7 @@ def evaluate_dataset(
         device: where images are predicted and the confusion matrix is accumulated.
         rank, world_size: this process's shard.
         progress: called as ``progress(done, total)`` after each sample of this rank's shard.
-        autocast_dtype: as in :func:`predict_probs`.
+        autocast_dtype, align_corners: as in :func:`predict_probs`.
 
     Returns:
         (metrics, confusion matrix), both over all ranks.
@@ -483,6 +665,7 @@ def evaluate_dataset(
             keep_ratio=settings.keep_ratio,
             average=settings.average,
             size_divisor=settings.size_divisor,
+            align_corners=align_corners,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
         if progress is not None:
@@ -492,8 +675,11 @@ def evaluate_dataset(
     return cm.compute(), cm
 
 
-def _run(model: Model, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """Call the model (under autocast when asked) and return float32 logits of x's size."""
+def _run(
+    model: Model, x: torch.Tensor, autocast_dtype: torch.dtype | None, *, at_input_size: bool = True
+) -> torch.Tensor:
+    """Call the model (under autocast when asked) and return float32 logits (N, C, h, w), of
+    x's size unless ``at_input_size`` is False (then of any size: the model's resolution)."""
     ctx = (
         torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -501,9 +687,9 @@ def _run(model: Model, x: torch.Tensor, autocast_dtype: torch.dtype | None) -> t
     )
     with ctx:
         logits = model(x)
-    if logits.dim() != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
-        raise ValueError(
-            f"model output {tuple(logits.shape)} is not (N, C, H, W) at input size "
-            f"{tuple(x.shape[2:])}"
-        )
+    if logits.dim() != 4 or logits.shape[0] != x.shape[0] or (
+        at_input_size and logits.shape[2:] != x.shape[2:]
+    ):
+        where = f"at input size {tuple(x.shape[2:])}" if at_input_size else "for the batch"
+        raise ValueError(f"model output {tuple(logits.shape)} is not (N, C, H, W) {where}")
     return logits.float()

@@ -404,13 +404,18 @@ class EvalConfig(Section):
     )
     keep_ratio: bool = Field(
         True,
-        description="false: resize to test_scale exactly (longer edge to its first value), "
-        "as sssegmentation's LIP test; true: keep the aspect ratio within test_scale (mmseg).",
+        description="false: resize to test_scale exactly (a taller image's height, any "
+        "other's width, to its larger value), as sssegmentation's LIP test; true: keep the "
+        "aspect ratio within test_scale (mmseg).",
     )
-    average: Literal["probs", "logits"] = Field(
+    average: Literal["probs", "logits", "probs_before_resize"] = Field(
         "probs",
-        description="What multi-scale + flip views average: softmax probabilities (mmseg) or "
-        "logits (sssegmentation, use_probs_before_resize False).",
+        description="What the test views average, in whose order. probs: softmax of the "
+        "logits resized to the image (mmseg). logits: the resized logits, no softmax "
+        "(sssegmentation, use_probs_before_resize False). probs_before_resize: softmax at the "
+        "model's resolution, per window in slide mode, before any resize (sssegmentation, "
+        "use_probs_before_resize True). The sssegmentation two also take its ratios "
+        "(F.interpolate scale_factor on the test-size image) and align_corners.",
     )
     size_divisor: int | None = Field(
         None,
@@ -423,8 +428,25 @@ class EvalConfig(Section):
     scales: tuple[float, ...] = Field(
         MS_FLIP_RATIOS, description="Ratios of test_scale used when ms_flip is on."
     )
+    ms_flip_mode: Literal["whole", "slide"] | None = Field(
+        None,
+        description="mode of the ms+flip evaluation where it differs from single scale's "
+        "(sssegmentation's HRNet configs: whole single scale, 512x512 windows for ms+flip); "
+        "unset: mode.",
+    )
+    ms_flip_crop_size: Size2 | None = Field(
+        None, description="Sliding-window crop [height, width] of the ms+flip evaluation; "
+        "unset: crop_size."
+    )
+    ms_flip_stride: Size2 | None = Field(
+        None, description="Sliding-window stride [height, width] of the ms+flip evaluation; "
+        "unset: stride."
+    )
+    ms_flip_average: Literal["probs", "logits", "probs_before_resize"] | None = Field(
+        None, description="average of the ms+flip evaluation; unset: average."
+    )
 
-    @field_validator("crop_size", "stride", "test_scale")
+    @field_validator("crop_size", "stride", "test_scale", "ms_flip_crop_size", "ms_flip_stride")
     @classmethod
     def _positive(cls, value: Size2 | None, info) -> Size2 | None:
         return _positive_pair(value, info.field_name)
@@ -443,6 +465,29 @@ class EvalConfig(Section):
                 "mode 'slide' needs crop_size and stride, e.g. crop_size: [1024, 1024] and "
                 "stride: [768, 768]"
             )
+        errors = []
+        ms_mode = self.ms_flip_mode or self.mode
+        ms_window = [self.ms_flip_crop_size or self.crop_size, self.ms_flip_stride or self.stride]
+        if ms_mode == "slide" and None in ms_window:
+            errors.append(
+                "the ms+flip evaluation slides (ms_flip_mode: slide) without a window: set "
+                "ms_flip_crop_size and ms_flip_stride, e.g. [512, 512] and [341, 341]"
+            )
+        if ms_mode == "whole":
+            for name in ("ms_flip_crop_size", "ms_flip_stride"):
+                if getattr(self, name) is not None:
+                    errors.append(
+                        f"{name} is set but the ms+flip evaluation runs whole images: set "
+                        f"ms_flip_mode: slide, or remove {name}"
+                    )
+        averages = {self.average, self.ms_flip_average or self.average}
+        if self.size_divisor is not None and averages & {"logits", "probs_before_resize"}:
+            errors.append(
+                "size_divisor (mmseg's ResizeToMultiple) needs average probs: averages logits "
+                "and probs_before_resize follow sssegmentation's test order, which has none"
+            )
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
 

@@ -6,7 +6,8 @@ Every expected value below was read from SegmentationBLWX/sssegmentation at comm
 compares them with the resolved recipes and with the models built on the meta device, so a
 recipe or builder value that drifts from its source fails here. Where a recipe departs from its
 source on purpose (its ``# departs from`` comments), the departure is spelled out here too
-(:data:`DEPARTURES`).
+(:data:`HRNET_STEM_RELU`). The evaluation is compared through ``inference_settings``, single
+scale and ms+flip each with the inference block the config gives it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.parity.support import (
     recipes_matching,
     resolved,
 )
-from trainer.engine import resolve_schedule
+from trainer.engine import inference_settings, resolve_schedule
 
 REPO = "SegmentationBLWX/sssegmentation"
 COMMIT = "eb1878c112402e86a92ee6958778272065bf59b9"
@@ -136,6 +137,13 @@ S5 = (0.5, 0.75, 1.0, 1.25, 1.5)
 WHOLE = ("whole", None, None)
 SLIDE_512 = ("slide", (512, 512), (341, 341))
 SLIDE_CITY = ("slide", (1024, 512), (341, 341))  # cropsize (h, w) as base.py inference reads it
+#: MCIBI_SEGMENTOR_CFG inference (BASE): forward mode whole, tta multiscale [1], flip False,
+#: use_probs_before_resize False: the single scale of every config that keeps it
+#: ("--single-scale": ``SEGMENTOR_CFG['inference'].copy()``), as (forward, probs before resize).
+BASE_SINGLE = (WHOLE, False)
+#: ``eval.average`` for sssegmentation's ``use_probs_before_resize`` (trainer/evaluate.py
+#: follows base.py ``inference``/``auginference`` and test.py's merge for both).
+AVERAGE = {True: "probs_before_resize", False: "logits"}
 
 
 def row(config: str, dataset: str, backbone: str, *, epochs: int, batch: int = 16,
@@ -145,10 +153,12 @@ def row(config: str, dataset: str, backbone: str, *, epochs: int, batch: int = 1
         use_loss: bool = BASE_VALUES["use_loss"], act: str = "relu",
         downsample_stride: int = 1, dilations: tuple[int, ...] = BASE_VALUES["dilations"],
         mcibi_version: bool = False, vit_drop_rate: float | None = None,
-        single: tuple = WHOLE, tta: tuple, store: str) -> dict:
-    """One config's values. ``single``: the active inference (mode, cropsize, stride); ``tta``:
-    (forward, multiscale, flip, use_probs_before_resize) of the multi-scale/flip inference (the
-    commented block of the ADE20K/COCO-Stuff/LIP configs, the active one of Cityscapes)."""
+        single: tuple = BASE_SINGLE, tta: tuple, store: str) -> dict:
+    """One config's values. ``single``: ((mode, cropsize, stride), use_probs_before_resize) of
+    the active inference (``segctl``'s single scale and training-time validation, which ssseg's
+    train.py runs with ``inference`` alone); ``tta``: (forward, multiscale, flip,
+    use_probs_before_resize) of the multi-scale/flip inference (the commented block of the
+    ADE20K/COCO-Stuff/LIP configs, the active one of Cityscapes)."""
     return dict(
         source=src(f"ssseg/configs/mcibi/{config}"), dataset=dataset, backbone=backbone,
         epochs=epochs, batch=batch, lr=lr, weight_decay=weight_decay, min_lr=min_lr,
@@ -180,24 +190,25 @@ CONFIGS: dict[str, dict] = {
     "ade20k/deeplabv3_mcibi_vit_large_512x512_130e.yaml": row(
         "mcibi_deeplabv3_vitlarge_ade20k.py", "ade20k", "vit_large", epochs=130,
         weight_decay=0.0, backbone_lr_mult=0.1, dilations=(1, 6, 12, 18), vit_drop_rate=0.0,
-        single=SLIDE_512, tta=(SLIDE_512, S6, True, True), store="mcibi_deeplabv3_vitlarge_ade20k"),
+        single=(SLIDE_512, True), tta=(SLIDE_512, S6, True, True),
+        store="mcibi_deeplabv3_vitlarge_ade20k"),
     # --- Cityscapes (DATASET_CFG_CITYSCAPES_512x1024, train 'trainval', test 'test') ---
     "cityscapes/deeplabv3_mcibi_r50_512x1024_440e.yaml": row(
         "mcibi_deeplabv3_resnet50os8_cityscapes.py", "cityscapes", "r50", epochs=440,
-        use_loss=False, momentum_base_lr=0.01 * 0.9, single=SLIDE_CITY,
+        use_loss=False, momentum_base_lr=0.01 * 0.9, single=(SLIDE_CITY, True),
         tta=(SLIDE_CITY, S6, True, True), store="mcibi_deeplabv3_r50_cityscapes"),
     "cityscapes/deeplabv3_mcibi_r101_512x1024_440e.yaml": row(
         "mcibi_deeplabv3_resnet101os8_cityscapes.py", "cityscapes", "r101", epochs=440,
-        use_loss=False, momentum_base_lr=0.01 * 0.9, single=SLIDE_CITY,
+        use_loss=False, momentum_base_lr=0.01 * 0.9, single=(SLIDE_CITY, True),
         tta=(SLIDE_CITY, S6, True, True), store="mcibi_deeplabv3_r101_cityscapes"),
     "cityscapes/deeplabv3_mcibi_resnest101_512x1024_500e.yaml": row(
         "mcibi_deeplabv3_resnest101os8_cityscapes.py", "cityscapes", "resnest101", epochs=500,
-        use_loss=False, momentum_base_lr=0.01 * 0.9, single=SLIDE_CITY,
+        use_loss=False, momentum_base_lr=0.01 * 0.9, single=(SLIDE_CITY, True),
         tta=(SLIDE_CITY, S6, True, True), store="mcibi_deeplabv3_s101_cityscapes"),
     "cityscapes/deeplabv3_mcibi_hrnetv2_w48_512x1024_500e.yaml": row(
         "mcibi_deeplabv3_hrnetv2w48_cityscapes.py", "cityscapes", "hrnetv2_w48", epochs=500,
         use_loss=False, momentum_base_lr=0.01 * 0.9, downsample_stride=2, mcibi_version=True,
-        single=SLIDE_CITY, tta=(SLIDE_CITY, S6, True, True),
+        single=(SLIDE_CITY, True), tta=(SLIDE_CITY, S6, True, True),
         store="mcibi_deeplabv3_hrnetv2w48_cityscapes"),
     # --- COCO-Stuff-10k (DATASET_CFG_COCOStuff10k_512x512, num_classes 182) ---
     "coco_stuff10k/deeplabv3_mcibi_r50_512x512_110e.yaml": row(
@@ -221,7 +232,7 @@ CONFIGS: dict[str, dict] = {
         "mcibi_deeplabv3_vitlarge_cocostuff10k.py", "cocostuff10k", "vit_large", epochs=110,
         lr=0.001, weight_decay=0.0, backbone_lr_mult=0.1, use_loss=False,
         momentum_base_lr=0.001 * 0.9, dilations=(1, 12, 24, 36), vit_drop_rate=0.0,
-        single=SLIDE_512, tta=(SLIDE_512, S6, True, True),
+        single=(SLIDE_512, True), tta=(SLIDE_512, S6, True, True),
         store="mcibi_deeplabv3_vitlarge_cocostuff10k"),
     # --- LIP (DATASET_CFG_LIP_473x473) ---
     "lip/deeplabv3_mcibi_r50_473x473_150e.yaml": row(
@@ -246,8 +257,7 @@ CONFIGS: dict[str, dict] = {
 #: models have no ReLU after the stem's bn1 in every row, while the configs ask for it
 #: (mcibi_version True) only in the Cityscapes row: ssseg's backbones/hrnet.py had no such ReLU
 #: until 4602275d (2025-06), and 85efec48 keeps the old stem as mcibi_version "to align with
-#: paper results". (The ms+flip views of the ADE20K and COCO-Stuff HRNet rows are slide windows
-#: in the configs; the recipes keep the single-scale whole mode: eval holds one mode.)
+#: paper results".
 HRNET_STEM_RELU = False
 HRNET = src("ssseg/modules/models/backbones/hrnet.py")
 #: The ViT-L backbone of both ViT configs: img_size (512, 512), out_indices (9, 14, 19, 23),
@@ -334,17 +344,25 @@ def test_optimizer_schedule_and_numerics(path):
 def test_evaluation_matches_the_inference_config(path):
     cfg = CONFIGS[path]
     ds = DATASETS[cfg["dataset"]]
-    ev, where = resolved(path).eval, f"{path} vs {cfg['source']}"
-    mode, crop, stride = cfg["single"]
-    assert (ev.mode, ev.crop_size, ev.stride) == (mode, crop, stride), where
-    assert tuple(ev.test_scale) == ds["test_scale"], f"{path} vs {ds['source']}"
-    assert ev.keep_ratio == ds["test_keep_ratio"], f"{path} vs {ds['source']}"
-    _, scales, flip, probs = cfg["tta"]
+    recipe = resolved(path)
+    ev, where = recipe.eval, f"{path} vs {cfg['source']}"
+    test_size = (ds["test_scale"], ds["test_keep_ratio"])
+    (forward, probs) = cfg["single"]
+    single = inference_settings(recipe, ms_flip=False)
+    assert (single.mode, single.crop_size, single.stride) == forward, where
+    assert (single.scales, single.flip, single.average) == ((1.0,), False, AVERAGE[probs]), where
+    assert (single.test_scale, single.keep_ratio) == test_size, f"{path} vs {ds['source']}"
+    forward, scales, flip, probs = cfg["tta"]
     assert flip, where  # every published second figure is flipped
-    assert tuple(ev.scales) == scales, where
-    assert ev.average == ("probs" if probs else "logits"), where
+    ms_flip = inference_settings(recipe, ms_flip=True)
+    assert (ms_flip.mode, ms_flip.crop_size, ms_flip.stride) == forward, where
+    assert (ms_flip.scales, ms_flip.flip, ms_flip.average) == (scales, True, AVERAGE[probs]), where
+    assert (ms_flip.test_scale, ms_flip.keep_ratio) == test_size, f"{path} vs {ds['source']}"
     assert ev.ms_flip == (cfg["dataset"] == "cityscapes"), where  # only the ms+flip is published
-    assert ev.size_divisor is None, where
+    assert single.size_divisor is ms_flip.size_divisor is None, where
+    # auginference's fixed_seg_target_pairs: the train pipeline's RandomFlip ones (base.py)
+    pairs = tuple(tuple(pair) for pair in ds["flip_pairs"])
+    assert single.flip_swap_pairs == ms_flip.flip_swap_pairs == pairs, f"{path} vs {ds['source']}"
 
 
 @pytest.mark.parametrize("path", PATHS)
