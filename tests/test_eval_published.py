@@ -42,7 +42,9 @@ def test_published_dry_run_plans_the_reference_checkpoint(segctl_env, cityscapes
         write_recipe(segctl_env, cityscapes_frame_root),
         f"reference:\n  miou_ss: 75.0\n  source: a table\n  checkpoint: {url}\n",
     )
-    result = runner.invoke(app, ["eval", str(recipe), "--published", "--dry-run"])
+    result = runner.invoke(
+        app, ["eval", str(recipe), "--published", "--dry-run", "--cluster", "local"]
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["kind"] == "eval" and plan["label"].startswith("published-ss-")

@@ -193,3 +193,31 @@ print(sorted(MlflowClient(uri).get_run(tracker.run_id).data.metrics))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "['loss']"
     assert out.stderr.count("system metrics not logged") == 1, out.stderr
+
+
+class _LateView(MlflowClient):
+    """A real client whose first experiment look-up predates another job's creation of it:
+    what a job sees when the jobs of a sweep start together."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(tracking_uri=uri)
+        self.lookups = 0
+
+    def get_experiment_by_name(self, name):
+        self.lookups += 1
+        return None if self.lookups == 1 else super().get_experiment_by_name(name)
+
+
+def test_jobs_racing_to_create_the_experiment_share_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = small_recipe(tmp_path / "data", uri)
+    first = Tracker.for_recipe(tmp_path / "a", recipe, system_metrics=False)
+    late = Tracker.for_recipe(tmp_path / "b", recipe, system_metrics=False,
+                              client_factory=_LateView)
+    assert late.run_id is not None and late.run_id != first.run_id  # not paused by the race
+    assert (tmp_path / "b" / RUN_ID_FILE).read_text().strip() == late.run_id
+    client = MlflowClient(uri)
+    experiments = {client.get_run(t.run_id).info.experiment_id for t in (first, late)}
+    assert len(experiments) == 1
+    first.close()
+    late.close()

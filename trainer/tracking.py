@@ -532,16 +532,27 @@ class Tracker:
             known = id_file.read_text(encoding="utf-8").strip()
             if known and self._resume(client, known):
                 return
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            experiment_id = client.create_experiment(
-                self.experiment, artifact_location=_default_artifact_location(self.uri)
-            )
-        else:
-            experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=self.run_name)
+        run = client.create_run(self._experiment_id(client), run_name=self.run_name)
         self.run_id = run.info.run_id
         atomic_write(id_file, lambda handle: handle.write(f"{self.run_id}\n".encode()))
+
+    def _experiment_id(self, client) -> str:
+        """The id of :attr:`experiment`, created when missing. Jobs that start together (a
+        sweep's array, the ranks of two runs) race to create it: the loser finds the winner's."""
+        from mlflow.exceptions import MlflowException
+
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(
+                self.experiment, artifact_location=_default_artifact_location(self.uri)
+            )
+        except MlflowException:
+            experiment = client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     def _resume(self, client, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
