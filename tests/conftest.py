@@ -24,12 +24,16 @@ def real_data() -> Path:
 
 
 @pytest.fixture
-def segctl_env(tmp_path, monkeypatch) -> Path:
+def segctl_env(tmp_path, monkeypatch, request) -> Path:
     """An isolated segctl state: its own SEGCTL_HOME, runs directory and embedded MLflow store.
 
     Returns the temporary directory holding ``home/``, ``runs/`` and ``mlflow.db``; the working
-    directory is that folder too.
+    directory is that folder too. A test that does not ask for ``slurm_cluster`` does not see
+    the dev cluster that an earlier test of the session started (its ``SLURM_CONF`` is
+    unset), so what executor ``auto`` picks does not depend on the order tests run in.
     """
+    if "slurm_cluster" not in request.fixturenames:
+        monkeypatch.delenv("SLURM_CONF", raising=False)
     monkeypatch.setenv("SEGCTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SEGCTL_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
