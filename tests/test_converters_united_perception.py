@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_models_hrnet import randomize
 from trainer.models import build_segmentor
 from trainer.models.converters.pretrained import detect_kind, load_pretrained, unwrap_checkpoint
 from trainer.models.converters.united_perception import (
@@ -304,24 +305,6 @@ def to_up(state: dict[str, torch.Tensor], head: str, seed: int = 0) -> dict[str,
             up[bias_key] = bias
             up[bn + "running_mean"] = mean + bias
     return up
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics (positive variances, unit-variance convs)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            values = torch.randn(tensor.shape, generator=gen) * 0.1
-            if tensor.ndim == 4:
-                values = values * 10 / tensor[0].numel() ** 0.5
-            elif name.endswith("running_var"):
-                values = values.abs() + 0.5
-            elif tensor.ndim == 1 and name.endswith("weight"):
-                values = values + 1.0
-            tensor.copy_(values)
-    return model.eval()
 
 
 def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor) -> None:

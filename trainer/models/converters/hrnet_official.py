@@ -57,17 +57,37 @@ FOLDED_BIASES = {
 }
 
 
-def _attention_rules(official: str, ours: str, num_convs: int) -> list[tuple[str, str]]:
-    """Rules for one official ``Sequential(conv, BNReLU, ...)`` -> mmseg ConvModule stack."""
-    src = rf"ocr_distri_head\.object_context_block\.{official}"
+def ocr_attention_rules(
+    src: str, ours: str, num_convs: int, modules_per_conv: int, bn_suffix: str = ""
+) -> list[tuple[str, str]]:
+    """Rules mapping one OCR attention projection, a ``Sequential`` of ``num_convs`` (conv, BN,
+    ...) groups of ``modules_per_conv`` modules each, onto mmseg's ConvModule stack
+    ``decode_head.1.object_context_block.<ours>[.k].{conv,bn}``.
+
+    Args:
+        src: regex of the source module's key prefix (e.g. ``ocr_distri_head\\.object_context_
+            block\\.f_pixel``).
+        ours: the mmseg projection name (``query_project``, ``key_project``, ...).
+        num_convs: conv groups in the projection (a single one has no ``.k`` index in mmseg).
+        modules_per_conv: 2 for the official ``(conv, BNReLU)``, 3 for United-Perception's
+            ``(conv, BN, ReLU)``.
+        bn_suffix: regex between the BN's index and its parameter name (official: ``(?:\\.0)?``
+            as BNReLU is ``Sequential(BatchNorm2d, ReLU)`` or, in older code, an in-place ABN).
+    """
     dst = f"decode_head.1.object_context_block.{ours}"
     rules = []
     for k in range(num_convs):
         slot = f"{dst}.{k}" if num_convs > 1 else dst
-        # BNReLU is Sequential(BatchNorm2d, ReLU): ".1.0.*"; the older in-place-ABN code ".1.*".
-        rules.append((rf"^{src}\.{2 * k}\.weight$", f"{slot}.conv.weight"))
-        rules.append((rf"^{src}\.{2 * k + 1}(?:\.0)?\.{BN}$", rf"{slot}.bn.\1"))
+        conv = modules_per_conv * k
+        rules.append((rf"^{src}\.{conv}\.weight$", f"{slot}.conv.weight"))
+        rules.append((rf"^{src}\.{conv + 1}{bn_suffix}\.{BN}$", rf"{slot}.bn.\1"))
     return rules
+
+
+def _attention_rules(official: str, ours: str, num_convs: int) -> list[tuple[str, str]]:
+    """Rules for one official ``Sequential(conv, BNReLU, ...)`` projection."""
+    return ocr_attention_rules(rf"ocr_distri_head\.object_context_block\.{official}", ours,
+                               num_convs, modules_per_conv=2, bn_suffix=r"(?:\.0)?")
 
 
 HEAD_RULES: dict[str, list[tuple[str, str]]] = {

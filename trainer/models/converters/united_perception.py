@@ -67,11 +67,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from trainer.models.converters.hrnet_official import fold_biases_into_running_means
+from trainer.models.converters.hrnet_official import (
+    BN,
+    fold_biases_into_running_means,
+    ocr_attention_rules,
+)
 
 ENCODER = "encoder."
 DECODER = "decoder."
-BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 DROPPED_PREFIXES = ("decoder.loss.",)
 
 #: (UP conv bias, the BatchNorm after it) pairs whose bias is folded into the running mean.
@@ -86,14 +89,8 @@ FOLDED_BIASES: dict[str, tuple[tuple[str, str], ...]] = {
 
 def _ocr_attention_rules(up: str, ours: str, num_convs: int) -> list[tuple[str, str]]:
     """Rules for one UP ``Sequential(conv, BN, ReLU[, conv, BN, ReLU])`` -> mmseg ConvModules."""
-    src = rf"decoder\.ocr_distri_head\.object_context_block\.{up}"
-    dst = f"decode_head.1.object_context_block.{ours}"
-    rules = []
-    for k in range(num_convs):
-        slot = f"{dst}.{k}" if num_convs > 1 else dst
-        rules.append((rf"^{src}\.{3 * k}\.weight$", f"{slot}.conv.weight"))
-        rules.append((rf"^{src}\.{3 * k + 1}\.{BN}$", rf"{slot}.bn.\1"))
-    return rules
+    return ocr_attention_rules(rf"decoder\.ocr_distri_head\.object_context_block\.{up}", ours,
+                               num_convs, modules_per_conv=3)
 
 
 #: Decoder rules per UP head type: (regex on the UP key, replacement).
