@@ -19,7 +19,8 @@ Overrides = Annotated[
 
 def recipe_files(paths: list[Path]) -> list[Path]:
     """YAML files named by ``paths``: files as given, folders searched recursively, sorted;
-    a file reached twice (e.g. through an alias symlink) is listed once.
+    a file reached twice (e.g. through an alias symlink) is listed once. A path that exists but
+    is no regular file (a FIFO, a device) is listed as given, for the loader to refuse by name.
 
     Raises:
         UserError: a path does not exist.
@@ -28,7 +29,7 @@ def recipe_files(paths: list[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             found.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")))
-        elif path.is_file():
+        elif path.exists():
             found.append(path)
         else:
             raise UserError(f"{path} does not exist")

@@ -3,6 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+#: Longest rendering of a user's value inside a message (a 50 MB string is not echoed back).
+MAX_SHOWN_CHARS = 120
+#: Most issues a report lists one by one (a file of 5,000 unknown keys is not echoed back).
+MAX_REPORTED = 50
+
+
+def short_repr(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said when longer.
+
+    A huge value is not rendered whole: strings, lists and dicts are cut before ``repr``.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 400:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    if isinstance(value, list | tuple | dict) and len(value) > limit:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 @dataclass(frozen=True)
@@ -36,11 +57,15 @@ class RecipeError(Exception):
     def __init__(self, issues: list[RecipeIssue]):
         if not issues:
             raise ValueError("RecipeError needs at least one issue")
-        self.issues = list(issues)
+        self.issues = list(dict.fromkeys(issues))  # the same problem (e.g. of sweep members) once
         super().__init__(self.report())
 
     def report(self) -> str:
-        """All issues, one per line, with a count."""
+        """The issues, one per line, with a count; past :data:`MAX_REPORTED` the rest are
+        counted, not listed."""
         n = len(self.issues)
         head = f"{n} problem{'s' if n != 1 else ''} in recipe:"
-        return "\n".join([head, *("  " + issue.render() for issue in self.issues)])
+        lines = [head, *("  " + issue.render() for issue in self.issues[:MAX_REPORTED])]
+        if n > MAX_REPORTED:
+            lines.append(f"  ... and {n - MAX_REPORTED:,} more")
+        return "\n".join(lines)

@@ -2,12 +2,17 @@
 
 Every problem is gathered and raised at once as a :class:`RecipeError` whose issues carry the
 file, the line and the field path, so a user fixes a recipe in one pass.
+
+Files and override values are read within limits (:mod:`segctl.recipe.safe_yaml`), so a hostile
+file cannot hang or exhaust the machine that reads it: only regular files of at most 1 MiB are
+opened, and nesting, aliases and what the aliases expand to are capped before anything is built.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +21,33 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from segctl.recipe.errors import RecipeError, RecipeIssue
+from segctl.recipe import safe_yaml
+from segctl.recipe.errors import RecipeError, RecipeIssue, short_repr
 from segctl.recipe.resolve import resolve
 from segctl.recipe.schema import Recipe
 
 FieldPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+
+#: Largest magnitude of an integer in a recipe: a value must fit a signed 64-bit integer (what
+#: torch, numpy and Slurm take).
+MAX_INT = 2**63 - 1
+
+
+class Override(str):
+    """An ``a.b=c`` override that remembers the option it came from.
+
+    A plain ``str`` override is reported as ``--set a.b=c``; a sweep member's override carries
+    its ``--sweep a.b=v1,v2`` so an error names the option the user typed.
+    """
+
+    origin: str
+
+    def __new__(cls, text: str, origin: str) -> Override:
+        """``text`` (``a.b=c``) reported as coming from ``origin``."""
+        override = super().__new__(cls, text)
+        override.origin = origin
+        return override
 
 
 @dataclass(frozen=True)
@@ -72,22 +98,21 @@ def load_model_file(
         The validated model and, for every key set, its (origin, line).
 
     Raises:
-        RecipeError: every problem found, each with file, line and field.
+        RecipeError: every problem found, each with file, line and field; a file that is not
+            a regular file, is over 1 MiB, is not UTF-8 or exceeds the YAML limits of
+            :mod:`segctl.recipe.safe_yaml` is refused before it is parsed further.
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([RecipeIssue(source, None, "", f"cannot read file: {exc}")]) from None
+        text = safe_yaml.read_text(path)
+    except safe_yaml.YamlProblem as exc:
+        raise RecipeError([RecipeIssue(source, exc.line, "", exc.message)]) from None
     data, origins, issues = _parse_yaml(text, source)
     if not issues:
         issues = _apply_overrides(data, origins, overrides)
     if issues:
         raise RecipeError(issues)
-    try:
-        return model.model_validate(data), origins
-    except ValidationError as exc:
-        raise RecipeError(_validation_issues(exc, origins, source, model)) from None
+    return _validate(model, data, origins, source), origins
 
 
 def override_recipe(recipe: Recipe, overrides: Sequence[str], source: str) -> Recipe:
@@ -103,10 +128,7 @@ def override_recipe(recipe: Recipe, overrides: Sequence[str], source: str) -> Re
     issues = _apply_overrides(data, origins, overrides)
     if issues:
         raise RecipeError(issues)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(_validation_issues(exc, origins, source, Recipe)) from None
+    return _validate(Recipe, data, origins, source)
 
 
 def parse_json_recipe(text: str) -> Recipe:
@@ -118,38 +140,95 @@ def parse_json_recipe(text: str) -> Recipe:
     return Recipe.model_validate(json.loads(text))
 
 
+def _validate(
+    model: type[M], data: dict[str, Any], origins: dict[FieldPath, tuple[str, int | None]],
+    source: str,
+) -> M:
+    """``model`` validated from ``data``; every problem raised at once, an integer beyond 64
+    bits reported as such (instead of the schema's message about the same field)."""
+    huge = _huge_integers(data, origins, source)
+    try:
+        validated = model.model_validate(data)
+    except ValidationError as exc:
+        named = {issue.field for issue in huge}
+        issues = _validation_issues(exc, origins, source, model)
+        issues = [issue for issue in issues if issue.field not in named]
+        raise RecipeError([*huge, *issues]) from None
+    if huge:
+        raise RecipeError(huge)
+    return validated
+
+
+def _huge_integers(
+    data: Any, origins: dict[FieldPath, tuple[str, int | None]], source: str
+) -> list[RecipeIssue]:
+    issues = []
+    stack: list[tuple[FieldPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items() if isinstance(k, str | int))
+        elif isinstance(value, list | tuple):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            origin, line = _locate(origins, path, source)
+            issues.append(RecipeIssue(
+                origin, line, _join_path(path),
+                f"integer {short_repr(value)} does not fit in a signed 64-bit integer "
+                f"(|value| <= {MAX_INT}): give a sane value",
+            ))
+    return sorted(issues, key=lambda i: (i.line or 0, i.field))
+
+
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
 def _parse_yaml(
     text: str, source: str
 ) -> tuple[dict[str, Any], dict[FieldPath, tuple[str, int | None]], list[RecipeIssue]]:
+    origins: dict[FieldPath, tuple[str, int | None]] = {}
+    issues: list[RecipeIssue] = []
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and context_mark is not None and context_mark.line + 1 != line:
-            problem += f" ({context} that starts on line {context_mark.line + 1})"
-        return {}, {}, [RecipeIssue(source, line, "", f"malformed YAML: {problem}")]
+        _, data = safe_yaml.parse(
+            text, inspect=lambda node: _record_lines(node, (), source, origins, issues)
+        )
+    except safe_yaml.YamlProblem as exc:
+        return {}, {}, [RecipeIssue(source, exc.line, "", exc.message)]
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         return {}, {}, [RecipeIssue(source, 1, "", f"a recipe is a mapping of sections; this is {kind}")]
-    origins: dict[FieldPath, tuple[str, int | None]] = {}
-    issues: list[RecipeIssue] = []
-    _record_lines(node, (), source, origins, issues)
     return data, origins, issues
 
 
+#: Tags of a mapping key that names a field: a plain string, or the merge key ``<<``.
+_NAME_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge")
+
+
+def _not_a_name(key_node: yaml.Node) -> str | None:
+    """Why a mapping key cannot name a field (None if it can)."""
+    if not isinstance(key_node, yaml.ScalarNode):
+        return "a key must be a field name, not a list or mapping"
+    if key_node.tag not in _NAME_TAGS:
+        kind = key_node.tag.rsplit(":", 1)[-1]
+        return (
+            f"key {short_repr(key_node.value)} is not a field name (YAML reads it as {kind}): "
+            "field names are words"
+        )
+    return None
+
+
 def _record_lines(node, path: FieldPath, source: str, origins, issues) -> None:
+    """Record the line of every key and item under ``node`` (a graph that passed the limits of
+    :func:`segctl.recipe.safe_yaml.parse`: its expansion is small and shallow)."""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = key_node.value
             line = key_node.start_mark.line + 1
+            problem = _not_a_name(key_node)
+            if problem:
+                issues.append(RecipeIssue(source, line, _join_path(path), problem))
+                continue
+            key = key_node.value
             child = (*path, key)
             if key in seen:
                 issues.append(
@@ -172,23 +251,25 @@ def _apply_overrides(
 ) -> list[RecipeIssue]:
     issues: list[RecipeIssue] = []
     for text in overrides:
-        origin = f"--set {text}"
+        origin = _shorten(getattr(text, "origin", None) or f"--set {text}")
+        option = origin.split(" ", 1)[0]
         key, sep, raw = text.partition("=")
         keys = [k.strip() for k in key.split(".")]
         if not sep or not all(keys):
-            issues.append(RecipeIssue(origin, None, "", "expected --set section.field=value"))
+            issues.append(RecipeIssue(origin, None, "", f"expected {option} section.field=value"))
             continue
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            issues.append(RecipeIssue(origin, None, key, f"value is not valid YAML: {exc}"))
+            _, value = safe_yaml.parse(raw)
+        except safe_yaml.YamlProblem as exc:
+            issues.append(RecipeIssue(origin, None, key, f"value is not valid: {exc.message}"))
             continue
         target = data
-        for part in keys[:-1]:
+        for depth, part in enumerate(keys[:-1], start=1):
             child = target.get(part)
             if not isinstance(child, dict):
                 child = {}
                 target[part] = child
+                origins[tuple(keys[:depth])] = (origin, None)
             target = child
         target[keys[-1]] = value
         path = tuple(keys)
@@ -196,6 +277,11 @@ def _apply_overrides(
             del origins[known]
         origins[path] = (origin, None)
     return issues
+
+
+def _shorten(origin: str, limit: int = 200) -> str:
+    """An override's origin as shown in messages: a long value is cut, its length said."""
+    return origin if len(origin) <= limit else f"{origin[:limit]}... ({len(origin):,} characters)"
 
 
 # --- pydantic errors → issues -----------------------------------------------------------------
@@ -221,6 +307,10 @@ def _explain(error: dict[str, Any], loc: FieldPath, model: type[BaseModel]) -> s
         allowed = _allowed_keys(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        key = str(loc[-1])
+        hidden = sorted({f"U+{ord(c):04X}" for c in key if unicodedata.category(c) == "Cf"})
+        if hidden:
+            hint = f"it holds the invisible character {', '.join(hidden)}: retype it. " + hint
         return f"unknown key. {hint}Allowed here: {', '.join(allowed)}"
     if kind == "missing":
         return "required field is missing: add it"
@@ -228,7 +318,7 @@ def _explain(error: dict[str, Any], loc: FieldPath, model: type[BaseModel]) -> s
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if "input" in error and kind not in ("value_error", "model_type", "dict_type"):
-        message += f" (got {error['input']!r})"
+        message += f" (got {short_repr(error['input'])})"
     return message
 
 

@@ -9,6 +9,14 @@ Conventions: sizes are ``[height, width]`` in pixels (``crop_size``, ``stride``)
 ``img_scale`` with ``keep_ratio=True``); learning rates are per parameter step; iterations count
 optimizer steps.
 
+What can be known offline is checked here, so a recipe that cannot train fails in
+``segctl recipes validate`` rather than in the job: every pixel size is at most
+:data:`MAX_IMAGE_SIDE` per side (no public dataset comes near it; a 100000 x 100000 crop would
+need 120 GB), numbers are finite, ``max_iters`` is at most :data:`MAX_ITERS`, the warm-up is no
+longer than training, ``model.options`` are those the model's builder takes
+(:mod:`segctl.recipe.model_options`), split names are names (no path), and free text is kept to
+sizes MLflow and ``recipe.json`` can hold.
+
 Defaults for the optimizer and schedule are those of the mmsegmentation SegFormer configs
 (``configs/segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py``: AdamW lr 6e-5,
 weight decay 0.01, head lr x10, no decay on norms and position blocks, poly power 1.0 with a
@@ -23,6 +31,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from segctl.recipe.datasets import DATASET_PRESETS
+from segctl.recipe.errors import short_repr
+from segctl.recipe.model_options import MODEL_OPTIONS, option_problems
 from segctl.recipe.models import MODEL_PRESETS
 
 Size2 = tuple[int, int]
@@ -30,18 +40,52 @@ Size2 = tuple[int, int]
 #: The mmsegmentation multi-scale test ratios (with flip: 12 views).
 MS_FLIP_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
+#: Largest side, in pixels, of any crop, window, stride or scale, and of a training image after
+#: the random resize (train_scale x the largest ratio). The largest standard setups reach 4096
+#: (Cityscapes 2048 x 2.0).
+MAX_IMAGE_SIDE = 8192
+#: Most optimizer steps a recipe may ask for (the longest published schedules are ~10^6).
+MAX_ITERS = 10**9
+#: Most epochs a recipe may ask for.
+MAX_EPOCHS = 10**6
+#: Longest description, in characters (it goes into recipe.json and MLflow).
+MAX_DESCRIPTION_CHARS = 10_000
+#: Longest MLflow experiment name (MLflow's own limit, ``mlflow.utils.validation``).
+MAX_EXPERIMENT_CHARS = 500
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+    """Base of every recipe section: unknown keys are errors, assignments are validated, and
+    NaN or infinite numbers are refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _positive_pair(value: Size2 | None, field: str) -> Size2 | None:
     if value is not None and (value[0] <= 0 or value[1] <= 0):
         raise ValueError(f"{field} must be two positive integers, got {list(value)}")
+    if value is not None and max(value) > MAX_IMAGE_SIDE:
+        raise ValueError(
+            f"{field} {list(value)} is beyond any image segctl trains on: each side must be at "
+            f"most {MAX_IMAGE_SIDE} pixels"
+        )
+    return value
+
+
+def _check_split(value: str | None, field: str) -> str | None:
+    """A split name, or names joined by '+': names only, never a path."""
+    if value is None:
+        return value
+    for part in value.split("+"):
+        if part and (not _SPLIT_RE.match(part) or part in (".", "..")):
+            raise ValueError(
+                f"{field} {short_repr(value)} is not a split name: use the name of the split "
+                "folder (letters, digits, '.', '_', '-'; e.g. train or val), not a path; put the "
+                "dataset's location in data.root"
+            )
     return value
 
 
@@ -143,7 +187,7 @@ class DataConfig(Section):
     def _known_dataset(cls, value: str) -> str:
         if value not in DATASET_PRESETS:
             known = ", ".join(sorted(DATASET_PRESETS))
-            raise ValueError(f"unknown dataset preset {value!r}; known: {known}")
+            raise ValueError(f"unknown dataset preset {short_repr(value)}; known: {known}")
         return value
 
     @field_validator("crop_size", "train_scale")
@@ -157,6 +201,23 @@ class DataConfig(Section):
         if not 0 < value[0] <= value[1]:
             raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {list(value)}")
         return value
+
+    @field_validator("train_split", "val_split")
+    @classmethod
+    def _split_name(cls, value: str | None, info) -> str | None:
+        return _check_split(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _resized_image_fits(self) -> DataConfig:
+        scale = self.train_scale or DATASET_PRESETS[self.dataset].train_scale
+        largest = max(scale) * self.ratio_range[1]
+        if largest > MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"ratio_range {list(self.ratio_range)} resizes training images to {largest:.0f} "
+                f"pixels (train_scale {list(scale)} x {self.ratio_range[1]}); keep "
+                f"train_scale x the largest ratio at most {MAX_IMAGE_SIDE} pixels"
+            )
+        return self
 
     @model_validator(mode="after")
     def _halves_around_one(self) -> DataConfig:
@@ -220,7 +281,8 @@ class ModelConfig(Section):
     options: dict[str, bool | int | float | str | list[int] | list[float]] = Field(
         default_factory=dict,
         description="Keyword options of the architecture's builder (e.g. MCIBI's "
-        "momentum_base_lr, a head's dropout_ratio or align_corners); unknown ones fail at build.",
+        "momentum_base_lr, a head's dropout_ratio or align_corners); checked against the "
+        "options each builder takes (`segctl recipes validate` names unknown ones).",
     )
 
     @field_validator("name")
@@ -228,7 +290,29 @@ class ModelConfig(Section):
     def _known_model(cls, value: str) -> str:
         if value not in MODEL_PRESETS:
             known = ", ".join(sorted(MODEL_PRESETS))
-            raise ValueError(f"unknown model preset {value!r}; known: {known}")
+            raise ValueError(f"unknown model preset {short_repr(value)}; known: {known}")
+        return value
+
+    @field_validator("drop_path_rate")
+    @classmethod
+    def _model_has_drop_path(cls, value: float | None, info) -> float | None:
+        name = info.data.get("name")
+        takes = MODEL_OPTIONS.get(name, {"drop_path_rate": float})
+        if value is not None and "drop_path_rate" not in takes:
+            raise ValueError(
+                f"model {name} has no stochastic depth (its builder takes no drop_path_rate): "
+                "remove model.drop_path_rate"
+            )
+        return value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _known_options(cls, value, info):
+        name = info.data.get("name")
+        if isinstance(value, dict) and name is not None:
+            problems = option_problems(name, value)
+            if problems:
+                raise ValueError("; ".join(problems))
         return value
 
 
@@ -276,11 +360,12 @@ class ScheduleConfig(Section):
     """Iteration-based schedule: poly learning rate with linear warm-up."""
 
     max_iters: int | None = Field(
-        None, gt=0, description="Optimizer steps to train (or give max_epochs)."
+        None, gt=0, le=MAX_ITERS, description="Optimizer steps to train (or give max_epochs)."
     )
     max_epochs: int | None = Field(
         None,
         gt=0,
+        le=MAX_EPOCHS,
         description="Epochs to train instead of max_iters: the job turns them into iterations "
         "as ceil(epochs * train images / global batch) (see epoch_padding).",
     )
@@ -319,6 +404,17 @@ class ScheduleConfig(Section):
         "backbone at 0.1x ends at 0.1 * min_lr).",
     )
     log_interval: int = Field(50, gt=0, description="Log loss and lr every this many iterations.")
+
+    @field_validator("warmup_iters")
+    @classmethod
+    def _warmup_within_training(cls, value: int, info) -> int:
+        max_iters = info.data.get("max_iters")
+        if max_iters is not None and value > max_iters:
+            raise ValueError(
+                f"warmup_iters {value} is longer than training (max_iters {max_iters}): "
+                "shorten the warm-up or train longer"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_length(self) -> ScheduleConfig:
@@ -528,7 +624,11 @@ class TrackingConfig(Section):
         description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else an embedded SQLite "
         "store ./mlflow.db in the submitting directory.",
     )
-    experiment: str | None = Field(None, description="MLflow experiment (default: dataset name).")
+    experiment: str | None = Field(
+        None,
+        description=f"MLflow experiment (default: dataset name; at most {MAX_EXPERIMENT_CHARS} "
+        "characters).",
+    )
     system_metrics: bool = Field(
         True,
         description="Log MLflow's system metrics (system/cpu_utilization_percentage, memory, "
@@ -542,6 +642,16 @@ class TrackingConfig(Section):
         description="Seconds between system metric samples (each sample is one step of the "
         "system/* metrics); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, wins.",
     )
+
+    @field_validator("experiment")
+    @classmethod
+    def _mlflow_length(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_EXPERIMENT_CHARS:
+            raise ValueError(
+                f"tracking.experiment is {len(value):,} characters; MLflow takes at most "
+                f"{MAX_EXPERIMENT_CHARS}: shorten it"
+            )
+        return value
 
 
 class ReferenceConfig(Section):
@@ -574,7 +684,9 @@ class Recipe(Section):
     """A complete description of one training run and its evaluation."""
 
     name: str = Field(description="Run name prefix: letters, digits, '.', '_' and '-'.")
-    description: str = ""
+    description: str = Field(
+        "", description=f"Free text (at most {MAX_DESCRIPTION_CHARS:,} characters)."
+    )
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig = OptimConfig()
@@ -591,6 +703,17 @@ class Recipe(Section):
         if not _NAME_RE.match(value):
             raise ValueError(
                 "name must start with a letter or digit and use only letters, digits, '.', '_' "
-                f"and '-' (at most 100 characters), got {value!r}"
+                f"and '-' (at most 100 characters), got {short_repr(value)}"
+            )
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _sane_description(cls, value: str) -> str:
+        if len(value) > MAX_DESCRIPTION_CHARS:
+            raise ValueError(
+                f"description is {len(value):,} characters; keep it under "
+                f"{MAX_DESCRIPTION_CHARS:,} (it is copied into recipe.json and MLflow): put "
+                "long notes in a file beside the recipe"
             )
         return value
