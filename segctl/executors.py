@@ -3,13 +3,22 @@ about jobs.
 
 ``local`` runs the job on this machine through submitit's local executor (the default where no
 Slurm is found); ``slurm`` submits with sbatch through submitit's Slurm executor.
+
+Job state is learnt without unpickling anything: Slurm jobs from ``sacct``; local jobs from the
+JSON exit record the job writes itself (:func:`exit_record_path`, written by
+:mod:`segctl.jobs`) and from whether their controller process is alive. submitit's own files
+(``*_submitted.pkl``, ``*_result.pkl``) are written for the job and never read here; no submitit
+``Job`` object is asked for its state, result or exception (those load the pickles).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +164,67 @@ def interruptible_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+#: Log file, in a local job's submitit folder, of what its controller process prints.
+CONTROLLER_LOG = "local-controller.log"
+
+
+@contextmanager
+def detached_stdio(kind: str, folder: Path) -> Iterator[None]:
+    """While submitting a local job, give this process's standard streams to the job instead of
+    the caller's: stdin from ``/dev/null``, stdout and stderr appended to
+    ``folder/local-controller.log`` (mode 0600).
+
+    submitit's local executor starts the job's controller with this process's file
+    descriptors 0, 1 and 2 and offers no option for them. A controller holding the caller's
+    pipe keeps ``$(segctl submit RECIPE)`` (or ``segctl submit | tee``) waiting for the whole
+    training, and one holding a terminal writes into it long after segctl has returned. So the
+    descriptors are swapped around the submission, through the operating system's ``dup2``
+    rather than by patching submitit, and put back afterwards; Python's buffers are flushed on
+    both edges so that nothing meant for the user lands in the log. The job's tasks write to
+    their own submitit logs as before. Slurm submissions (``sbatch``) hold nothing: for them
+    this does nothing.
+    """
+    if kind != "local":
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        log = os.open(folder / CONTROLLER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:
+        os.close(null)
+        raise
+    saved: dict[int, int | None] = {}
+    for fd in (0, 1, 2):
+        try:
+            saved[fd] = os.dup(fd)
+        except OSError:  # closed by the caller: leave it closed afterwards
+            saved[fd] = None
+    try:
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        for fd, copy in saved.items():
+            if copy is None:
+                os.close(fd)
+            else:
+                os.dup2(copy, fd)
+                os.close(copy)
+        os.close(null)
+        os.close(log)
+
+
 @contextmanager
 def job_environment(env: dict[str, str]) -> Iterator[None]:
     """While submitting, add ``env`` to this process's environment, which the submitted job
@@ -194,7 +264,8 @@ class JobStatus:
             and FAILED.
         nodes: the node list (Slurm only).
         requeues: how often the job was requeued (preemption, time limit, admin requeue).
-        reason: Slurm's reason for a pending or failed state, where it gives one.
+        reason: Slurm's reason for a pending or failed state, where it gives one; for a
+            failed local job, the exception from its exit record or :data:`NO_EXIT_RECORD`.
     """
 
     state: str
@@ -207,8 +278,9 @@ def job_statuses(jobs: list[tuple[str, str, str]]) -> dict[str, JobStatus]:
     """Statuses of ``(executor, folder, job_id)`` jobs, keyed by job id.
 
     Slurm jobs are asked about in one ``sacct`` call, whatever their number; local jobs are
-    judged from their result file and controller process, so this works from any process.
-    Jobs the scheduler does not know (yet) are left out.
+    judged by :func:`local_status` (their JSON exit record and controller process), so this
+    works from any process. Nothing is unpickled. Jobs the scheduler does not know (yet) are
+    left out.
     """
     out: dict[str, JobStatus] = {}
     slurm_ids = [job_id for kind, _, job_id in jobs if kind == "slurm"]
@@ -216,7 +288,7 @@ def job_statuses(jobs: list[tuple[str, str, str]]) -> dict[str, JobStatus]:
         out.update(slurm_statuses(slurm_ids))
     for kind, folder, job_id in jobs:
         if kind == "local":
-            out[job_id] = JobStatus(_local_state(Path(folder), job_id))
+            out[job_id] = local_status(Path(folder), job_id)
     return out
 
 
@@ -226,7 +298,7 @@ def job_state(kind: str, folder: str, job_id: str) -> str:
     return status.state if status else "UNKNOWN"
 
 
-SACCT_FORMAT = "JobID,State,NodeList,Reason"
+SACCT_FORMAT = "JobID,State,NodeList,Reason,ExitCode,DerivedExitCode"
 
 
 def slurm_statuses(job_ids: list[str], timeout_s: float = 20.0) -> dict[str, JobStatus]:
@@ -251,11 +323,13 @@ def slurm_statuses(job_ids: list[str], timeout_s: float = 20.0) -> dict[str, Job
 
 
 def parse_sacct(text: str) -> dict[str, JobStatus]:
-    """Parse ``sacct --duplicates --allocations --parsable2 --format=JobID,State,NodeList,Reason``.
+    """Parse ``sacct --duplicates --allocations --parsable2 --format=``:data:`SACCT_FORMAT`.
 
     With ``--duplicates`` a requeued job has one row per start, oldest first; the last row is
     its current state and the rows before it count its requeues. ``CANCELLED by 0`` becomes
-    ``CANCELLED``.
+    ``CANCELLED``. A FAILED job for which Slurm gives no reason gets one from its exit codes
+    (:func:`exit_reason`), e.g. a task killed by ``kill -9``. Rows of four fields (no exit
+    codes) are read too.
     """
     rows: dict[str, list[list[str]]] = {}
     for line in text.splitlines():
@@ -264,25 +338,63 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
             rows.setdefault(fields[0], []).append(fields)
     statuses = {}
     for job_id, history in rows.items():
-        _, state, nodes, reason = history[-1][:4]
+        current = history[-1]
+        _, state, nodes, reason = current[:4]
+        state = state.split()[0] if state else "UNKNOWN"
+        reason = reason if reason and reason != "None" else None
+        if state == "FAILED" and reason is None:
+            reason = exit_reason(*current[4:6])
         statuses[job_id] = JobStatus(
-            state=state.split()[0] if state else "UNKNOWN",
+            state=state,
             nodes=nodes if nodes and nodes != "None assigned" else None,
             requeues=len(history) - 1,
-            reason=reason if reason and reason != "None" else None,
+            reason=reason,
         )
     return statuses
 
 
-def cancel_job(kind: str, folder: str, job_id: str) -> None:
-    """Cancel a job: scancel on Slurm; SIGINT to a local controller that is still ours."""
+def exit_reason(exit_code: str = "", derived_exit_code: str = "") -> str | None:
+    """Why a job failed, from sacct's ``ExitCode`` and ``DerivedExitCode`` (``code:signal``;
+    the derived one is the worst of the job's steps): the signal that killed a task where one
+    did, else the non-zero exit status; None if neither says anything.
+
+    >>> exit_reason("9:0", "0:9")
+    'a task was killed by signal 9 (SIGKILL)'
+    >>> exit_reason("1:0", "0:0")
+    'exit code 1'
+    """
+    pairs = []
+    for text in (derived_exit_code, exit_code):
+        code, _, sig = text.partition(":")
+        if code.isdigit() and sig.isdigit():
+            pairs.append((int(code), int(sig)))
+    for _, sig in pairs:
+        if sig:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = "unknown signal"
+            return f"a task was killed by signal {sig} ({name})"
+    for code, _ in reversed(pairs):  # the batch script's own status first
+        if code:
+            return f"exit code {code}"
+    return None
+
+
+def cancel_job(kind: str, folder: str, job_id: str, timeout_s: float = 20.0) -> None:
+    """Cancel a job: ``scancel JOBID`` on Slurm (what submitit's ``cancel`` runs; a failure is
+    not checked, as there); SIGINT to a local controller that is still ours. ``folder`` is
+    unused: kept so that every job is named by ``(executor, folder, job_id)``."""
     if kind == "local":
         if _local_controller_alive(job_id):
             os.kill(int(job_id), signal.SIGINT)
         return
-    import submitit
+    import subprocess
 
-    submitit.SlurmJob(folder=folder, job_id=job_id).cancel(check=False)
+    try:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"scancel {job_id} failed: {exc}") from None
 
 
 def job_log_paths(folder: str, job_id: str, task: int = 0) -> tuple[Path, Path]:
@@ -293,17 +405,85 @@ def job_log_paths(folder: str, job_id: str, task: int = 0) -> tuple[Path, Path]:
     return paths.stdout, paths.stderr
 
 
-def _local_state(folder: Path, job_id: str) -> str:
-    from submitit.core.utils import JobPaths, pickle_load
+# --- local jobs: the JSON exit record and the controller's pid --------------------------------
 
-    result = JobPaths(folder, job_id=job_id, task_id=0).result_pickle
-    if result.exists():
-        try:
-            outcome, _ = pickle_load(result)
-        except Exception:  # a result being written right now
-            return "RUNNING"
-        return "COMPLETED" if outcome == "success" else "FAILED"
-    return "RUNNING" if _local_controller_alive(job_id) else "FAILED"
+#: Largest exit record read, in bytes (a record is a few hundred bytes).
+EXIT_RECORD_MAX_BYTES = 64 * 1024
+
+#: Reason of a local job whose controller ended and whose task wrote no exit record.
+NO_EXIT_RECORD = "ended without an exit record (killed, e.g. kill -9 or out of memory)"
+
+
+def exit_record_path(folder: str | Path, job_id: str, task: int = 0) -> Path:
+    """``<folder>/<job_id>_<task>_exit.json``: the exit record of one task of a job, beside
+    submitit's ``<job_id>_<task>_result.pkl`` (``task`` is submitit's global rank).
+
+    Written by the job when its callable returns or raises (:mod:`segctl.jobs`); JSON with
+    ``outcome`` (``success`` or ``failed``), ``kind``, ``job_id``, ``task``, ``pid``,
+    ``host``, ``started_at`` and ``ended_at`` (seconds since the epoch), and for failures
+    ``error_type`` and ``error`` (the exception's message on one line).
+    """
+    return Path(folder) / f"{job_id}_{task}_exit.json"
+
+
+def read_exit_record(path: Path) -> dict | None:
+    """The exit record at ``path``; None if there is none.
+
+    Only a regular file is read, and at most :data:`EXIT_RECORD_MAX_BYTES` of it, so a planted
+    FIFO or device cannot hang or exhaust the reader. A record that is not a JSON object with a
+    known ``outcome`` reads as ``{"outcome": "unreadable"}``. JSON only: nothing is unpickled.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {"outcome": "unreadable"}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {"outcome": "unreadable"}
+        data = os.read(fd, EXIT_RECORD_MAX_BYTES + 1)
+    except OSError:
+        return {"outcome": "unreadable"}
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(data.decode("utf-8")) if len(data) <= EXIT_RECORD_MAX_BYTES else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or record.get("outcome") not in ("success", "failed"):
+        return {"outcome": "unreadable"}
+    return record
+
+
+def local_status(folder: Path, job_id: str) -> JobStatus:
+    """The state of a local job from task 0's exit record and its controller's pid.
+
+    - a record with ``outcome: success``: COMPLETED;
+    - a record with ``outcome: failed``: FAILED, the reason ``<error_type>: <error>``;
+    - no record and the controller alive: RUNNING (a requeued task removes the record of its
+      previous start when it starts again);
+    - no record and the controller gone: FAILED, :data:`NO_EXIT_RECORD` (the task was killed
+      before it could write one). The record is read again after the pid check, so a job that
+      ends between the two reads is not taken for a killed one.
+    """
+    path = exit_record_path(folder, job_id)
+    record = read_exit_record(path)
+    if record is None:
+        if _local_controller_alive(job_id):
+            return JobStatus("RUNNING")
+        record = read_exit_record(path)
+    if record is None:
+        return JobStatus("FAILED", reason=NO_EXIT_RECORD)
+    if record["outcome"] == "success":
+        return JobStatus("COMPLETED")
+    if record["outcome"] == "failed":
+        error_type = str(record.get("error_type") or "error")
+        error = " ".join(str(record.get("error") or "").split())
+        return JobStatus("FAILED", reason=f"{error_type}: {error}" if error else error_type)
+    if _local_controller_alive(job_id):
+        return JobStatus("RUNNING")
+    return JobStatus("FAILED", reason=f"unreadable exit record {path}")
 
 
 def _local_controller_alive(job_id: str) -> bool:

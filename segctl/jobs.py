@@ -15,22 +15,96 @@ administrator requeued it, starts the callable from the beginning.
 
 Both take ``weights_dir``, the pretrained-weights cache (:mod:`segctl.weights`) where the job
 finds the files its recipe (or ``checkpoint``) names by URL; jobs never download them.
+
+Both write a JSON exit record when their work returns or raises (:func:`exit_record`), from
+which the control plane learns a local job's outcome without unpickling submitit's result file.
+Every task (rank) writes its own, ``<job_id>_<rank>_exit.json`` in the job's submitit folder
+(:func:`segctl.executors.exit_record_path`); ``segctl status`` reads rank 0's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import submitit
+
+#: Longest ``error`` message kept in an exit record, in characters.
+ERROR_MAX_CHARS = 2000
+
+
+@contextmanager
+def exit_record(kind: str) -> Iterator[None]:
+    """Write this task's exit record when the block returns or raises; nothing outside a
+    submitit job (``SUBMITIT_FOLDER`` unset).
+
+    The record of a previous start of the same job and task (a requeued job keeps its id) is
+    removed on entry, so a record always speaks of the current start. On leaving:
+
+    - the block returned: ``outcome: success``;
+    - it raised an exception (``KeyboardInterrupt`` included: a cancelled local job):
+      ``outcome: failed`` with ``error_type`` and ``error`` (the message on one line, at most
+      :data:`ERROR_MAX_CHARS` characters), then the exception goes on;
+    - ``SystemExit``: no record. submitit ends a job that way when it requeues it (the local
+      controller then starts the task again); a task that ends without a record counts as
+      failed once its controller is gone.
+
+    The record is written atomically (a temporary file in the same folder, then
+    ``os.replace``), mode 0600. Failing to write it is reported on stderr and never hides the
+    job's own outcome.
+    """
+    if "SUBMITIT_FOLDER" not in os.environ:
+        yield
+        return
+    from segctl.executors import exit_record_path
+
+    env = submitit.JobEnvironment()
+    path = exit_record_path(env.paths.folder, env.job_id, env.global_rank)
+    base = {"kind": kind, "job_id": env.job_id, "task": env.global_rank, "pid": os.getpid(),
+            "host": socket.gethostname(), "started_at": time.time()}
+    path.unlink(missing_ok=True)
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        message = " ".join(str(exc).split())[:ERROR_MAX_CHARS]
+        _write_record(path, {**base, "outcome": "failed", "error_type": type(exc).__name__,
+                             "error": message, "ended_at": time.time()})
+        raise
+    _write_record(path, {**base, "outcome": "success", "ended_at": time.time()})
+
+
+def _write_record(path: Path, record: dict) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+                handle.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        print(f"segctl: cannot write the exit record {path}: {exc}", file=sys.stderr)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
     """Train (or resume) the run in ``run_dir``; returns the final metrics dict."""
 
     def __call__(self, run_dir: str, weights_dir: str | None = None) -> dict:
-        from trainer.entry import run_training
+        with exit_record("train"):
+            from trainer.entry import run_training
 
-        return run_training(Path(run_dir), weights_dir=weights_dir)
+            return run_training(Path(run_dir), weights_dir=weights_dir)
 
 
 class EvalJob(submitit.helpers.Checkpointable):
@@ -41,8 +115,9 @@ class EvalJob(submitit.helpers.Checkpointable):
         self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str,
         output_format: str = "metrics", published: bool = False, weights_dir: str | None = None,
     ) -> dict:
-        from trainer.entry import run_evaluation
+        with exit_record("eval"):
+            from trainer.entry import run_evaluation
 
-        return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
-                              output_format=output_format, published=published,
-                              weights_dir=weights_dir)
+            return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
+                                  output_format=output_format, published=published,
+                                  weights_dir=weights_dir)

@@ -7,8 +7,14 @@ Layout of a run directory (the contract between the control plane and the traine
     progress.json     rewritten atomically by rank 0 of a training job
     checkpoints/      iter_NNNNNNN.pt, final.pt
     eval/             <label>.json and <label>.txt per evaluation
-    jobs/             submitit folders: pickled submissions, logs, results
+    jobs/             submitit folder: pickled submissions, logs, results (never read by
+                      the control plane) and the JSON exit records it reads
+                      (<job_id>_<task>_exit.json, segctl.executors.exit_record_path)
     mlflow_run_id     the MLflow run this run logs to
+
+A run directory and its ``jobs/`` folder are private to their owner (mode 0700), as are the
+job folders of sweeps (``<runs dir>/sweeps/<sweep>``): they are created so before anything is
+written into them (:func:`create_private_dir`).
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from segctl.recipe import Recipe, parse_json_recipe
 RECIPE_FILE = "recipe.json"
 PROGRESS_FILE = "progress.json"
 
+#: Mode of run directories and job folders: the owner only.
+PRIVATE_MODE = 0o700
+
 
 class RunDirError(RuntimeError):
     """A run directory exists but does not belong to the recipe being submitted."""
 
 
 def create_run_dir(run_dir: Path, recipe: Recipe) -> bool:
-    """Create ``run_dir`` holding ``recipe.json``, atomically; reuse it if it holds the same run.
+    """Create ``run_dir`` (mode 0700) holding ``recipe.json``, atomically; reuse it if it holds
+    the same run.
 
     The directory is assembled under a temporary name beside its final one and renamed, so a
     crash never leaves a run directory without its recipe.
@@ -61,6 +71,7 @@ def create_run_dir(run_dir: Path, recipe: Recipe) -> bool:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
+        os.chmod(staging, PRIVATE_MODE)  # mkdtemp's mode already; said here, as the contract
         (staging / RECIPE_FILE).write_text(text)
         os.rename(staging, run_dir)
     except OSError:
@@ -92,3 +103,27 @@ def read_progress(run_dir: Path) -> dict:
 def jobs_folder(run_dir: Path) -> Path:
     """The submitit folder of a run's jobs."""
     return run_dir / "jobs"
+
+
+def create_jobs_folder(run_dir: Path) -> Path:
+    """Create (or keep) a run's ``jobs/`` folder, mode 0700; returns it.
+
+    Raises:
+        OSError: it cannot be created, or its mode cannot be set (not ours).
+    """
+    return create_private_dir(jobs_folder(run_dir))
+
+
+def create_private_dir(path: Path) -> Path:
+    """Create ``path`` (its missing parents with the default mode) as a folder only its owner
+    may read, write or enter (0700); an existing one is narrowed to 0700. Returns ``path``.
+
+    Set explicitly after ``mkdir``: the process's umask only ever removes bits.
+
+    Raises:
+        OSError: it cannot be created, or its mode cannot be set (not ours).
+    """
+    path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != PRIVATE_MODE:
+        os.chmod(path, PRIVATE_MODE)
+    return path

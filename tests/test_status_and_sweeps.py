@@ -25,6 +25,9 @@ SACCT = """\
 102|CANCELLED by 0|n1|None
 103|PENDING|None assigned|Priority
 104_3|COMPLETED|n2|None
+105|FAILED|n1|None|9:0|0:9
+106|FAILED|n2|None|1:0|0:0
+107|FAILED|n2|NonZeroExitCode|1:0|0:0
 """
 
 
@@ -35,6 +38,14 @@ def test_parse_sacct_counts_requeues_and_keeps_the_current_row():
     assert statuses["102"].state == "CANCELLED" and statuses["102"].requeues == 0
     assert statuses["103"].nodes is None and statuses["103"].reason == "Priority"
     assert statuses["104_3"].state == "COMPLETED"
+    assert statuses["104_3"].reason is None and statuses["101"].reason is None
+
+
+def test_parse_sacct_gives_a_failed_job_a_reason_from_its_exit_codes():
+    statuses = parse_sacct(SACCT)
+    assert statuses["105"].reason == "a task was killed by signal 9 (SIGKILL)"
+    assert statuses["106"].reason == "exit code 1"
+    assert statuses["107"].reason == "NonZeroExitCode"
 
 
 def test_split_values_respects_brackets_and_quotes():

@@ -88,10 +88,11 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
     from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
     from segctl.submission import apply_sweep, check_pretraining, plan_training, preflight
-    from segctl.sweeps import expand_grid, sweep_id
+    from segctl.sweeps import expand_grid, refuse_shared_runs, sweep_id
 
     issues, plans, loaded_members = [], [], []
-    for point in expand_grid(sweeps):
+    grid = expand_grid(sweeps)
+    for point in grid:
         try:
             loaded = load_recipe(recipe, [*overrides, *point])
         except RecipeError as exc:
@@ -101,6 +102,7 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
         plans.append(plan_training(loaded, profile=site))
     if issues:
         raise RecipeError(issues)
+    refuse_shared_runs(grid, [m.recipe for m in loaded_members], [p.run_id for p in plans])
     plans = [replace(p, notes=[*p.notes, *check_pretraining(p.recipe, from_scratch)])
              for p in plans]
     sweep = sweep_id(plans[0].recipe.name, [p.run_id for p in plans])
@@ -161,15 +163,24 @@ SBATCH_MARKER = "# ---- sbatch script ----"
 
 
 def finish(submitted) -> None:
-    """Wait for a submitted job; exit 1 (with the log's last lines) unless it COMPLETED."""
+    """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
+    COMPLETED.
+
+    The state comes from :func:`segctl.submission.wait` (sacct, or a local job's JSON exit
+    record and controller pid); nothing of the job is unpickled.
+    """
     from segctl.cli.common import registry
     from segctl.executors import job_log_paths
     from segctl.submission import wait
 
-    state = wait(registry(), submitted, on_poll=_progress_printer(submitted))
-    typer.echo(f"{submitted.plan.run_id}: {state}")
+    reg = registry()
+    state = wait(reg, submitted, on_poll=_progress_printer(submitted))
+    row = next((j for j in reg.jobs(submitted.plan.run_id) if j.id == submitted.row), None)
+    reason = f" ({row.reason})" if row is not None and row.reason else ""
+    typer.echo(f"{submitted.plan.run_id}: {state}{reason}")
     if state != "COMPLETED":
-        _, stderr = job_log_paths(str(submitted.plan.run_dir / "jobs"), submitted.job_id)
+        folder = row.folder if row is not None else str(submitted.plan.run_dir / "jobs")
+        _, stderr = job_log_paths(folder, submitted.job_id)
         if stderr.exists():
             tail = stderr.read_text(errors="replace").splitlines()[-20:]
             typer.echo("\n".join(tail), err=True)
