@@ -159,17 +159,43 @@ class Registry:
         nodes: str | None = None,
         requeues: int | None = None,
         reason: str | None = None,
-    ) -> None:
+        expected: str | None = None,
+    ) -> bool:
         """Record an observed state (and node list, requeue count, reason where known);
-        terminal states also set ``finished_at`` (once)."""
-        finished = time.time() if state in TERMINAL_STATES else None
+        terminal states also set ``finished_at`` (once).
+
+        The update is a compare-and-set: with ``expected`` (the state the caller read before
+        asking the scheduler) it applies only while the row still holds that state, and a
+        non-terminal ``state`` never replaces a terminal one. So a ``status`` that read a job
+        before another process recorded its end cannot put it back to ``RUNNING``.
+
+        Returns:
+            True if the row was updated; False if it holds another state than ``expected``,
+            holds a terminal state that ``state`` would undo, or does not exist.
+        """
+        terminal = state in TERMINAL_STATES
+        where = "id = ?"
+        args: list = [row]
+        if expected is not None:
+            where += " AND state = ?"
+            args.append(expected)
+        if not terminal:
+            where += f" AND state NOT IN ({', '.join('?' * len(TERMINAL_STATES))})"
+            args.extend(sorted(TERMINAL_STATES))
         with self._connect() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, finished_at = COALESCE(finished_at, ?), "
                 "nodes = COALESCE(?, nodes), requeues = COALESCE(?, requeues), "
-                "reason = COALESCE(?, reason) WHERE id = ?",
-                (state, finished, nodes, requeues, reason, row),
+                f"reason = COALESCE(?, reason) WHERE {where}",
+                (state, time.time() if terminal else None, nodes, requeues, reason, *args),
             )
+            return cursor.rowcount == 1
+
+    def job(self, row: int) -> JobRecord | None:
+        """The job row ``row`` as it is now (None if there is none)."""
+        with self._connect() as db:
+            found = db.execute("SELECT * FROM jobs WHERE id = ?", (row,)).fetchone()
+        return JobRecord(*found) if found else None
 
     def forget_job(self, row: int) -> None:
         """Delete a marker whose submission failed before any job existed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -21,20 +22,30 @@ class UserError(Exception):
 
 
 def user_errors(func: F) -> F:
-    """Turn segctl's user-facing errors into a message on stderr and exit status 2."""
+    """Turn segctl's user-facing errors into a message on stderr and exit status 2.
+
+    A name too long for the file system (``ENAMETOOLONG``, e.g. a 10,000-character argument
+    that is tried as a path) is bad input too: it is reported without a traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from segctl.recipe import RecipeError
         from segctl.runs import RunDirError
         from segctl.submission import SubmitError
+        from segctl.tracking_store import TrackingStoreError
 
         try:
             return func(*args, **kwargs)
         except RecipeError as exc:
             typer.echo(exc.report(), err=True)
-        except (UserError, SubmitError, RunDirError) as exc:
+        except (UserError, SubmitError, RunDirError, TrackingStoreError) as exc:
             typer.echo(f"error: {exc}", err=True)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            typer.echo(f"error: name too long for the file system: {shown(str(exc.filename))}",
+                       err=True)
         raise typer.Exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
@@ -48,24 +59,115 @@ def registry():
     return Registry(segctl_home())
 
 
-def find_run(key: str):
-    """The one registered run matching ``key`` (id, id prefix, or name).
+#: A run key longer than this (in UTF-8 bytes) cannot name a run: run ids name directories.
+MAX_RUN_KEY_BYTES = 255
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters with its length if longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_run_key(key: str) -> str:
+    """``key`` if it can name a run (id, id prefix or name); returned unchanged, matched
+    literally.
 
     Raises:
-        UserError: no run or several runs match.
+        UserError: the key is empty or only whitespace (it would match every run), or longer
+            than any run id can be (:data:`MAX_RUN_KEY_BYTES`).
     """
-    matches = registry().find_runs(key)
+    if not key.strip():
+        raise UserError(
+            f"empty run key {key!r}: give a run id, id prefix or name (see `segctl status`)"
+        )
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_RUN_KEY_BYTES:
+        raise UserError(
+            f"run key {shown(key)} is longer than any run id ({MAX_RUN_KEY_BYTES} bytes at "
+            "most): give a run id, id prefix or name (see `segctl status`)"
+        )
+    return key
+
+
+def matching_runs(key: str) -> list:
+    """The registered runs ``key`` names (see :meth:`segctl.registry.Registry.find_runs`).
+
+    Raises:
+        UserError: the key is not a valid run key (:func:`check_run_key`) or matches no run.
+    """
+    matches = registry().find_runs(check_run_key(key))
     if not matches:
-        raise UserError(f"no run matches {key!r}: see `segctl status` for the runs known here")
+        raise UserError(f"no run matches {shown(key)}: see `segctl status` for the runs known here")
+    return matches
+
+
+def _listing(runs) -> str:
+    return "\n".join(f"  {run.run_id}  {run.run_dir}" for run in runs)
+
+
+def find_run(key: str):
+    """The one registered run matching ``key`` (id, id prefix, or name; matched literally).
+
+    Raises:
+        UserError: the key is empty, whitespace or too long, or no run or several runs match
+            (listed).
+    """
+    matches = matching_runs(key)
     if len(matches) > 1:
-        ids = ", ".join(run.run_id for run in matches)
-        raise UserError(f"{key!r} matches several runs ({ids}): give the full run id")
+        raise UserError(f"{shown(key)} matches {len(matches)} runs:\n{_listing(matches)}\n"
+                        "give the full run id")
     return matches[0]
+
+
+def select_runs(keys: Sequence[str], all_matches: bool, action: str) -> list:
+    """The runs a destructive command (``action``: cancel, forget) acts on, each once.
+
+    A key that matches several runs (a shared name, a short prefix) is refused with the list
+    of them, unless ``all_matches`` (``--all``); a full run id always names one run.
+
+    Raises:
+        UserError: a key is invalid or matches nothing, or matches several runs without
+            ``all_matches``. Nothing has been done then.
+    """
+    selected: dict[str, Any] = {}
+    for key in keys:
+        matches = matching_runs(key)
+        if len(matches) > 1 and not all_matches:
+            raise UserError(
+                f"{shown(key)} matches {len(matches)} runs:\n{_listing(matches)}\n"
+                f"nothing done: give the full run ids, or add --all to {action} all of them"
+            )
+        selected.update((run.run_id, run) for run in matches)
+    return list(selected.values())
+
+
+def run_dir_of(key: str) -> Path:
+    """The run directory ``key`` names: a directory path as given, else the directory of the
+    one run the key names (:func:`find_run`).
+
+    Raises:
+        UserError: the key is empty or whitespace (never the current directory), or names no
+            directory and no single run.
+    """
+    if not key.strip():
+        check_run_key(key)  # raises: an empty key never means the current directory
+    try:
+        if Path(key).is_dir():
+            return Path(key)
+    except (OSError, ValueError):  # too long for a path, or a NUL byte: not a directory
+        pass
+    return Path(find_run(key).run_dir)
 
 
 def looks_like_recipe(key: str) -> bool:
     """True if ``key`` names a YAML file (so it is a recipe, not a run id)."""
-    return key.endswith((".yaml", ".yml")) or Path(key).is_file()
+    if key.endswith((".yaml", ".yml")):
+        return True
+    try:
+        return Path(key).is_file()
+    except (OSError, ValueError):  # too long for a path, or a NUL byte: not a file
+        return False
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:

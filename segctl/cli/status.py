@@ -15,7 +15,14 @@ from typing import Annotated
 
 import typer
 
-from segctl.cli.common import UserError, find_run, print_table, registry, user_errors
+from segctl.cli.common import (
+    UserError,
+    find_run,
+    print_table,
+    registry,
+    select_runs,
+    user_errors,
+)
 
 #: States in which a job may still be running or start again.
 _LIVE = ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED", "SUBMITTING", "SUSPENDED", "CONFIGURING")
@@ -167,16 +174,28 @@ def logs(
         time.sleep(1.0)
 
 
+#: ``--all`` of the destructive commands: act on every run a key matches.
+AllMatches = Annotated[
+    bool,
+    typer.Option("--all", help="Act on every run a key matches (a shared name, an id prefix); "
+                 "without it such a key is refused and its runs listed."),
+]
+
+
 @user_errors
 def cancel(
     runs: Annotated[list[str], typer.Argument(help="Run ids, id prefixes or names.")],
+    all_matches: AllMatches = False,
 ) -> None:
-    """Cancel the unfinished jobs of the given runs (and only those)."""
+    """Cancel the unfinished jobs of the given runs (and only those).
+
+    A key that matches several runs is refused (they are listed) unless --all is given.
+    """
     from segctl.executors import cancel_job
     from segctl.submission import refresh_states
 
     reg = registry()
-    records = [find_run(key) for key in runs]
+    records = select_runs(runs, all_matches, "cancel")
     for record in records:
         jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
         states = refresh_states(reg, jobs)
@@ -186,8 +205,12 @@ def cancel(
             continue
         for job in live:
             cancel_job(job.executor, job.folder, job.job_id)
-            reg.set_state(job.id, "CANCELLED")
-            typer.echo(f"{record.run_id}: cancelled {job.kind} job {job.job_id}")
+            if reg.set_state(job.id, "CANCELLED", expected=states[job.id]):
+                typer.echo(f"{record.run_id}: cancelled {job.kind} job {job.job_id}")
+            else:  # it ended (or was cancelled) meanwhile: that state stays
+                ended = reg.job(job.id)
+                typer.echo(f"{record.run_id}: {job.kind} job {job.job_id} is already "
+                           f"{ended.state if ended else 'gone'}")
 
 
 @user_errors
@@ -196,19 +219,21 @@ def forget(
     delete_dir: Annotated[
         bool, typer.Option("--delete-dir", help="Also delete each run's directory (checkpoints too).")
     ] = False,
+    all_matches: AllMatches = False,
 ) -> None:
     """Remove runs from the registry, so `segctl status` no longer lists them.
 
     Refuses (exit 2, nothing changed) while any named run has an unfinished job: cancel it
-    first. The run directory stays unless ``--delete-dir`` is given; MLflow records are never
-    touched, so `segctl report` still sees the run.
+    first; and a key that matches several runs, listing them, unless --all is given. The run
+    directory stays unless ``--delete-dir`` is given; MLflow records are never touched, so
+    `segctl report` still sees the run.
     """
     import shutil
 
     from segctl.submission import refresh_states
 
     reg = registry()
-    records = list({r.run_id: r for r in (find_run(key) for key in runs)}.values())
+    records = select_runs(runs, all_matches, "forget")
     busy = []
     for record in records:
         jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
