@@ -32,6 +32,15 @@ is removed and nothing enters the cache. A single-part S3 ETag (an MD5) is check
 checks it. A second fetch of a cached URL reads the index and the blob's size, and sends no
 request at all.
 
+Refusals: :func:`inspect_weights_file` checks a file without torch and without unpickling
+anything (a regular readable file; a zip archive with ``data.pkl``, or PyTorch's legacy format;
+a pickle naming no Python object beyond the tensor rebuilders ``weights_only`` admits), so a
+bad local ``model.init_checkpoint`` or ``--checkpoint`` fails at submission in milliseconds.
+Where the job's ``torch.load(weights_only=True)`` refuses a file, :func:`load_failure` gives
+the same words (:class:`UnloadableWeightsError`: which file, that it holds non-tensor objects,
+that segctl will not load it), never PyTorch's suggestion to load it with
+``weights_only=False``.
+
 Checks (``checks`` in the index): :func:`check_loads` loads a file the way the job will
 (``torch.load(weights_only=True)``, the converters of
 :func:`trainer.models.converters.pretrained.load_pretrained`) into the recipe's model built on
@@ -48,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import threading
 import time
@@ -84,6 +94,13 @@ class WeightsError(RuntimeError):
 
 class NotCachedError(WeightsError):
     """A job asked for weights that are not in the cache (jobs never download)."""
+
+
+class UnloadableWeightsError(WeightsError):
+    """A weights or checkpoint file segctl will not or cannot load: it holds pickled Python
+    objects other than tensors (:func:`non_tensor_message`), or it is not a PyTorch file
+    (malformed, truncated, unreadable: :func:`malformed_message`). The message names the file
+    and never suggests loading it some other way."""
 
 
 @dataclass(frozen=True)
@@ -481,6 +498,213 @@ def remote_size(url: str, storage_options: Mapping[str, Any] | None = None,
     return found[0]
 
 
+# --- is it a file of tensors? (no torch, nothing unpickled) ------------------------------------
+
+#: Globals outside ``torch.*`` that ``torch.load(weights_only=True)`` admits (PyTorch's own
+#: allowlist, ``torch._weights_only_unpickler``). Every ``torch.*`` global passes here and is
+#: left to that loader, which admits only its tensor, storage and dtype rebuilders: this check
+#: may let through a file the loader refuses, never the other way round.
+_TENSOR_GLOBALS = frozenset({
+    "collections.OrderedDict", "collections.Counter", "_codecs.encode",
+    "builtins.set", "builtins.bytearray", "builtins.complex",
+})
+#: The first bytes of a file in PyTorch's legacy (before 1.6, not zip) format: its magic
+#: number pickled with protocol 2. Such a file is four pickles, then the tensors' bytes.
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+_LEGACY_PICKLES = 4
+_DATA_PKL = re.compile(r"^[^/]+/data\.pkl$")
+_SHOWN_GLOBALS = 3
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                         "SHORT_BINSTRING", "BINSTRING", "STRING"})
+_STACK_NEUTRAL_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO"})
+
+
+def non_tensor_message(name: str, found: Sequence[str] = ()) -> str:
+    """segctl's words for a file whose pickle holds more than tensors: which file, what it
+    refers to, and that segctl will not load it (the message of
+    :class:`UnloadableWeightsError`).
+
+    Args:
+        name: the file as the user knows it (a path, a URL, ``field (path)``).
+        found: the Python objects it names beyond tensors (e.g. ``posix.system``), if known.
+    """
+    what = ""
+    if found:
+        more = " ..." if len(found) > _SHOWN_GLOBALS else ""
+        what = f" ({', '.join(found[:_SHOWN_GLOBALS])}{more})"
+    return (f"{name} holds pickled Python objects other than tensors{what}; loading such a file "
+            "can run code it carries, so segctl will not load it. Use weights saved as a plain "
+            "state dict of tensors")
+
+
+def malformed_message(name: str, problem: str) -> str:
+    """segctl's words for a file that is not a PyTorch weights file it can read; ``problem``
+    says why (not a zip archive, cut short, unreadable, ...)."""
+    return (f"{name} is not a PyTorch weights file segctl can read: {problem}. Check that it is "
+            "the file you meant and that it was copied completely")
+
+
+def load_failure(name: str, exc: BaseException) -> BaseException:
+    """The exception to raise in place of ``exc``, which ``torch.load(..., weights_only=True)``
+    raised for the file ``name``.
+
+    Returns:
+        An :class:`UnloadableWeightsError` in segctl's words: :func:`non_tensor_message` where
+        the weights-only loader met a Python object other than a tensor (naming it), else
+        :func:`malformed_message` (cut short, not a PyTorch file, unreadable). Never PyTorch's
+        own text, which suggests loading with ``weights_only=False``. A ``FileNotFoundError``
+        is returned unchanged.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return exc
+    text = str(exc)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        found = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text)))
+        if found or "Unsupported class" in text:
+            return UnloadableWeightsError(non_tensor_message(name, found))
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        problem = detail.group(1).strip().rstrip(".") if detail else "an unknown pickle"
+        return UnloadableWeightsError(malformed_message(
+            name, f"its contents are not a pickle of tensors ({problem})"))
+    if isinstance(exc, OSError):
+        return UnloadableWeightsError(malformed_message(
+            name, f"it cannot be read ({exc.strerror or exc})"))
+    if isinstance(exc, EOFError):
+        return UnloadableWeightsError(malformed_message(name, "it is empty or cut short"))
+    if "central directory" in text or "zip archive" in text:
+        return UnloadableWeightsError(malformed_message(
+            name, "its zip archive is incomplete or damaged (cut short?)"))
+    if "magic number" in text or isinstance(exc, (KeyError, ValueError, pickle.UnpicklingError)):
+        return UnloadableWeightsError(malformed_message(
+            name, "it is neither a zip archive (PyTorch's format) nor in PyTorch's legacy "
+            "format (a web page, or another kind of file?)"))
+    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text).split("\n", 1)[0][:200]
+    return UnloadableWeightsError(malformed_message(
+        name, f"its contents are not a PyTorch file ({type(exc).__name__}: {detail})"))
+
+
+def _named_globals(stream) -> list[str]:
+    """The ``module.name`` of every global one pickle in ``stream`` names (read with
+    :mod:`pickletools`, nothing executed), through its ``STOP``; ``<indirect>`` where a
+    ``STACK_GLOBAL`` takes names this reading cannot follow.
+
+    Raises:
+        ValueError (or another parse error): the pickle is malformed or cut short.
+    """
+    import pickletools
+
+    names: list[str] = []
+    memo: dict[int, object] = {}
+    pushed: list[object] = [None, None]  # the two values most recently pushed
+    for opcode, arg, _ in pickletools.genops(stream):
+        op = opcode.name
+        if op in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            names.append(f"{module}.{attr}")
+        elif op == "STACK_GLOBAL":
+            module, attr = pushed
+            names.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str)
+                         else "<indirect>")
+        elif op in ("EXT1", "EXT2", "EXT4"):
+            names.append(f"<copyreg extension {arg}>")
+        if op == "MEMOIZE":
+            memo[len(memo)] = pushed[-1]
+        elif op in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = pushed[-1]
+        elif op in ("GET", "BINGET", "LONG_BINGET"):
+            pushed = [pushed[-1], memo.get(int(arg))]
+        elif op in _STRING_OPS:
+            value = arg.decode("latin-1") if isinstance(arg, bytes) else arg
+            pushed = [pushed[-1], value]
+        elif op not in _STACK_NEUTRAL_OPS:
+            pushed = [pushed[-1], None]
+    return names
+
+
+def _unsafe(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(
+        n for n in names
+        if not (n.startswith("torch.") or n in _TENSOR_GLOBALS)
+    ))
+
+
+def inspect_weights_file(path: str | Path, name: str | None = None) -> str:
+    """Check, without torch and without unpickling anything, that ``path`` looks like a
+    PyTorch file of tensors: a regular, readable file; a zip archive holding
+    ``<folder>/data.pkl`` (``torch.save``'s format) or a file in PyTorch's legacy format; whose
+    pickle names no Python object beyond those ``torch.load(weights_only=True)`` admits
+    (the opcodes are read with :mod:`pickletools`, nothing is executed). Only the pickle is
+    read, not the tensors' bytes: milliseconds, even for a large file.
+
+    The job's ``torch.load(weights_only=True)`` stays the authority: a file that passes here
+    may still be refused there, never the other way round.
+
+    Args:
+        path: a local file.
+        name: the file in messages, e.g. ``model.init_checkpoint (/data/w.pth)``; default
+            ``path``.
+
+    Returns:
+        ``"zip"`` or ``"legacy"``: the file's format.
+
+    Raises:
+        WeightsError: the file does not exist.
+        UnloadableWeightsError: anything else above (the message names the file and says
+            what is wrong).
+    """
+    import stat
+    import zipfile
+
+    path = Path(path)
+    name = name or str(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise WeightsError(f"{name}: weights file {path} does not exist") from None
+    except OSError as exc:
+        raise UnloadableWeightsError(malformed_message(
+            name, f"it cannot be read ({exc.strerror or exc})")) from None
+    if not stat.S_ISREG(mode):
+        raise UnloadableWeightsError(malformed_message(name, "it is not a regular file"))
+    try:
+        with open(path, "rb") as handle:
+            try:
+                archive = zipfile.ZipFile(handle)
+            except zipfile.BadZipFile:
+                handle.seek(0)
+                if handle.read(len(_LEGACY_MAGIC)) != _LEGACY_MAGIC:
+                    raise UnloadableWeightsError(malformed_message(
+                        name, "it is neither a complete zip archive (PyTorch's format) nor in "
+                        "PyTorch's legacy format (cut short, or another kind of file?)"
+                    )) from None
+                handle.seek(0)
+                names = [g for _ in range(_LEGACY_PICKLES) for g in _named_globals(handle)]
+                kind = "legacy"
+            else:
+                with archive:
+                    found = [n for n in archive.namelist() if _DATA_PKL.match(n)]
+                    if len(found) != 1:
+                        raise UnloadableWeightsError(malformed_message(
+                            name, "it is a zip archive without one <folder>/data.pkl, so not "
+                            "a file torch.save wrote"))
+                    with archive.open(found[0]) as pickle_stream:
+                        names = _named_globals(pickle_stream)
+                kind = "zip"
+    except WeightsError:
+        raise
+    except OSError as exc:
+        raise UnloadableWeightsError(malformed_message(
+            name, f"it cannot be read ({exc.strerror or exc})")) from None
+    except Exception as exc:  # pickletools' and zipfile's parse errors
+        raise UnloadableWeightsError(malformed_message(
+            name, f"its pickle is damaged or cut short ({type(exc).__name__}: {exc})"
+        )) from None
+    unsafe = _unsafe(names)
+    if unsafe:
+        raise UnloadableWeightsError(non_tensor_message(name, unsafe))
+    return kind
+
+
 # --- what a recipe needs, and whether it loads -------------------------------------------------
 
 
@@ -494,6 +718,29 @@ def recipe_weights(recipe: Recipe, *, published: bool = False) -> list[WeightsFi
     if published and published_url:
         files.append(WeightsFile(published_url, "full", "reference.checkpoint"))
     return files
+
+
+def evaluation_weights(checkpoint: str | None, run_dir: str | Path,
+                       fetched_by_job: bool = False) -> tuple[WeightsFile, ...]:
+    """The weights file an evaluation's ``--checkpoint`` names, to check before submitting.
+
+    A URL is listed as it is (fetched into the cache); a local path as the file the job will
+    read: the path itself when it exists, else a bare name in ``RUN_DIR/checkpoints``. A name
+    found in neither is left to the job when ``fetched_by_job`` (``train.checkpoint_dir``: the
+    job fetches the run's checkpoints first), else listed as given, so the submission fails
+    naming it. None (the run's own ``final.pt`` or latest checkpoint) lists nothing.
+    """
+    if not checkpoint:
+        return ()
+    if "://" in checkpoint:
+        return (WeightsFile(checkpoint, "full", "--checkpoint"),)
+    path = Path(checkpoint).expanduser()
+    inside = Path(run_dir) / "checkpoints" / checkpoint
+    if not path.exists() and inside.exists():
+        path = inside
+    elif not path.exists() and fetched_by_job:
+        return ()
+    return (WeightsFile(str(path), "full", "--checkpoint"),)
 
 
 def check_key(recipe: Recipe, use: str) -> str:
@@ -543,6 +790,8 @@ def check_loads(path: str | Path, recipe: Recipe, use: str, name: str | None = N
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_META_COPY_WARNING)
             report = load_pretrained(model, str(path), require_full=use == "full", source=name)
+    except UnloadableWeightsError:
+        raise  # names the file already, in segctl's words
     except Exception as exc:
         raise WeightsError(
             f"{name} does not load into model {recipe.model.name}: {type(exc).__name__}: {exc}"
@@ -556,22 +805,25 @@ def fetch_and_check(files: Sequence[WeightsFile], recipe: Recipe, cache_dir: str
                     storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Fetch every remote file of ``files`` into the cache and check that it loads into the
     recipe's model (:func:`check_loads`; skipped when the cache records a pass for the same
-    model, see :func:`check_key`). Local files are checked only with ``check_local``.
+    model, see :func:`check_key`). Every file is first checked without torch
+    (:func:`inspect_weights_file`: readable, a PyTorch file, tensors only), so a bad file fails
+    in milliseconds; local files are loaded into the model only with ``check_local``.
 
     Returns:
         One line per file for the user (name, size, SHA-256 or "local", check summary).
 
     Raises:
-        WeightsError: a file cannot be fetched, is missing (local), or does not load.
+        WeightsError: a file cannot be fetched, is missing (local), or does not load;
+            :class:`UnloadableWeightsError`: it is not a PyTorch file of tensors (the message
+            names the field and the file).
     """
     lines = []
     for item in files:
         if not item.remote:
             path = local_path(item.url)
-            if not path.is_file():
-                raise WeightsError(f"{item.field}: weights file {path} does not exist")
+            kind = inspect_weights_file(path, f"{item.field} ({path})")
             summary = (check_loads(path, recipe, item.use, item.url) if check_local
-                       else "not checked")
+                       else f"PyTorch {kind} file of tensors (loaded by the job)")
             lines.append(f"{item.field}: {path} (local, read in place): {summary}")
             continue
         result = fetch(item.url, cache_dir, storage_options=storage_options,
@@ -580,6 +832,7 @@ def fetch_and_check(files: Sequence[WeightsFile], recipe: Recipe, cache_dir: str
         if key in entry.checks:
             summary = f"loads into {recipe.model.name} (checked before)"
         else:
+            inspect_weights_file(entry.path, f"{item.field} ({entry.file_name}, {item.url})")
             summary = check_loads(entry.path, recipe, item.use, entry.file_name)
             record_check(item.url, cache_dir, key)
         how = "downloaded" if result.downloaded else "cached"

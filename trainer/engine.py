@@ -529,9 +529,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int
 
 
 def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder,
-           ema: ModelEMA | None = None) -> int:
-    """Restore the latest checkpoint (model, optimizer, RNG, EMA) and return its iteration
-    (0 if none).
+           ema: ModelEMA | None = None, *, progress: Progress | None = None,
+           tracker: Tracker | None = None) -> int:
+    """Restore the newest usable checkpoint (model, optimizer, RNG, EMA) and return its
+    iteration (0 if none).
+
+    Checkpoints are verified against their checksum (:func:`trainer.checkpoint.find_resume_state`):
+    a damaged newer one (changed bytes, cut short, more than tensors) is logged by name, and
+    the previous one is used; after every rank has chosen, rank 0 sets the rejected files aside
+    (``.rejected``) and records the fallback in ``progress`` (``resumed_from``,
+    ``rejected_checkpoints``) and as the tracker's tags ``segctl.resumed_from`` and
+    ``segctl.rejected_checkpoints``.
 
     With ``ema`` and a checkpoint written without EMA, the average restarts from the restored
     weights (logged).
@@ -539,11 +547,18 @@ def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder,
     The learning rates need no state: the schedule is a function of the iteration. A change of
     world size keeps the weights and optimizer but cannot replay the per-rank RNG streams; it
     then reseeds from (seed, rank, iteration) and logs a warning.
+
+    Raises:
+        trainer.checkpoint.CorruptCheckpointError: the run has checkpoints but none is usable.
     """
-    path = ckpt.latest_checkpoint(run_dir)
-    if path is None:
+    found = ckpt.find_resume_state(run_dir)
+    if found is None:
         return 0
-    state = ckpt.load_training_state(path)
+    if found.rejected:
+        accelerator.wait_for_everyone()  # every rank has chosen before files move
+        if accelerator.is_main_process:
+            _record_fallback(found, progress, tracker)
+    path, state = found.path, found.state
     accelerator.unwrap_model(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
@@ -565,6 +580,18 @@ def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder,
         ckpt.restore_rng_state(rngs[rank])
     log.info("resumed from %s at iteration %d", path, state["iteration"])
     return int(state["iteration"])
+
+
+def _record_fallback(found: ckpt.ResumeState, progress: Progress | None,
+                     tracker: Tracker | None) -> None:
+    """Set the rejected checkpoints aside and say where the run resumed from instead."""
+    ckpt.set_aside([path for path, _ in found.rejected])
+    reasons = [f"{path.name}: {reason}" for path, reason in found.rejected]
+    if progress is not None:
+        progress.update(resumed_from=found.path.name, rejected_checkpoints=reasons)
+    if tracker is not None:
+        tracker.set_tags({"segctl.resumed_from": found.path.name,
+                          "segctl.rejected_checkpoints": "; ".join(reasons)[:4000]})
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -639,7 +666,8 @@ def train(
     order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed,
                       sched.epoch_padding)
     images_per_step = recipe.train.batch_size * world
-    start = resume(run_dir, model, optimizer, accelerator, order, ema)
+    start = resume(run_dir, model, optimizer, accelerator, order, ema, progress=progress,
+                   tracker=tracker)
     stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
     stop_signal = stop_signal or StopSignal()
 
@@ -647,7 +675,7 @@ def train(
         train_set, order, rank=rank, start=start, stop=stop,
         num_workers=recipe.data.num_workers, pin_memory=accelerator.device.type == "cuda",
     )
-    progress.update(phase="training", iteration=start)
+    progress.start_training(start)  # never an older iteration than the file shows
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     window, last_loss, metrics, lr = 0, None, None, 0.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 _SHOWN_KEYS = 10
@@ -54,11 +53,15 @@ def load_segmentor_weights(
             ``num_classes``), or, with ``strict``, when keys are missing or unexpected; the
             message lists the first offending keys.
         FileNotFoundError: if the path does not exist.
+        segctl.weights.UnloadableWeightsError: the file holds pickled objects other than
+            tensors, or is not a PyTorch file; the message names it.
     """
     if isinstance(path_or_state_dict, Mapping):
         checkpoint = path_or_state_dict
     else:
-        checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        from trainer.checkpoint import load_weights_file
+
+        checkpoint = load_weights_file(path_or_state_dict)
     state = _unwrap(checkpoint)
 
     own = model.state_dict()

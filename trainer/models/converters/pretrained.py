@@ -46,8 +46,9 @@ file and the first missing keys; a known format must also have no key left over 
 the unknown ``"backbone"`` format reports them. On a model built on PyTorch's meta device (the
 ``segctl weights fetch`` check) the backbone's tensors are replaced by the file's
 (``load_state_dict(assign=True)``), so what loaded can be inspected. Every file is read
-with ``torch.load(weights_only=True)`` on the CPU; URLs are opened with ``fsspec.open`` (fsspec
-is imported only for them).
+with ``torch.load(weights_only=True)`` on the CPU (:func:`trainer.checkpoint.load_weights_file`:
+a file holding more than tensors is refused with a message naming it); URLs are opened with
+``fsspec.open`` (fsspec is imported only for them).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from trainer.models.converters.hrnet_official import (
@@ -147,19 +147,21 @@ class PretrainedLoad:
         return "; ".join(parts)
 
 
-def read_checkpoint(path_or_url: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` of a local path, or of an fsspec URL opened lazily.
+def read_checkpoint(path_or_url: str | os.PathLike, name: str | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a local path, or of an fsspec URL opened lazily
+    (:func:`trainer.checkpoint.load_weights_file`).
+
+    Args:
+        name: the file in error messages; default the path or URL.
 
     Raises:
+        segctl.weights.UnloadableWeightsError: the file holds pickled objects other than
+            tensors, or is not a PyTorch file; the message names it.
         FileNotFoundError: a local path does not exist; whatever fsspec raises for a URL.
     """
-    text = os.fspath(path_or_url)
-    if "://" not in text:
-        return torch.load(text, map_location="cpu", weights_only=True)
-    import fsspec
+    from trainer.checkpoint import load_weights_file
 
-    with fsspec.open(text, "rb") as handle:
-        return torch.load(handle, map_location="cpu", weights_only=True)
+    return load_weights_file(path_or_url, name)
 
 
 def unwrap_checkpoint(checkpoint: Mapping) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -273,7 +275,8 @@ def load_pretrained(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if source is None:
         source = "<dict>" if isinstance(path_or_url, Mapping) else os.fspath(path_or_url)
-    checkpoint = path_or_url if isinstance(path_or_url, Mapping) else read_checkpoint(path_or_url)
+    checkpoint = (path_or_url if isinstance(path_or_url, Mapping)
+                  else read_checkpoint(path_or_url, source))
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a state dict")
     state, meta = unwrap_checkpoint(checkpoint)
