@@ -11,7 +11,8 @@ environment of the submission only (the local job's process, or ``sbatch``).
 
 Pretrained weights named by URL (``model.init_checkpoint``; an evaluation's checkpoint) are
 listed in :attr:`SubmitPlan.weights`; :func:`apply` fetches them into the weights cache
-(:mod:`segctl.weights`) and checks that they load before anything is submitted, and the job
+(:mod:`segctl.weights`) and checks that they load before anything is submitted (local files
+are checked without torch: readable, a PyTorch file, tensors only), and the job
 gets the cache folder as its ``weights_dir`` argument (not part of the recipe, so the run id
 does not depend on it) and reads only the cache. :func:`check_pretraining` refuses to train a
 recipe that reproduces a published result without pretrained weights, unless asked to.
@@ -32,8 +33,10 @@ from segctl.paths import default_tracking_uri, is_url, runs_dir
 from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
 from segctl.recipe.profile import SiteProfile
 from segctl.registry import TERMINAL_STATES, Registry, RunRecord
-from segctl.runs import create_run_dir, jobs_folder
-from segctl.weights import WeightsFile, default_weights_dir, recipe_weights, weights_dir
+from segctl.runs import create_jobs_folder, create_private_dir, create_run_dir, jobs_folder
+from segctl.weights import (
+    WeightsFile, default_weights_dir, evaluation_weights, recipe_weights, weights_dir,
+)
 
 
 class SubmitError(RuntimeError):
@@ -106,6 +109,7 @@ class SubmitPlan:
         the cache or the local file; with ``probe_sizes``, an uncached URL's from the source
         (one ``HEAD``, at most :data:`segctl.weights.SIZE_PROBE_TIMEOUT_S` seconds; unknown
         offline). Nothing is downloaded."""
+        from segctl.recipe.secrets import redact_url_credentials
         from segctl.weights import human_size, local_path, lookup, remote_size, url_file_name
 
         rows = []
@@ -118,7 +122,8 @@ class SubmitPlan:
                 path = local_path(item.url)
                 cached = path.is_file()
                 size = path.stat().st_size if cached else None
-            rows.append({"field": item.field, "url": item.url, "file": url_file_name(item.url),
+            rows.append({"field": item.field, "url": redact_url_credentials(item.url),
+                         "file": url_file_name(item.url),
                          "cached": cached, "size_bytes": size, "size": human_size(size)})
         return rows
 
@@ -211,6 +216,7 @@ def plan_training(
     recipe = concretise(loaded.recipe)
     rid = run_id(recipe)
     kind = executors.choose_executor(recipe.cluster, executor)
+    weights = tuple(recipe_weights(recipe))  # the URLs the job reads, credentials included
     recipe, env, notes = keep_secrets_out(recipe, rid)
     parameters = executors.executor_parameters(kind, recipe.cluster, rid, profile)
     if kind == "local":
@@ -225,7 +231,7 @@ def plan_training(
         parameters=parameters,
         notes=notes,
         job_env=env,
-        weights=tuple(recipe_weights(recipe)),
+        weights=weights,
         weights_dir=weights_dir(profile),
     )
 
@@ -288,8 +294,7 @@ def plan_evaluation(
         label=label,
         notes=notes,
         job_env=env,
-        weights=(WeightsFile(checkpoint, "full", "--checkpoint"),)
-        if checkpoint and is_url(checkpoint) else (),
+        weights=evaluation_weights(checkpoint, run_dir, bool(recipe.train.checkpoint_dir)),
         weights_dir=weights_dir(profile),
     )
 
@@ -348,14 +353,15 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     if plan.kind == "train":
         create_run_dir(plan.run_dir, plan.recipe)
     _register_run(plan, registry)
-    folder = jobs_folder(plan.run_dir)
+    folder = create_jobs_folder(plan.run_dir)
     row = registry.begin_job(plan.run_id, plan.kind, plan.executor, str(folder), plan.label)
     try:
         executor = executors.make_executor(
             plan.executor, folder, plan.parameters, plan.recipe.cluster.max_requeues
         )
         callable_ = TrainJob() if plan.kind == "train" else EvalJob()
-        with executors.interruptible_children(), executors.job_environment(plan.job_env):
+        with executors.interruptible_children(), executors.job_environment(plan.job_env), \
+                executors.detached_stdio(plan.executor, folder):
             handle = executor.submit(callable_, str(plan.run_dir), *plan.args,
                                      weights_dir=str(plan.weights_dir))
     except Exception:
@@ -388,7 +394,7 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
     for plan in plans:
         create_run_dir(plan.run_dir, plan.recipe)
         _register_run(plan, registry, sweep)
-    folder = runs_dir() / "sweeps" / sweep
+    folder = create_private_dir(runs_dir() / "sweeps" / sweep)
     first = plans[0]
     rows = [registry.begin_job(p.run_id, "train", p.executor, str(folder), None) for p in plans]
     try:
@@ -396,7 +402,8 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
             first.executor, folder, first.parameters, first.recipe.cluster.max_requeues
         )
         env = {k: v for plan in plans for k, v in plan.job_env.items()}
-        with executors.interruptible_children(), executors.job_environment(env), executor.batch():
+        with executors.interruptible_children(), executors.job_environment(env), \
+                executors.detached_stdio(first.executor, folder), executor.batch():
             handles = [executor.submit(TrainJob(), str(plan.run_dir),
                                        weights_dir=str(plan.weights_dir)) for plan in plans]
     except Exception:
@@ -414,33 +421,32 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
 def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
     """Fetch the plan's weights URLs into its cache and check that each loads into the
     recipe's model (:func:`segctl.weights.fetch_and_check`; a progress line on stderr). Local
-    files are left to the job.
+    files are checked without torch (exist, readable, a PyTorch file of tensors:
+    :func:`segctl.weights.inspect_weights_file`, milliseconds) and loaded by the job.
 
     Returns:
-        One line per URL for the user (file, size, SHA-256, what loaded).
+        One line per file for the user (file, size, SHA-256, what loaded).
 
     Raises:
-        SubmitError: a file cannot be fetched, fails its checksum, or does not load; the
-            message names it.
+        SubmitError: a file cannot be fetched, fails its checksum, does not load, or is not a
+            PyTorch file of tensors; the message names the field and the file.
     """
     from segctl.weights import WeightsError, fetch_and_check
 
-    remote = [item for item in plan.weights if item.remote]
-    if not remote:
+    if not plan.weights:
         return []
     try:
-        return fetch_and_check(remote, plan.recipe, plan.weights_dir, progress=progress)
+        return fetch_and_check(plan.weights, plan.recipe, plan.weights_dir, progress=progress)
     except WeightsError as exc:
         raise SubmitError(str(exc)) from None
 
 
 def _ensure_tracking_store(plan: SubmitPlan) -> None:
-    """Create a missing embedded MLflow store once, here, before jobs race to create it."""
-    uri = plan.recipe.tracking.uri or ""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        from trainer.tracking import ensure_store  # imports mlflow: only when a store is new
+    """Create a missing embedded MLflow store once, here, before jobs race to create it (under
+    a lock, so concurrent submissions do not race either: :mod:`segctl.tracking_store`)."""
+    from segctl.tracking_store import ensure_store
 
-        ensure_store(uri)
+    ensure_store(plan.recipe.tracking.uri or "")
 
 
 def _check_run_dir(plan: SubmitPlan) -> None:
@@ -501,7 +507,11 @@ def _register_run(plan: SubmitPlan, registry: Registry, sweep: str | None = None
 def refresh_states(registry: Registry, jobs: list) -> dict[int, str]:
     """Ask the executors about every unfinished job of ``jobs`` at once (one sacct call for
     all Slurm jobs), record what changed, and return row id → state. Terminal states are never
-    asked again; an unreachable scheduler leaves the recorded states as they were."""
+    asked again; an unreachable scheduler leaves the recorded states as they were.
+
+    Each change is recorded only if the row still holds the state read in ``jobs``
+    (:meth:`Registry.set_state` with ``expected``): where another process recorded something
+    meanwhile (a job's end, a cancel), that state is kept and returned instead."""
     states = {job.id: job.state for job in jobs}
     active = [job for job in jobs if job.job_id and job.state not in TERMINAL_STATES]
     if not active:
@@ -517,8 +527,11 @@ def refresh_states(registry: Registry, jobs: list) -> dict[int, str]:
         changed = (status.state, status.nodes, status.requeues, status.reason) != (
             job.state, job.nodes, job.requeues, job.reason
         )
-        if changed:
-            registry.set_state(job.id, status.state, status.nodes, status.requeues, status.reason)
+        if changed and not registry.set_state(job.id, status.state, status.nodes,
+                                              status.requeues, status.reason, expected=job.state):
+            current = registry.job(job.id)
+            states[job.id] = current.state if current else job.state
+            continue
         states[job.id] = status.state
     return states
 

@@ -17,6 +17,12 @@ from trainer.tracking import Tracker, recipe_params, run_tags
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path, monkeypatch):
+    """The report index goes to a state directory of the test's own, not the user's."""
+    monkeypatch.setenv("SEGCTL_HOME", str(tmp_path / "home"))
+
+
 def _log_run(tmp_path, uri: str, name: str, seed: int, dataset: str, miou: dict[str, float],
              iterations: int, reference: dict | None) -> str:
     sections = {"name": name, "train": {"seed": seed, "batch_size": 2}}

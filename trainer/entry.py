@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from segctl.recipe import Recipe, dataset_preset, parse_json_recipe
-from segctl.recipe.secrets import resolve_secrets
+from segctl.recipe.secrets import redact_logs, resolve_secrets
 from trainer import checkpoint as ckpt
 from trainer.distributed import (
     build_accelerator,
@@ -84,11 +84,14 @@ def read_recipe(run_dir: str | Path) -> Recipe:
 def _ensure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    redact_logs("", "submitit")  # no URL's credentials in the job's log lines
 
 
 def run_training(run_dir: str | Path, stop_after: int | None = None, *,
                  weights_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train the run in ``run_dir`` to ``schedule.max_iters``, resuming from its latest checkpoint.
+    """Train the run in ``run_dir`` to ``schedule.max_iters``, resuming from its newest usable
+    checkpoint (a damaged newer one is named in the log and ``progress.json``, set aside, and
+    the previous one used: :func:`trainer.engine.resume`).
 
     Args:
         run_dir: a run directory holding ``recipe.json``.
@@ -113,7 +116,13 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         Whatever building or training raises; ``progress.json`` then says ``"failed"`` with a
         ``reason`` and the MLflow run is marked FAILED. When submitit refuses to requeue (more
         time-outs than ``cluster.max_requeues``) its ``UncompletedJobError``, with the reason
-        ``"requeue limit (N) reached after time limit"``.
+        ``"requeue limit (N) reached after time limit"``. A full disk while a checkpoint is
+        written: :class:`trainer.checkpoint.DiskFullError`, whose message is the reason
+        (``"No space left on device (<path>, <bytes> bytes needed)"``); the earlier
+        checkpoints stay. Checkpoints none of which is usable:
+        :class:`trainer.checkpoint.CorruptCheckpointError` naming them (``progress.json``
+        keeps its iteration). An ``init_checkpoint`` holding more than tensors, or not a
+        PyTorch file: :class:`segctl.weights.UnloadableWeightsError` naming it.
     """
     _ensure_logging()
     run_dir = Path(run_dir)
@@ -147,7 +156,10 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         status = "FINISHED" if result.finished else "KILLED"
     except BaseException as exc:
         stop_signal.uninstall()
-        progress.update(phase="failed", reason=f"{type(exc).__name__}: {exc}")
+        # a full disk reads "No space left on device (<path>, <bytes> bytes needed)"
+        reason = (str(exc) if isinstance(exc, ckpt.DiskFullError)
+                  else f"{type(exc).__name__}: {exc}")
+        progress.update(phase="failed", reason=reason)
         raise
     finally:
         if uploader is not None:  # drained before the end-of-job catch-up and any requeue

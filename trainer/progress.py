@@ -11,21 +11,36 @@
 - ``eta_seconds``: ``seconds_per_iter * (max_iters - iteration)`` (None until measured);
 - ``updated_at``: unix seconds of the write;
 - ``reason``: present only with ``phase: "failed"``: why, e.g.
-  ``"requeue limit (3) reached after time limit"`` or ``"RuntimeError: <message>"``.
+  ``"requeue limit (3) reached after time limit"`` or ``"RuntimeError: <message>"`` (the
+  secrets of credentials inside URLs shown as ``***``);
+- ``resumed_from``, ``rejected_checkpoints``: present only when the job resumed from an older
+  checkpoint because newer ones were damaged: the file used, and ``"<file>: <reason>"`` for
+  each one set aside (:func:`trainer.checkpoint.find_resume_state`).
+
+A job continues the file an earlier job of the run left: ``iteration``, ``loss``, ``lr`` and
+``miou`` are kept at start (``phase: "starting"``), so a requeued or resumed job never shows
+iteration 0, nor an older iteration than the file did before its first resumed iteration
+(:meth:`Progress.start_training`), even when it fails first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from segctl.recipe.secrets import redact_url_credentials
 from trainer.atomic import atomic_write_json
 
 PROGRESS_FILE = "progress.json"
 PHASES = ("starting", "training", "evaluating", "done", "failed")
+#: Fields a new job keeps from the run's existing ``progress.json``.
+CARRIED = ("iteration", "loss", "lr", "miou")
+
+log = logging.getLogger(__name__)
 
 
 def _finite(value: float | None) -> float | None:
@@ -72,6 +87,10 @@ class Progress:
             "updated_at": None,
         }
         self._mark: tuple[int, float] | None = None
+        self._write_failed = False
+        earlier = _read(self.path)
+        if isinstance(earlier, dict):
+            self.state.update({k: earlier[k] for k in CARRIED if k in earlier})
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` (any of the documented keys except the derived ones) and write.
@@ -83,7 +102,8 @@ class Progress:
         Raises:
             ValueError: unknown field or phase.
         """
-        unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou", "reason"}
+        unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou", "reason",
+                                 "resumed_from", "rejected_checkpoints"}
         if unknown:
             raise ValueError(f"unknown progress fields {sorted(unknown)}")
         phase = fields.get("phase")
@@ -94,12 +114,24 @@ class Progress:
         for key in ("loss", "lr", "miou"):
             if key in fields:
                 fields[key] = _finite(fields[key])
+        if isinstance(fields.get("reason"), str):  # may quote a URL with credentials
+            fields["reason"] = redact_url_credentials(fields["reason"])
         if phase is not None and phase != "failed":
             self.state.pop("reason", None)
         self.state.update(fields)
         if phase is not None and phase != "training":
             self._mark = None
         self.write()
+
+    def start_training(self, iteration: int) -> None:
+        """``phase: "training"`` from ``iteration`` (the resume point). An older iteration than
+        the file shows (a resume from an earlier checkpoint) is not written: the file keeps its
+        iteration until the first resumed iteration is logged."""
+        if iteration >= int(self.state.get("iteration") or 0):
+            self.update(phase="training", iteration=iteration)
+        else:
+            self.mark(iteration)
+            self.update(phase="training")
 
     def mark(self, iteration: int) -> None:
         """Restart the seconds-per-iteration timing at ``iteration`` without measuring, so
@@ -121,11 +153,26 @@ class Progress:
         self.state["eta_seconds"] = None if spi is None else spi * remaining
 
     def write(self) -> None:
-        """Rewrite ``progress.json`` (rank 0 only)."""
+        """Rewrite ``progress.json`` (rank 0 only). A failed write (e.g. a full disk) is
+        logged, once, and never stops the job: the file keeps its previous content."""
         if not self.enabled:
             return
         self.state["updated_at"] = time.time()
-        atomic_write_json(self.path, self.state)
+        try:
+            atomic_write_json(self.path, self.state)
+        except OSError as exc:
+            if not self._write_failed:
+                log.warning("cannot write %s: %s", self.path, exc)
+            self._write_failed = True
+        else:
+            self._write_failed = False
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def read_progress(run_dir: str | Path) -> dict[str, Any] | None:

@@ -16,9 +16,26 @@ tries once more; whatever is still buffered then is delivered by ``segctl sync R
 timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``, unless already
 set) so that an outage costs seconds, not minutes.
 
+A lost store loses nothing either: every record, delivered or not, is also appended to
+``RUN_DIR/tracking-journal.jsonl``, which is kept for the life of the run directory (a resumed
+job and evaluation jobs append to it). When the tracker starts and the MLflow run named in
+``mlflow_run_id`` no longer exists (an embedded store deleted or replaced, a server's database
+reset), it creates a new run and replays the journal into it: params, tags, every metric point
+with its step and timestamp, text artifacts, images while their files are kept under
+``RUN_DIR/tracking-buffer/``, and the run's statuses; the new run is tagged
+``segctl.rebuilt_from_journal`` (the lost run's id) and ``segctl.journal_complete``. A job that
+is requeued does this at its start; ``segctl sync RUN`` does it for a run whose job has ended.
+The journal is bounded by ``journal_max_bytes`` (:data:`JOURNAL_MAX_BYTES`, 64 MiB: a
+160,000-iteration run logging every 50 iterations with 150-class evaluations writes about
+2 MB); past it, records are delivered (or buffered) as before but no longer journaled, one
+``{"op": "journal-full"}`` line marks the gap, and a rebuild tags the run
+``segctl.journal_complete=false``. System metrics are not journaled (they are not buffered
+either).
+
 What a run gets (rank 0): params (the flattened recipe, the values of ``data.storage_options``
-and of any other ``storage_options`` redacted, and ``segctl.from_scratch``: whether training
-starts without pretrained weights), metrics with the iteration as step, per-class
+and of any other ``storage_options`` redacted, the secrets of credentials inside URLs too (the
+rule of :mod:`segctl.recipe.secrets`), and ``segctl.from_scratch``: whether training starts
+without pretrained weights), metrics with the iteration as step, per-class
 IoU as metrics, text tables and a bar chart (``plots/per_class_iou_iter_*.png``) at each
 evaluation, prediction overlays (:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close`
 the resolved recipe (redacted, ``recipe.json``), a learning-curve plot
@@ -57,9 +74,9 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from segctl.recipe import Recipe
+from segctl.recipe.secrets import redact_secrets, redact_url_credentials, url_secrets
 from trainer.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,6 +84,15 @@ log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
 BUFFER_FILE = "tracking-buffer.jsonl"
 BUFFER_DIR = "tracking-buffer"
+JOURNAL_FILE = "tracking-journal.jsonl"
+#: Bytes a run's journal may grow to; later records are not journaled (see the module text).
+JOURNAL_MAX_BYTES = 64 * 2**20
+#: The journal line written once where records stop being journaled.
+JOURNAL_FULL = {"op": "journal-full"}
+#: Tag of a run rebuilt from the journal: the id of the MLflow run that was lost.
+REBUILT_TAG = "segctl.rebuilt_from_journal"
+#: Tag of a rebuilt run: ``true`` when the journal held every record, else ``false``.
+COMPLETE_TAG = "segctl.journal_complete"
 DEFAULT_URI = "sqlite:///mlflow.db"
 REDACTED = "***"
 #: Dotted recipe keys whose values may hold secrets: redacted in params and artifacts.
@@ -79,6 +105,9 @@ HTTP_CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+#: MLflow's switch that stops it printing run links (which hold the tracking URI) on stdout:
+#: set for URIs with credentials.
+QUIET_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _BATCH = 100  # MLflow's per-request limit on params and tags
 
@@ -105,22 +134,19 @@ def system_metrics_enabled(recipe: Recipe) -> bool:
 
 
 def ensure_store(uri: str) -> None:
-    """Create an embedded SQLite tracking store (schema and default experiment) if its file
-    does not exist yet.
+    """Create an embedded SQLite tracking store (schema and default experiment) if it is
+    missing, under a file lock beside it, so processes that start together (a sweep, the
+    tasks of one job, concurrent submissions) create it once. Other URIs are left alone.
 
-    Jobs that start together (a sweep, the tasks of one job) would otherwise race to create
-    the schema, and all but one fail ("table ... already exists"). The control plane calls
-    this once before submitting. Other URIs are left alone.
+    The work is :func:`segctl.tracking_store.ensure_store` (torch-free, shared by both planes).
 
     Raises:
-        Whatever MLflow raises when the store cannot be created (a bad path, for instance).
+        segctl.tracking_store.TrackingStoreError: the store cannot be created (a missing
+            folder, for instance).
     """
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or Path(uri[len(prefix):]).exists():
-        return
-    from mlflow.tracking import MlflowClient
+    from segctl.tracking_store import ensure_store as ensure_store_locked
 
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    ensure_store_locked(uri)
 
 
 def sanitize_name(name: str) -> str:
@@ -144,19 +170,23 @@ def _is_secret(name: str, secret_keys: Sequence[str]) -> bool:
 def flatten_params(
     data: Mapping[str, Any], prefix: str = "", secret_keys: Sequence[str] = SECRET_KEYS
 ) -> dict[str, str]:
-    """Flatten nested mappings to dotted keys with string values.
+    """Flatten nested mappings to dotted keys with string values, secrets redacted
+    (:func:`redact`).
 
     Lists and tuples become JSON (``data.crop_size`` -> ``"[128, 256]"``), None ``"None"``,
-    everything else ``str(value)``. Values under ``secret_keys`` become ``"***"`` (the keys
-    stay, so one sees that an option was set).
+    everything else ``str(value)``. Values under ``secret_keys`` or in any storage-options
+    mapping become ``"***"`` (the keys stay, so one sees that an option was set); the secrets
+    of URL credentials ``***`` inside their URL.
     """
+    return _flatten(redact(data, prefix, secret_keys), prefix)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(flatten_params(value, name, secret_keys))
-        elif _is_secret(name, secret_keys):
-            flat[name] = REDACTED
+            flat.update(_flatten(value, name))
         elif isinstance(value, (list, tuple)):
             flat[name] = json.dumps(value)
         else:
@@ -166,12 +196,18 @@ def flatten_params(
 
 def redact(data: Mapping[str, Any], prefix: str = "",
            secret_keys: Sequence[str] = SECRET_KEYS) -> dict[str, Any]:
-    """A copy of nested ``data`` with every leaf under ``secret_keys`` replaced by ``"***"``."""
+    """A copy of nested ``data`` as MLflow may see it: segctl's one redaction rule
+    (:func:`segctl.recipe.secrets.redact_secrets`, every storage option hidden), and every leaf
+    under ``secret_keys`` replaced by ``"***"``."""
+    return _hide(redact_secrets(data, every_option=True), prefix, secret_keys)
+
+
+def _hide(data: Mapping[str, Any], prefix: str, secret_keys: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            out[key] = redact(value, name, secret_keys)
+            out[key] = _hide(value, name, secret_keys)
         else:
             out[key] = REDACTED if _is_secret(name, secret_keys) else value
     return out
@@ -215,11 +251,10 @@ def _default_artifact_location(uri: str) -> str | None:
     Without it MLflow puts artifacts of a SQLite store under ``./mlruns`` of whatever the
     current directory is.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///"):])
-    if str(db) in ("", ":memory:"):
+    from segctl.paths import sqlite_path  # standard library only
+
+    db = sqlite_path(uri)  # percent-decoded, as SQLAlchemy opens it
+    if db is None:
         return None
     return (db.resolve().parent / "mlartifacts").as_uri()
 
@@ -335,12 +370,54 @@ def prediction_overlays(model, dataset, recipe: Recipe, device, count: int = 3) 
     return panels
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _lines(path: Path) -> list[str]:
+    """The non-empty lines of a JSON-lines file ([] when it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _append_line(path: Path, line: str) -> bool:
+    """Append ``line`` and a newline to ``path`` durably (fsync); False on an OSError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        return False
+    return True
+
+
+def _coalesced(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with each stretch of consecutive ``metrics`` records merged into one (sent
+    in batches of MLflow's size), the order of everything else kept."""
+    out: list[dict[str, Any]] = []
+    for record in records:
+        if record.get("op") == "metrics" and out and out[-1].get("op") == "metrics":
+            out[-1] = {"op": "metrics", "items": out[-1]["items"] + record["items"]}
+        else:
+            out.append(record)
+    return out
+
+
 class Tracker:
     """Log a run directory's params, metrics, tags and artifacts to one MLflow run.
 
     Args:
-        run_dir: the run directory; ``RUN_DIR/mlflow_run_id`` is read and written here, and
-            ``RUN_DIR/tracking-buffer.jsonl`` holds what could not be delivered yet.
+        run_dir: the run directory; ``RUN_DIR/mlflow_run_id`` is read and written here,
+            ``RUN_DIR/tracking-buffer.jsonl`` holds what could not be delivered yet and
+            ``RUN_DIR/tracking-journal.jsonl`` every record logged (see the module text).
         uri: the MLflow tracking URI (see :func:`tracking_uri`).
         experiment: the experiment name; created when missing.
         run_name: the MLflow run name used when a run is created (the run directory's name
@@ -357,8 +434,11 @@ class Tracker:
         system_metrics: run MLflow's system metrics monitor on this run while the tracker is
             open (see the module docstring); ``system_metrics_interval_s`` is its sampling
             interval in seconds.
+        journal_max_bytes: the journal's bound in bytes (:data:`JOURNAL_MAX_BYTES`).
 
-    Never raises from any method. :attr:`run_id` is None while no MLflow run is known.
+    Never raises from any method. :attr:`run_id` is None while no MLflow run is known;
+    :attr:`rebuilt` is the number of journal records replayed into a new run when the known
+    one was found missing (None when no rebuild happened).
     """
 
     def __init__(
@@ -375,6 +455,7 @@ class Tracker:
         reopen: bool = True,
         system_metrics: bool = False,
         system_metrics_interval_s: float = 10.0,
+        journal_max_bytes: int = JOURNAL_MAX_BYTES,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.reopen = reopen
@@ -385,6 +466,12 @@ class Tracker:
         self.cooldown_s = cooldown_s
         self.recipe = recipe
         self.run_id: str | None = None
+        self.rebuilt: int | None = None
+        self.lost_run_id: str | None = None
+        self.journal_max_bytes = journal_max_bytes
+        self._journal_bytes = _size(self.journal_path)
+        self._journal_full = False
+        self._inflight: str | None = None  # the record being delivered, already journaled
         self._client = None
         self._client_factory = client_factory
         self._quiet_until = 0.0
@@ -402,6 +489,8 @@ class Tracker:
             if uri.startswith(("http://", "https://")):
                 for key, value in HTTP_CLIENT_ENV.items():
                     os.environ.setdefault(key, value)  # this process talks to MLflow only here
+                if url_secrets(uri):  # MLflow prints "View run ... at: <uri>" on stdout
+                    os.environ[QUIET_URL_ENV] = "true"
             self._call("start", self._start)
             self._ensure_system_metrics()
 
@@ -434,6 +523,10 @@ class Tracker:
     def buffer_path(self) -> Path:
         return self.run_dir / BUFFER_FILE
 
+    @property
+    def journal_path(self) -> Path:
+        return self.run_dir / JOURNAL_FILE
+
     def pending(self) -> int:
         """Records waiting in the buffer file."""
         try:
@@ -455,7 +548,8 @@ class Tracker:
             log.warning(
                 "MLflow %s failed (%s: %s); training continues, records are buffered in %s, "
                 "tracking paused for %.0f s",
-                what, type(exc).__name__, exc, self.buffer_path, self.cooldown_s,
+                what, type(exc).__name__, redact_url_credentials(str(exc)), self.buffer_path,
+                self.cooldown_s,
             )
             return None
 
@@ -487,7 +581,8 @@ class Tracker:
             log.warning("system metrics not logged (%s); training continues", exc)
             return
         except Exception as exc:
-            log.warning("system metrics monitor not started: %s: %s", type(exc).__name__, exc)
+            log.warning("system metrics monitor not started: %s: %s", type(exc).__name__,
+                        redact_url_credentials(str(exc)))
             return
         self._monitor, self._monitor_done = monitor, done
 
@@ -511,7 +606,7 @@ class Tracker:
             monitor.finish()
         except Exception as exc:
             log.warning("system metrics monitor did not stop cleanly: %s: %s",
-                        type(exc).__name__, exc)
+                        type(exc).__name__, redact_url_credentials(str(exc)))
         finally:
             mlflow_log.setLevel(level)
 
@@ -528,12 +623,24 @@ class Tracker:
     def _start(self) -> None:
         client = self._client_()
         id_file = self.run_dir / RUN_ID_FILE
+        lost = None
         if id_file.is_file():
             known = id_file.read_text(encoding="utf-8").strip()
             if known and self._resume(client, known):
                 return
+            lost = known or None
         run = client.create_run(self._experiment_id(client), run_name=self.run_name)
         self.run_id = run.info.run_id
+        if lost is not None:
+            try:
+                self._rebuild(client, lost)
+            except Exception:
+                self.run_id = None  # the next start tries again, into another new run
+                try:
+                    client.delete_run(run.info.run_id)
+                except Exception:  # the half-built run stays; the next rebuild is whole
+                    pass
+                raise
         atomic_write(id_file, lambda handle: handle.write(f"{self.run_id}\n".encode()))
 
     def _experiment_id(self, client) -> str:
@@ -561,15 +668,56 @@ class Tracker:
             run = client.get_run(run_id)
         except MlflowException as exc:
             if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                log.warning("MLflow run %s not found at %s; starting a new one", run_id, self.uri)
+                log.warning("MLflow run %s not found at %s; rebuilding it from %s in a new run",
+                            run_id, redact_url_credentials(self.uri), self.journal_path)
                 return False
             raise
         if self.reopen and run.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
-        for key in self._previous:
-            self._previous[key] = float(run.data.metrics.get(key, 0.0))
+        self._remember(run)
         self.run_id = run_id
         return True
+
+    def _remember(self, run) -> None:
+        """Continue ``gpu_hours`` and ``iterations_done`` from what ``run`` holds."""
+        for key in self._previous:
+            self._previous[key] = float(run.data.metrics.get(key, 0.0))
+
+    def _rebuild(self, client, lost: str) -> None:
+        """Replay the journal into the new run :attr:`run_id` in place of the lost run
+        ``lost``: every journaled record except those still buffered (and the one being
+        delivered), which the normal delivery sends right after. Raises on the first failure."""
+        waiting = set(_lines(self.buffer_path))
+        if self._inflight is not None:
+            waiting.add(self._inflight)
+        complete, records = True, []
+        for line in _lines(self.journal_path):
+            if line in waiting:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a crash while it was written
+                complete = False
+                continue
+            if record == JOURNAL_FULL:
+                complete = False
+            elif record.get("op") == "file" and not Path(record["local"]).is_file():
+                log.warning("journaled image %s is gone; the rebuilt run lacks it",
+                            record["local"])
+                complete = False
+            else:
+                records.append(record)
+        for record in _coalesced(records):
+            self._send(record)
+        self._send({"op": "tags", "items": {REBUILT_TAG: lost,
+                                            COMPLETE_TAG: "true" if complete else "false"}})
+        if self.reopen:  # a replayed status ended the new run; this job goes on with it
+            client.update_run(self.run_id, status="RUNNING")
+        self._remember(client.get_run(self.run_id))
+        self.rebuilt, self.lost_run_id = len(records), lost
+        log.warning("MLflow run %s was lost: rebuilt %d journal records into run %s at %s%s",
+                    lost, len(records), self.run_id, redact_url_credentials(self.uri),
+                    "" if complete else " (the journal missed some records)")
 
     def _ready(self) -> bool:
         if self.run_id is None:
@@ -583,6 +731,8 @@ class Tracker:
         otherwise append it to the buffer (order is kept)."""
         if not self.enabled:
             return
+        line = json.dumps(record)
+        self._journal(line)
 
         def work() -> None:
             self._replay()
@@ -590,28 +740,44 @@ class Tracker:
 
         queued = self.pending() > 0
         if time.monotonic() < self._quiet_until:
-            self._append(record)
+            self._append(line)
             return
         if queued:
-            self._append(record)
+            self._append(line)
             if self._call(what, self._replay) is not None:  # the server answers again
                 self._ensure_system_metrics()
             return
-        delivered = self._call(what, lambda: (work(), True)[1])
+        self._inflight = line
+        try:
+            delivered = self._call(what, lambda: (work(), True)[1])
+        finally:
+            self._inflight = None
         if not delivered:
-            self._append(record)
+            self._append(line)
         elif record["op"] != "status":
             self._ensure_system_metrics()
 
-    def _append(self, record: dict[str, Any]) -> None:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.buffer_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            log.warning("cannot buffer a tracking record in %s: %s", self.buffer_path, exc)
+    def _append(self, line: str) -> None:
+        """Add one record (a JSON line) to the buffer."""
+        if not _append_line(self.buffer_path, line):
+            log.warning("cannot buffer a tracking record in %s", self.buffer_path)
+
+    def _journal(self, line: str) -> None:
+        """Add one record (a JSON line) to the journal, within :attr:`journal_max_bytes`."""
+        if self._journal_full:
+            return
+        size = len(line.encode("utf-8")) + 1
+        if self._journal_bytes + size > self.journal_max_bytes:
+            self._journal_full = True
+            log.warning("tracking journal %s reached %d bytes: later records are not "
+                        "journaled (a rebuild of a lost MLflow run would miss them)",
+                        self.journal_path, self.journal_max_bytes)
+            line = json.dumps(JOURNAL_FULL)
+            size = len(line) + 1
+        if _append_line(self.journal_path, line):
+            self._journal_bytes += size
+        else:
+            log.warning("cannot journal a tracking record in %s", self.journal_path)
 
     def _replay(self) -> int:
         """Send the buffered records in order; the ones not sent stay buffered. Raises on the
@@ -639,7 +805,8 @@ class Tracker:
             else:
                 self.buffer_path.unlink(missing_ok=True)
         if sent:
-            log.info("delivered %d buffered tracking records to %s", sent, self.uri)
+            log.info("delivered %d buffered tracking records to %s", sent,
+                     redact_url_credentials(self.uri))
         return sent
 
     def _send(self, record: Mapping[str, Any]) -> None:
@@ -673,6 +840,9 @@ class Tracker:
         """Deliver everything buffered now (ignoring the cool-down). Returns the number of
         records delivered; raises when the server cannot be reached (``segctl sync``)."""
         self._quiet_until = 0.0
+        if self.run_id is None and (self.pending() or self.journal_path.is_file()
+                                    or (self.run_dir / RUN_ID_FILE).is_file()):
+            self._ready()  # raises when the server cannot be reached
         return self._replay()
 
     # --- logging ----------------------------------------------------------------------------
@@ -808,7 +978,8 @@ def _system_metrics_monitor(run_id: str, uri: str, interval_s: float):
                 super().monitor()  # returns (after one warning) when MLflow cannot be reached
             except Exception as exc:  # a sampling failure: not worth a traceback per start
                 self.error = exc
-                log.warning("system metrics stopped: %s: %s", type(exc).__name__, exc)
+                log.warning("system metrics stopped: %s: %s", type(exc).__name__,
+                            redact_url_credentials(str(exc)))
             finally:
                 done.set()
 

@@ -1,11 +1,23 @@
-"""``segctl report``: published against reproduced mIoU, per recipe, from what MLflow holds."""
+"""``segctl report``: published against reproduced mIoU, per recipe, from what MLflow holds.
+
+The report answers from an index it keeps (:mod:`segctl.report_index`,
+``$SEGCTL_HOME/report-index.db``) and reads MLflow only for what the index lacks
+(:func:`refresh`): nothing at all while an embedded SQLite store is unchanged since the last
+report; otherwise the runs that ended since then or are running (filtered searches; a margin of
+:data:`CLOCK_MARGIN_MS` covers the clocks of the nodes that ended them), the runs
+``segctl sync`` changed, and the deleted runs to drop. A store
+that is new to the index, or replaced (an experiment id with another creation time), is read
+whole, as ``--rebuild-index`` asks.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -33,6 +45,17 @@ COLUMNS = (
 #: ``ReportRow.kind`` of runs trained by segctl, and of the recipe's published trained model
 #: scored by ``segctl eval --published`` (metrics ``published/<mode>/mIoU``).
 REPRODUCED, PUBLISHED = "reproduced", "published checkpoint"
+
+#: The params and metrics of a run that the report reads (all the index keeps of a run).
+REPORT_PARAMS = ("name", "data.dataset", "model.name", "eval.ms_flip", "schedule.max_iters",
+                 "reference.miou_ss", "reference.miou_ms_flip", "reference.split",
+                 "reference.source")
+REPORT_METRICS = ("loss", "mIoU", "eval/ss/mIoU", "eval/ms_flip/mIoU", "published/ss/mIoU",
+                  "published/ms_flip/mIoU", "iterations_done", "gpu_hours")
+#: Runs that ended this long (ms) before the previous refresh are read again: the end times
+#: come from the clocks of the nodes that ran the jobs.
+CLOCK_MARGIN_MS = 10 * 60 * 1000
+_SEGCTL_RUNS = "tags.`segctl.recipe_hash` LIKE '%'"
 
 
 @dataclass
@@ -94,41 +117,140 @@ def _reproduced(run, mode: Literal["ss", "ms_flip"], kind: str = REPRODUCED) -> 
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """A browser link for HTTP servers; ``<uri> run <id>`` for other stores."""
+    """A browser link for HTTP servers; ``<uri> run <id>`` for other stores (credentials in
+    the URI hidden)."""
+    from segctl.recipe.secrets import redact_url_credentials
+
+    uri = redact_url_credentials(uri)
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"{uri} run {run_id}"
 
 
-def collect(uri: str, dataset: str | None = None) -> list[ReportRow]:
-    """One :class:`ReportRow` per recipe hash found in the MLflow store at ``uri``."""
+def collect(uri: str, dataset: str | None = None, *, index_path: str | Path | None = None,
+            rebuild: bool = False) -> list[ReportRow]:
+    """One :class:`ReportRow` per recipe hash found in the MLflow store at ``uri``, from the
+    report index at ``index_path`` (default ``$SEGCTL_HOME/report-index.db``; one in memory
+    when that cannot be written) after :func:`refresh` (``rebuild``: read every run again).
+
+    Raises:
+        Whatever MLflow raises when the store cannot be read.
+    """
+    import sqlite3
+
+    from segctl.report_index import ReportIndex
+
+    try:
+        with ReportIndex.open(index_path) as index:
+            refresh(index, uri, rebuild=rebuild)
+            runs = index.runs(uri, dataset)
+    except (OSError, sqlite3.Error) as exc:  # the index's file, not MLflow
+        typer.echo(f"warning: report index not kept ({exc}); reading every run from MLflow",
+                   err=True)
+        with ReportIndex.open(":memory:") as index:
+            refresh(index, uri, rebuild=True)
+            runs = index.runs(uri, dataset)
+    return rows_of(uri, runs)
+
+
+def rows_of(uri: str, runs: list) -> list[ReportRow]:
+    """The report rows of ``runs`` (MLflow runs, or :class:`segctl.report_index.IndexedRun`)
+    of the store at ``uri``, grouped by recipe hash, sorted by dataset, model, recipe, kind."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(run.data.tags["segctl.recipe_hash"], []).append(run)
+    rows = []
+    for recipe_hash, members in groups.items():
+        published = any(_reproduced(r, m, PUBLISHED) is not None
+                        for r in members for m in ("ss", "ms_flip"))
+        if not published or any(_trained(r) for r in members):
+            rows.append(_row(uri, recipe_hash, members, REPRODUCED))
+        if published:
+            rows.append(_row(uri, recipe_hash, members, PUBLISHED))
+    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe, r.kind != REPRODUCED))
+
+
+def refresh(index, uri: str, *, rebuild: bool = False) -> str:
+    """Bring ``index`` (a :class:`segctl.report_index.ReportIndex`) up to date with the MLflow
+    store at ``uri``, reading as little as it can (see the module text).
+
+    Returns:
+        What was read: ``"none"`` (an unchanged embedded store: MLflow not even imported),
+        ``"changed"`` (new, changed and deleted runs) or ``"all"``.
+
+    Raises:
+        Whatever MLflow raises when the store cannot be read (the index is left as it was).
+    """
+    from segctl.report_index import (
+        IndexedRun, StoreState, changed_store, experiments_map, fields_key, store_stamp,
+    )
+
+    stamp = store_stamp(uri)
+    state = index.store(uri)
+    fields = fields_key(REPORT_PARAMS, REPORT_METRICS)
+    stale = index.stale(uri)
+    if (not rebuild and state is not None and stamp is not None and stamp == state.stamp
+            and state.fields == fields and not stale):
+        return "none"
+
     from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=uri)
-    groups: dict[str, list] = {}
-    for experiment in client.search_experiments():
-        page_token = None
-        while True:
-            page = client.search_runs(
-                [experiment.experiment_id], max_results=1000, page_token=page_token,
-                filter_string="tags.`segctl.recipe_hash` LIKE '%'",
-            )
-            for run in page:
-                if dataset and run.data.params.get("data.dataset") != dataset:
-                    continue
-                groups.setdefault(run.data.tags["segctl.recipe_hash"], []).append(run)
-            page_token = page.token
-            if not page_token:
-                break
-    rows = []
-    for recipe_hash, runs in groups.items():
-        published = any(_reproduced(r, m, PUBLISHED) is not None
-                        for r in runs for m in ("ss", "ms_flip"))
-        if not published or any(_trained(r) for r in runs):
-            rows.append(_row(uri, recipe_hash, runs, REPRODUCED))
-        if published:
-            rows.append(_row(uri, recipe_hash, runs, PUBLISHED))
-    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe, r.kind != REPRODUCED))
+    started = int(time.time() * 1000)
+    experiments = experiments_map(_all_pages(client.search_experiments))
+
+    def indexed(runs) -> list[IndexedRun]:
+        return [IndexedRun.from_mlflow(r, REPORT_PARAMS, REPORT_METRICS) for r in runs]
+
+    def search(experiment_ids: list[str], extra: str = "", view=ViewType.ACTIVE_ONLY) -> list:
+        if not experiment_ids:
+            return []
+        where = _SEGCTL_RUNS + (f" and {extra}" if extra else "")
+        return _all_pages(lambda **kw: client.search_runs(
+            experiment_ids, filter_string=where, run_view_type=view, **kw))
+
+    new_state = StoreState(started, experiments, fields, stamp)
+    whole = (rebuild or state is None or state.fields != fields
+             or changed_store(state.experiments, experiments))
+    if whole:
+        index.save(uri, new_state, indexed(search(list(experiments))), replace=True)
+        return "all"
+    known = [eid for eid in experiments if eid in state.experiments]
+    new = [eid for eid in experiments if eid not in state.experiments]  # read whole
+    since = state.refreshed_ms - CLOCK_MARGIN_MS
+    found = {run.info.run_id: run for run in search(new)}
+    # a run started since then is running or ended since then (end time >= start time)
+    for condition in (f"attributes.end_time >= {since}", "attributes.status = 'RUNNING'"):
+        found.update((run.info.run_id, run) for run in search(known, condition))
+    gone = [run.info.run_id for run in search(list(experiments), view=ViewType.DELETED_ONLY)]
+    for run_id in stale:
+        if run_id in found:
+            continue
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            gone.append(run_id)
+            continue
+        if run.info.lifecycle_stage == "active" and "segctl.recipe_hash" in run.data.tags:
+            found[run_id] = run
+        else:
+            gone.append(run_id)
+    index.save(uri, new_state, indexed(found.values()), remove=gone, read_again=stale,
+               experiments_gone=[eid for eid in state.experiments if eid not in experiments])
+    return "changed"
+
+
+def _all_pages(search) -> list:
+    """Every item of a paged MLflow search (``search(max_results=, page_token=)``)."""
+    items, token = [], None
+    while True:
+        page = search(max_results=1000, page_token=token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
 
 
 def _trained(run) -> bool:
@@ -226,26 +348,36 @@ def report(
         str | None,
         typer.Option("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else ./mlflow.db)."),
     ] = None,
+    rebuild_index: Annotated[
+        bool,
+        typer.Option("--rebuild-index",
+                     help="Read every run from MLflow again, not only new and changed ones."),
+    ] = False,
 ) -> None:
     """Published against best reproduced mIoU per recipe, grouped by dataset.
 
     Single scale and multi-scale + flip, the difference, the schedule trained, GPU×hours and a
-    link to the best run, from the runs segctl logged to MLflow.
+    link to the best run, from the runs segctl logged to MLflow (through an index kept in
+    $SEGCTL_HOME/report-index.db: only new and changed runs are read from MLflow).
     """
     from segctl.paths import default_tracking_uri
+    from segctl.recipe.secrets import redact_url_credentials
+    from segctl.tracking_store import ensure_store as ensure_tracking_store
 
     if output_format not in ("md", "csv", "json"):
         raise UserError(f"--format must be md, csv or json, got {output_format!r}")
     uri = tracking_uri or default_tracking_uri()
+    ensure_tracking_store(uri)  # an embedded store: created once, under a lock
     try:
-        rows = collect(uri, dataset)
+        rows = collect(uri, dataset, rebuild=rebuild_index)
     except Exception as exc:
-        raise UserError(f"cannot read MLflow at {uri}: {type(exc).__name__}: {exc}") from None
+        raise UserError(redact_url_credentials(
+            f"cannot read MLflow at {uri}: {type(exc).__name__}: {exc}")) from None
     if output_format == "json":
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
     elif output_format == "csv":
         typer.echo(render_csv(rows), nl=False)
     elif not rows:
-        typer.echo("no segctl runs found in " + uri)
+        typer.echo("no segctl runs found in " + redact_url_credentials(uri))
     else:
         typer.echo(render_markdown(rows))

@@ -88,19 +88,24 @@ def list_weights(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     profile: Profile = None,
 ) -> None:
-    """The cached weights: file name, size, SHA-256, source URL and where the file is."""
+    """The cached weights: file name, size, SHA-256, source URL and where the file is.
+
+    Credentials inside a source URL (``https://user:pw@host/...``) are shown as ``user:***``.
+    """
+    from segctl.recipe.secrets import redact_url_credentials
     from segctl.weights import human_size, list_cached, weights_dir
 
     cache = weights_dir(load_profile_or_fail(profile))
     entries = list_cached(cache)
     if as_json:
-        typer.echo(json.dumps([entry.to_dict() for entry in entries], indent=2))
+        rows = [{**entry.to_dict(), "url": redact_url_credentials(entry.url)} for entry in entries]
+        typer.echo(json.dumps(rows, indent=2))
         return
     if not entries:
         typer.echo(f"no weights cached in {cache}")
         return
     print_table(
         ["FILE", "SIZE", "SHA256", "URL", "PATH"],
-        [(e.file_name, human_size(e.size), e.sha256, e.url,
+        [(e.file_name, human_size(e.size), e.sha256, redact_url_credentials(e.url),
           e.path if e.present else f"{e.path} (missing: fetch again)") for e in entries],
     )

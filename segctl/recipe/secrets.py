@@ -27,15 +27,27 @@ The recommended ways, in order:
    (``segctl eval RUN``, which reads the stored recipe) needs that variable exported again;
    submitting with the recipe file instead (``segctl eval RECIPE``) sets it again.
 
+Credentials inside a URL, in any field of a recipe (``model.init_checkpoint:
+https://user:pw@host/w.pth``, ``tracking.uri: http://user:pw@mlflow:5000``, ``data.root:
+s3://key:secret@bucket/x``, a storage option such as ``endpoint_url``), are secrets too, under
+one rule (:func:`redact_url_credentials`): the password (or, for a lone ``token@``, the user
+part) is the secret. It is shown as ``***`` (``https://user:***@host/w.pth``), and it travels
+like a literal storage-option secret: ``recipe.json`` holds
+``https://user:${SEGCTL_SECRET_<HASH8>_MODEL_INIT_CHECKPOINT}@host/w.pth`` and the job gets the
+variable in its environment; ``https://user:${MY_PASSWORD}@host/...`` names your own variable.
+The data plane (MLflow params and the recipe artifact, ``progress.json`` reasons, the tracker's
+log lines) uses the same rule.
+
 Never in ``recipe.json``, the sbatch script, submitit's pickles, ``--dry-run`` output,
 ``segctl recipes show``, MLflow params or artifacts (which show ``***``), or the logs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from segctl.recipe.schema import Recipe
@@ -50,10 +62,140 @@ OPTIONS_FIELD = "storage_options"
 ENV_PREFIX = "SEGCTL_SECRET_"
 REDACTED = "***"
 _REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: Credentials in a URL: ``scheme://user:password@`` or ``scheme://token@`` (RFC 3986 userinfo:
+#: no ``/ ? # @`` or white space inside), anywhere in a text.
+URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/?#@:]*)"
+    r"(?::(?P<password>[^\s/?#@]*))?@"
+)
 
 
 class MissingSecretError(RuntimeError):
     """A storage option refers to an environment variable the job's environment lacks."""
+
+
+def _secret_part(match: re.Match) -> tuple[str, int, int] | None:
+    """``(secret, start, end)`` of a :data:`URL_CREDENTIALS` match: the password, or the user
+    part of a ``token@`` form; None when there is nothing secret (an empty part)."""
+    if match.group("password") is not None:
+        if not match.group("password"):
+            return None
+        return match.group("password"), match.start("password"), match.end("password")
+    if not match.group("user"):
+        return None
+    return match.group("user"), match.start("user"), match.end("user")
+
+
+def redact_url_credentials(text: str) -> str:
+    """``text`` with the secret of every URL's credentials as ``***``:
+    ``https://user:pw@host/x`` -> ``https://user:***@host/x``, ``https://tok@host`` ->
+    ``https://***@host``, in plain values and in free text (log lines, error messages) alike.
+    ``${NAME}`` references stay (they name a variable, not its value)."""
+    if "@" not in text:
+        return text
+
+    def hide(match: re.Match) -> str:
+        part = _secret_part(match)
+        if part is None or reference_name(part[0]) is not None:
+            return match.group(0)
+        start, end = part[1] - match.start(), part[2] - match.start()
+        return match.group(0)[:start] + REDACTED + match.group(0)[end:]
+
+    return URL_CREDENTIALS.sub(hide, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that hides the secrets of URL credentials (:func:`redact_url_credentials`)
+    in every record a handler writes: its message, and the traceback of an exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_url_credentials(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_url_credentials(record.exc_text)
+        return True
+
+
+def redact_logs(*logger_names: str) -> None:
+    """Put a :class:`RedactingFilter` on every handler of the named loggers (``""``: the root
+    logger), once: what a job's log lines say of a URL, its credentials never say."""
+    for name in logger_names:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+
+
+def url_secrets(text: str) -> list[str]:
+    """The literal secrets of the URL credentials in ``text`` (references left out)."""
+    found = []
+    for match in URL_CREDENTIALS.finditer(text):
+        part = _secret_part(match)
+        if part is not None and reference_name(part[0]) is None:
+            found.append(part[0])
+    return found
+
+
+def _url_references(text: str) -> list[str]:
+    """Variable names of ``${NAME}`` references in the URL credentials of ``text``."""
+    names = []
+    for match in URL_CREDENTIALS.finditer(text):
+        part = _secret_part(match)
+        if part is not None and (name := reference_name(part[0])) is not None:
+            names.append(name)
+    return names
+
+
+def _replace_url_secrets(text: str, replace: Callable[[str], str]) -> str:
+    """``text`` with the secret of every URL's credentials replaced by ``replace(secret)``."""
+
+    def swap(match: re.Match) -> str:
+        part = _secret_part(match)
+        if part is None:
+            return match.group(0)
+        start, end = part[1] - match.start(), part[2] - match.start()
+        return match.group(0)[:start] + replace(part[0]) + match.group(0)[end:]
+
+    return URL_CREDENTIALS.sub(swap, text)
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, value)`` of every string in nested dicts and lists."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _leaves(value, f"{prefix}.{index}")
+    elif isinstance(data, str):
+        yield prefix, data
+
+
+def _map_leaves(data: Any, fn: Callable[[str, str], str], prefix: str = "") -> Any:
+    """A copy of nested dicts and lists with every string ``s`` at ``path`` as ``fn(path, s)``."""
+    if isinstance(data, Mapping):
+        return {key: _map_leaves(value, fn, f"{prefix}.{key}" if prefix else str(key))
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [_map_leaves(value, fn, f"{prefix}.{i}") for i, value in enumerate(data)]
+    if isinstance(data, str):
+        return fn(prefix, data)
+    return data
+
+
+def _option_name(path: str) -> str | None:
+    """The option's name when ``path`` is a direct entry of a storage-options mapping."""
+    *parents, name = path.split(".")
+    return name if parents and parents[-1] == OPTIONS_FIELD else None
+
+
+def _literal_option_secret(path: str, value: str) -> bool:
+    name = _option_name(path)
+    return (name is not None and is_secret_option(name) and bool(value)
+            and reference_name(value) is None)
 
 
 def is_secret_option(name: str) -> bool:
@@ -86,35 +228,31 @@ def storage_options(recipe: Recipe) -> dict[str, dict[str, str]]:
 
 
 def literal_secrets(recipe: Recipe) -> list[str]:
-    """Dotted paths of secret options that hold a literal value (not a ``${NAME}`` reference)."""
+    """Dotted paths of values holding a literal secret: secret options that are not a
+    ``${NAME}`` reference, and values with credentials inside a URL
+    (:func:`redact_url_credentials`)."""
     return [
-        f"{path}.{name}"
-        for path, options in storage_options(recipe).items()
-        for name, value in options.items()
-        if is_secret_option(name) and value and reference_name(value) is None
+        path for path, value in _leaves(recipe.model_dump(mode="json"))
+        if _literal_option_secret(path, value) or url_secrets(value)
     ]
 
 
 def references(recipe: Recipe) -> dict[str, str]:
-    """``{dotted option path: variable name}`` of every ``${NAME}`` storage option."""
-    return {
-        f"{path}.{name}": var
-        for path, options in storage_options(recipe).items()
-        for name, value in options.items()
-        if (var := reference_name(value)) is not None
-    }
+    """``{dotted path: variable name}`` of every ``${NAME}`` storage option and every
+    ``${NAME}`` in the credentials of a URL."""
+    found = {}
+    for path, value in _leaves(recipe.model_dump(mode="json")):
+        if _option_name(path) is not None and (var := reference_name(value)) is not None:
+            found[path] = var
+        for var in _url_references(value):
+            found[path] = var
+    return found
 
 
-def _replace_options(recipe: Recipe, replace) -> Recipe:
-    """A copy of ``recipe`` whose storage options are ``replace(path, options)``."""
-    data = recipe.model_dump(mode="json")
-    for path in storage_options(recipe):
-        *parents, last = path.split(".")
-        target = data
-        for part in parents:
-            target = target[part]
-        target[last] = replace(path, dict(target[last]))
-    return type(recipe).model_validate(data)
+def _map_recipe(recipe: Recipe, fn: Callable[[str, str], str]) -> Recipe:
+    """A copy of ``recipe`` with every string value ``s`` at dotted ``path`` as
+    ``fn(path, s)``."""
+    return type(recipe).model_validate(_map_leaves(recipe.model_dump(mode="json"), fn))
 
 
 def secret_variable(run_id: str, option_path: str) -> str:
@@ -136,21 +274,28 @@ def externalize_secrets(recipe: Recipe, run_id: str) -> tuple[Recipe, dict[str, 
     """
     moved: dict[str, str] = {}
 
-    def replace(path: str, options: dict[str, str]) -> dict[str, str]:
-        for name, value in options.items():
-            if is_secret_option(name) and value and reference_name(value) is None:
-                var = secret_variable(run_id, f"{path}.{name}")
-                moved[var] = value
-                options[name] = "${" + var + "}"
-        return options
+    def move(path: str, value: str) -> str:
+        var = secret_variable(run_id, path)
+        moved[var] = value
+        return "${" + var + "}"
+
+    def replace(path: str, value: str) -> str:
+        if _literal_option_secret(path, value):
+            return move(path, value)
+        if url_secrets(value):
+            return _replace_url_secrets(
+                value, lambda secret: secret if reference_name(secret) else move(path, secret)
+            )
+        return value
 
     if not literal_secrets(recipe):
         return recipe, {}
-    return _replace_options(recipe, replace), moved
+    return _map_recipe(recipe, replace), moved
 
 
 def resolve_secrets(recipe: Recipe, environ: Mapping[str, str] | None = None) -> Recipe:
-    """In the job: replace every ``${NAME}`` storage option by the variable's value.
+    """In the job: replace every ``${NAME}`` storage option, and every ``${NAME}`` in the
+    credentials of a URL, by the variable's value.
 
     The result is for this process only; it is never written anywhere.
 
@@ -171,29 +316,72 @@ def resolve_secrets(recipe: Recipe, environ: Mapping[str, str] | None = None) ->
     if not refs:
         return recipe
 
-    def replace(path: str, options: dict[str, str]) -> dict[str, str]:
-        for name, value in options.items():
-            var = reference_name(value)
-            if var is not None:
-                options[name] = environ[var]
-        return options
+    def replace(path: str, value: str) -> str:
+        var = reference_name(value)
+        if _option_name(path) is not None and var is not None:
+            return environ[var]
+        if _url_references(value):
+            return _replace_url_secrets(
+                value, lambda part: environ[name] if (name := reference_name(part)) else part
+            )
+        return value
 
-    return _replace_options(recipe, replace)
+    return _map_recipe(recipe, replace)
 
 
-def redact_secrets(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a dumped recipe (nested dicts) with literal secret option values as ``***``
-    (``${NAME}`` references stay: they name a variable, not its value)."""
+def fill_url_references(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` with every ``${NAME}`` in the credentials of its URLs replaced by the variable's
+    value (from ``environ``, default this process's environment): one value the way
+    :func:`resolve_secrets` fills a whole recipe.
+
+    Raises:
+        MissingSecretError: a referenced variable is not set (the message names it).
+    """
+    environ = os.environ if environ is None else environ
+    missing = [name for name in _url_references(text) if name not in environ]
+    if missing:
+        raise MissingSecretError(
+            f"{redact_url_credentials(text)} refers to ${', $'.join(missing)}, which is not set "
+            "here: export it (submitting with the recipe file sets segctl's own ones again)"
+        )
+    return _replace_url_secrets(
+        text, lambda part: environ[name] if (name := reference_name(part)) else part
+    )
+
+
+def redact_secrets(data: Mapping[str, Any], *, every_option: bool = False) -> dict[str, Any]:
+    """A copy of a dumped recipe (nested dicts and lists) with literal secret option values as
+    ``***`` and the secrets of URL credentials hidden (:func:`redact_url_credentials`) in every
+    string; ``${NAME}`` references stay (they name a variable, not its value).
+
+    ``every_option`` hides every value inside any storage-options mapping, secret-named or not
+    (endpoints and profiles are site details: what MLflow gets)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key == OPTIONS_FIELD and isinstance(value, Mapping):
-            out[key] = {
-                name: REDACTED if is_secret_option(name) and reference_name(v) is None and v
-                else v
-                for name, v in value.items()
-            }
+            if every_option:
+                out[key] = _map_all(value, lambda v: REDACTED)
+            else:
+                out[key] = {
+                    name: REDACTED if is_secret_option(name) and reference_name(v) is None and v
+                    else _map_all(v, _redact_value)
+                    for name, v in value.items()
+                }
         elif isinstance(value, Mapping):
-            out[key] = redact_secrets(value)
+            out[key] = redact_secrets(value, every_option=every_option)
         else:
-            out[key] = value
+            out[key] = _map_all(value, _redact_value)
     return out
+
+
+def _redact_value(value: Any) -> Any:
+    return redact_url_credentials(value) if isinstance(value, str) else value
+
+
+def _map_all(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every leaf of nested dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _map_all(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_all(v, fn) for v in value]
+    return fn(value)
