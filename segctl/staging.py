@@ -6,7 +6,9 @@ threads. Staging unchanged data again costs one listing and one manifest read.
 
 - **Identity of a file**: its size plus the source's content tag when the source gives one
   (S3 ``ETag``, GCS ``md5Hash``/``crc32c``), else its modification time. A re-uploaded object
-  with the same bytes keeps its S3 ETag, so it is not copied again.
+  with the same bytes keeps its S3 ETag, so it is not copied again. The staged copy is
+  trusted while its size and modification time (ns) are those recorded when it was copied; a
+  file changed or removed in the staged tree is copied again.
 - **Partial files never take the final name**: bytes go to ``<name>.<tag8>.part`` (``tag8``
   derived from the file's identity) and are renamed with ``os.replace`` once complete and
   verified. An interrupted stage leaves its completed files in the manifest (written
@@ -524,13 +526,19 @@ def _safe_target(dest: Path, rel: str) -> Path:
 
 
 def _unchanged(entry: Mapping[str, Any] | None, source: SourceFile, target: Path) -> bool:
+    """Whether the staged ``target`` still is the copy the manifest ``entry`` records of
+    ``source``: same source identity, and the local file has the size and modification time
+    (ns) it had when copied, so a file changed or removed in the staged tree is copied again.
+    Entries written before ``local_mtime_ns`` was recorded are judged by the size alone."""
     if not entry or (entry.get("size"), entry.get("etag"), entry.get("mtime")) != (
             source.size, source.etag, None if source.etag else source.mtime):
         return False
     try:
-        return os.stat(target).st_size == source.size
+        stat = os.stat(target)
     except OSError:
         return False
+    recorded = entry.get("local_mtime_ns")
+    return stat.st_size == source.size and recorded in (None, stat.st_mtime_ns)
 
 
 class _PartFiles:
@@ -622,7 +630,8 @@ def _copy_one(fs, source: SourceFile, target: Path, bar: ProgressBar, stop: thre
         raise
     os.replace(part, target)
     bar.add(files=1)
-    return {**source.identity(), **checked}
+    # the local file's modification time: a later change of the staged copy is then noticed
+    return {**source.identity(), **checked, "local_mtime_ns": os.stat(target).st_mtime_ns}
 
 
 def stage(

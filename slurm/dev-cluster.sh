@@ -6,6 +6,8 @@
 #   slurm/dev-cluster.sh down [--purge]  cancel every job, stop the daemons started by `up`;
 #                                        --purge also deletes the state directory
 #   slurm/dev-cluster.sh status          daemon table and sinfo; exit 0 when all is up, 3 if not
+#   slurm/dev-cluster.sh restart-ctld    stop slurmctld (SIGTERM: it saves its state) and start it
+#                                        again; running jobs go on; returns once the nodes are ready
 #
 # Everything written (configs, munge key and socket, MariaDB datadir, spool, state, logs, pid
 # files) lives under one directory: ${SEGCTL_SLURM_DIR:-$HOME/.local/state/segctl/slurm-dev}.
@@ -492,6 +494,18 @@ cmd_up() {
   printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
 }
 
+# Stop and start the controller only (a fault to test against): jobs keep running under their
+# slurmd and slurmctld recovers them from its saved state. Returns once the controller answers
+# and both nodes have registered again.
+cmd_restart_ctld() {
+  [[ "$(id -u)" -eq 0 ]] || die "run as root: slurmctld runs as root here (SlurmUser=root)"
+  pid_alive "$RUN_DIR/slurmctld.pid" slurmctld >/dev/null || die "slurmctld is not running: use up"
+  stop_daemon slurmctld "$RUN_DIR/slurmctld.pid" slurmctld
+  start_slurmctld
+  wait_nodes_ready
+  log "slurmctld restarted"
+}
+
 cancel_all_jobs() {
   pid_alive "$RUN_DIR/slurmctld.pid" slurmctld >/dev/null || return 0
   local ids
@@ -589,7 +603,7 @@ cmd_status() {
 }
 
 usage() {
-  printf 'usage: %s up | down [--purge] | status\n' "$(basename "$0")" >&2
+  printf 'usage: %s up | down [--purge] | status | restart-ctld\n' "$(basename "$0")" >&2
   exit 2
 }
 
@@ -600,6 +614,7 @@ main() {
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     status) cmd_status "$@" ;;
+    restart-ctld) cmd_restart_ctld "$@" ;;
     *) usage ;;
   esac
 }
