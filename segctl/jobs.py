@@ -51,7 +51,8 @@ def exit_record(kind: str) -> Iterator[None]:
     - the block returned: ``outcome: success``;
     - it raised an exception (``KeyboardInterrupt`` included: a cancelled local job):
       ``outcome: failed`` with ``error_type`` and ``error`` (the message on one line, at most
-      :data:`ERROR_MAX_CHARS` characters), then the exception goes on;
+      :data:`ERROR_MAX_CHARS` characters, credentials inside URLs shown as ``user:***``), then
+      the exception goes on;
     - ``SystemExit``: no record. submitit ends a job that way when it requeues it (the local
       controller then starts the task again); a task that ends without a record counts as
       failed once its controller is gone.
@@ -64,6 +65,7 @@ def exit_record(kind: str) -> Iterator[None]:
         yield
         return
     from segctl.executors import exit_record_path
+    from segctl.recipe.secrets import redact_url_credentials
 
     env = submitit.JobEnvironment()
     path = exit_record_path(env.paths.folder, env.job_id, env.global_rank)
@@ -75,7 +77,7 @@ def exit_record(kind: str) -> Iterator[None]:
     except SystemExit:
         raise
     except BaseException as exc:
-        message = " ".join(str(exc).split())[:ERROR_MAX_CHARS]
+        message = " ".join(redact_url_credentials(str(exc)).split())[:ERROR_MAX_CHARS]
         _write_record(path, {**base, "outcome": "failed", "error_type": type(exc).__name__,
                              "error": message, "ended_at": time.time()})
         raise

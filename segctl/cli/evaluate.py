@@ -80,7 +80,14 @@ def evaluate(
             raise UserError("--set applies to recipe targets only; a run's recipe is fixed")
         record = find_run(target)
         run_dir, source = Path(record.run_dir), record.source
-        recipe = with_placement(read_recipe(run_dir), placement, source)
+        try:
+            stored = read_recipe(run_dir)
+        except FileNotFoundError:
+            raise UserError(
+                f"run {record.run_id} has no {run_dir / 'recipe.json'}: its run directory was "
+                "moved or deleted; `segctl forget` it, or evaluate its recipe file instead"
+            ) from None
+        recipe = with_placement(stored, placement, source)
         if published:
             checkpoint = _reference_checkpoint(recipe, f"run {record.run_id}")
         if checkpoint is None and not (run_dir / "checkpoints").is_dir():

@@ -229,3 +229,23 @@ def test_planted_or_damaged_exit_records_are_read_safely(tmp_path):
     assert local_status(tmp_path, job_id).reason == "ValueError: bad value"
     record.write_text(json.dumps({"outcome": "success"}))
     assert local_status(tmp_path, job_id).state == "COMPLETED"
+
+
+def test_exit_record_hides_url_credentials(tmp_path, monkeypatch):
+    """A job that fails over a URL with credentials records the error without the secret."""
+    from segctl.executors import exit_record_path, local_status
+    from segctl.jobs import exit_record
+
+    environment = {"SUBMITIT_FOLDER": str(tmp_path), "SUBMITIT_EXECUTOR": "local",
+                   "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
+                   "SUBMITIT_LOCAL_LOCAL_RANK": "0", "SUBMITIT_LOCAL_NODEID": "0",
+                   "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_NNODES": "1"}
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError):
+        with exit_record("train"):
+            raise RuntimeError("cannot open https://reader:hunter2@127.0.0.1/w.pth")
+    text = exit_record_path(tmp_path, "4242").read_text()
+    assert "hunter2" not in text and "https://reader:***@127.0.0.1/w.pth" in text
+    status = local_status(tmp_path, "4242")
+    assert status.state == "FAILED" and "reader:***@" in status.reason

@@ -136,3 +136,9 @@ def test_very_long_profile_name_is_a_clear_error(segctl_env, command, name):
     extra = ["--checkpoint", str(weights)] if command == "eval" else []
     output = refused([command, recipe, *extra, "--dry-run", "--profile", name], "profile")
     assert len(output) < 1000
+
+
+def test_eval_of_a_run_whose_directory_lost_its_recipe_is_a_clear_error(segctl_env):
+    dirs = add_runs(segctl_env, ["lost-0000abcd"])
+    refused(["eval", "lost-0000abcd"], "recipe.json")
+    assert all_there(dirs)
