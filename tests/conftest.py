@@ -108,3 +108,23 @@ def slurm_cluster():
         if not was_up:
             down = _dev_cluster("down", timeout=120)
             assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"
+
+
+# --- markers by need: `pytest -m "not slurm and not server and not slow"` is the fast tier ---
+
+#: Fixture (direct or through another fixture) -> the marker a test using it gets.
+MARKER_OF_FIXTURE = {
+    "slurm_cluster": "slurm",
+    "mlflow_server": "server",
+    "moto_server": "server",
+    "range_server": "server",
+    "real_data": "real_data",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark each test by what it needs (``slurm``, ``server``, ``real_data``), read from the
+    fixtures it uses, so no test file has to repeat it and none can forget it."""
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & MARKER_OF_FIXTURE.keys():
+            item.add_marker(MARKER_OF_FIXTURE[fixture])
