@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from trainer.models.dcnv3 import _check_core_args
+from trainer.models.dcnv3_spec import check_core_args
 
 # The K kernel points are a runtime loop, not tl.static_range: unrolled, the compiler hoists
 # all K points' neighbour loads and the forward needs ~140 registers per thread for sm_90
@@ -429,7 +429,7 @@ def dcnv3_core_triton(
     Source: OpenGVLab/InternImage ``ops_dcnv3/src/cuda/dcnv3_im2col_cuda.cuh`` and
     ``ops_dcnv3/functions/dcnv3_func.py``.
     """
-    h_out, w_out = _check_core_args(
+    h_out, w_out = check_core_args(
         input, offset, mask, kernel_size, stride, pad, dilation, group, group_channels
     )
     devices = {input.device, offset.device, mask.device}
