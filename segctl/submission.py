@@ -450,7 +450,7 @@ def _ensure_tracking_store(plan: SubmitPlan) -> None:
 
 
 def _check_run_dir(plan: SubmitPlan) -> None:
-    from segctl.recipe.profile import check_no_control
+    from segctl.recipe.fields import check_no_control
 
     try:
         check_no_control(str(plan.run_dir), "run directory")

@@ -17,42 +17,20 @@ import re
 
 from pydantic import Field, field_validator
 
-from segctl.recipe.schema import Section
+from segctl.recipe.fields import (  # noqa: F401 (SLURM_WORD is public here too)
+    SLURM_WORD,
+    Section,
+    check_no_control,
+    check_slurm_word,
+)
 
-#: Characters allowed in partition, account, QOS and constraint values.
-SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:+|&*=@%\[\]-]+$")
 _DIRECTIVE = re.compile(r"^[a-z][a-z0-9-]*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Directives segctl sets itself from the recipe; a profile may not override them.
 RESERVED_DIRECTIVES = frozenset(
     {"job-name", "nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "time", "output",
      "error", "signal", "array", "open-mode", "wckey"}
 )
-
-
-def check_slurm_word(value: str | None, field: str) -> str | None:
-    """Validate a partition/account/QOS/constraint value (None passes).
-
-    Raises:
-        ValueError: characters outside :data:`SLURM_WORD`.
-    """
-    if value is not None and not SLURM_WORD.match(value):
-        raise ValueError(
-            f"{field} may use only letters, digits and _ . , : + | & * = @ % [ ] -, got {value!r}"
-        )
-    return value
-
-
-def check_no_control(value: str, field: str) -> str:
-    """Reject newlines and other control characters.
-
-    Raises:
-        ValueError: the value holds a control character.
-    """
-    if _CONTROL.search(value):
-        raise ValueError(f"{field} must be one line without control characters, got {value!r}")
-    return value
 
 
 class CacheSettings(Section):

@@ -28,10 +28,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from segctl.recipe.datasets import DATASET_PRESETS
 from segctl.recipe.errors import short_repr
+from segctl.recipe.fields import Section, check_slurm_word
 from segctl.recipe.model_options import MODEL_OPTIONS, option_problems
 from segctl.recipe.models import MODEL_PRESETS
 
@@ -55,13 +56,6 @@ MAX_EXPERIMENT_CHARS = 500
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated, and
-    NaN or infinite numbers are refused."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _positive_pair(value: Size2 | None, field: str) -> Size2 | None:
@@ -611,8 +605,6 @@ class ClusterConfig(Section):
     @field_validator("partition")
     @classmethod
     def _partition(cls, value: str | None) -> str | None:
-        from segctl.recipe.profile import check_slurm_word
-
         return check_slurm_word(value, "partition")
 
 
