@@ -1,9 +1,10 @@
-# The two README quickstart commands: `make quickstart` and `make test`.
+# The two README quickstart commands: `make quickstart` and `make test`; `make test-fast` runs the
+# fast tier (no Slurm, no servers, nothing marked slow).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SEGCTL := $(VENV)/bin/segctl
 
-.PHONY: setup quickstart test
+.PHONY: setup quickstart test test-fast
 
 setup: $(VENV)/.installed
 
@@ -20,3 +21,6 @@ quickstart: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slurm and not server and not slow"

@@ -63,9 +63,9 @@ def populate(root: Path, runs: int) -> str:
     """Registry, run directories and MLflow runs of ``runs`` runs under ``root``; returns the
     tracking URI."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
-    from segctl.paths import sqlite_uri
+    from segctl.io.tracking_store import sqlite_uri
     from segctl.recipe import recipe_hash, run_id
     from segctl.registry import Registry, RunRecord
     from trainer.tracking import recipe_params, run_tags
@@ -120,12 +120,12 @@ def scan(uri: str) -> list:
     every experiment read from MLflow, then grouped."""
     from mlflow import MlflowClient
 
-    from segctl.cli.report import _all_pages, rows_of
+    from segctl.tracking_query import all_pages, rows_of
 
     client = MlflowClient(tracking_uri=uri)
     runs = []
-    for experiment in _all_pages(client.search_experiments):
-        runs += _all_pages(lambda **kw: client.search_runs(
+    for experiment in all_pages(client.search_experiments):
+        runs += all_pages(lambda **kw: client.search_runs(
             [experiment.experiment_id], filter_string="tags.`segctl.recipe_hash` LIKE '%'", **kw))
     return rows_of(uri, runs)
 
@@ -165,8 +165,8 @@ def main() -> None:
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"] = uri
 
         from segctl.cli.common import registry
-        from segctl.cli.report import collect
-        from segctl.cli.status import summaries
+        from segctl.tracking_query import collect
+        from segctl.status import summaries
 
         reg = registry()
         status_in = seconds(lambda: summaries(reg, reg.runs()), options.repeats)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segctl.staging import CHUNK_BYTES, DEFAULT_STREAMS, SPLIT_BYTES, stage  # noqa: E402
+from segctl.io.copy import stage  # noqa: E402
+from segctl.io.source import CHUNK_BYTES, DEFAULT_STREAMS, SPLIT_BYTES  # noqa: E402
 from tests.servers import DUMMY_AWS, MotoServer  # noqa: E402
 
 BUCKET = "bench"

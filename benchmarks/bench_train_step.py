@@ -36,7 +36,8 @@ import torch
 from segctl.recipe import load_recipe
 from segctl.recipe.resolve import dataset_preset
 from trainer.distributed import build_accelerator
-from trainer.engine import build_model, train_step
+from trainer.engine import train_step
+from trainer.models.build import build_model
 from trainer.models.dcnv3 import DCNv3, dcnv3_core, dcnv3_core_grid_sample
 from trainer.optim import build_optimizer
 

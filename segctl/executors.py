@@ -19,14 +19,15 @@ import shutil
 import signal
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from segctl.recipe.profile import SiteProfile
 from segctl.recipe.schema import ClusterConfig
+from segctl.status import JobState
 
 ExecutorKind = Literal["local", "slurm"]
 
@@ -67,69 +68,173 @@ def slurm_available(timeout_s: float = 5.0) -> bool:
     return out.returncode == 0 and " is UP" in out.stdout
 
 
+class _SubmititKeywords(Mapping[str, Any]):
+    """Executor parameters read as the keyword arguments submitit takes (only the ones set),
+    so a plan's parameters print, and index, as submitit's names."""
+
+    def to_submitit(self) -> dict[str, Any]:
+        """The keyword arguments for submitit's ``update_parameters`` (fields left unset, None
+        or empty, are left out)."""
+        out: dict[str, Any] = {}
+        for item in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            if value is None or (item.name == "setup" and not value):
+                continue
+            out[item.name] = list(value) if isinstance(value, tuple) else (
+                dict(value) if isinstance(value, Mapping) else value)
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_submitit()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_submitit())
+
+    def __len__(self) -> int:
+        return len(self.to_submitit())
+
+
+@dataclass(frozen=True)
+class LocalParams(_SubmititKeywords):
+    """Parameters of a job on submitit's local executor: one process on this machine.
+
+    Attributes:
+        timeout_min: time limit in minutes.
+        gpus_per_node: GPUs the process gets (0 on a CPU machine).
+        tasks_per_node: processes (always 1).
+        signal_delay_s: seconds before the time limit at which the job is signalled.
+    """
+
+    timeout_min: int
+    gpus_per_node: int
+    tasks_per_node: int = 1
+    signal_delay_s: int = SIGNAL_DELAY_S
+
+    @classmethod
+    def from_cluster(cls, cluster: ClusterConfig, profile: SiteProfile | None = None) -> LocalParams:
+        """The recipe's cluster section (with the CLI's placement overrides applied) on this
+        machine: the GPUs it has, at most the recipe's; the recipe's time limit, else the
+        profile's, else :data:`DEFAULT_TIMEOUT_MIN`."""
+        return cls(
+            timeout_min=_timeout(cluster, profile),
+            gpus_per_node=min(cluster.gpus_per_node, local_gpu_count()),
+        )
+
+
+@dataclass(frozen=True)
+class SlurmParams(_SubmititKeywords):
+    """Parameters of a Slurm job, under submitit ``SlurmExecutor``'s names (sbatch's).
+
+    Attributes:
+        job_name: ``--job-name``.
+        nodes: ``--nodes``.
+        ntasks_per_node: one task per GPU (``cpu_processes_per_node`` on CPU-only placements).
+        cpus_per_task: ``--cpus-per-task``.
+        time: time limit in minutes.
+        signal_delay_s: seconds before the time limit at which the job is signalled to
+            checkpoint and requeue.
+        gpus_per_node: ``--gpus-per-node`` (None on CPU-only placements).
+        mem: memory per node, e.g. ``"65536MB"`` (None: Slurm's default).
+        partition, account, qos, constraint: site settings (None: not given).
+        setup: shell lines run before the tasks start (the profile's).
+        additional_parameters: further ``#SBATCH`` directives (``requeue`` and the profile's).
+    """
+
+    job_name: str
+    nodes: int
+    ntasks_per_node: int
+    cpus_per_task: int
+    time: int
+    signal_delay_s: int = SIGNAL_DELAY_S
+    gpus_per_node: int | None = None
+    mem: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()
+    additional_parameters: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_cluster(
+        cls, cluster: ClusterConfig, job_name: str, profile: SiteProfile | None = None
+    ) -> SlurmParams:
+        """One task per GPU (``cpu_processes_per_node`` tasks per node on CPU-only
+        placements), the recipe's resources (its cluster section, with the CLI's placement
+        overrides applied) and the profile's site settings; the recipe's partition and time
+        limit win over the profile's. Jobs requeue on preemption and node failure unless the
+        profile's ``sbatch`` says otherwise."""
+        return cls(
+            job_name=job_name,
+            nodes=cluster.nodes,
+            ntasks_per_node=cluster.gpus_per_node or cluster.cpu_processes_per_node,
+            cpus_per_task=cluster.cpus_per_task,
+            time=_timeout(cluster, profile),
+            gpus_per_node=cluster.gpus_per_node or None,
+            mem=f"{int(cluster.mem_gb * 1024)}MB" if cluster.mem_gb else None,
+            partition=cluster.partition or (profile.partition if profile else None) or None,
+            account=(profile.account or None) if profile else None,
+            qos=(profile.qos or None) if profile else None,
+            constraint=(profile.constraint or None) if profile else None,
+            setup=tuple(profile.setup) if profile else (),
+            additional_parameters={"requeue": True, **(profile.sbatch if profile else {})},
+        )
+
+
+ExecutorParams = LocalParams | SlurmParams
+
+
+def _timeout(cluster: ClusterConfig, profile: SiteProfile | None) -> int:
+    return cluster.timeout_min or (profile.time_min if profile else None) or DEFAULT_TIMEOUT_MIN
+
+
 def executor_parameters(
     kind: ExecutorKind,
     cluster: ClusterConfig,
     job_name: str,
     profile: SiteProfile | None = None,
-) -> dict[str, Any]:
-    """submitit parameters for ``kind`` (a pure function of its inputs).
+) -> ExecutorParams:
+    """The typed submitit parameters for ``kind`` (a pure function of its inputs):
+    :meth:`LocalParams.from_cluster` or :meth:`SlurmParams.from_cluster`.
 
     Local jobs run one process on this machine with the GPUs it has (none on a CPU machine).
     Slurm jobs get one task per GPU (``cpu_processes_per_node`` tasks per node on CPU-only
     placements), the recipe's resources, and the profile's site settings; the recipe's
     partition and time limit win over the profile's.
     """
-    timeout = cluster.timeout_min or (profile.time_min if profile else None) or DEFAULT_TIMEOUT_MIN
     if kind == "local":
-        return {
-            "timeout_min": timeout,
-            "gpus_per_node": min(cluster.gpus_per_node, local_gpu_count()),
-            "tasks_per_node": 1,
-            "signal_delay_s": SIGNAL_DELAY_S,
-        }
-    params: dict[str, Any] = {  # submitit SlurmExecutor's names, i.e. sbatch's
-        "job_name": job_name,
-        "nodes": cluster.nodes,
-        "ntasks_per_node": cluster.gpus_per_node or cluster.cpu_processes_per_node,
-        "cpus_per_task": cluster.cpus_per_task,
-        "time": timeout,
-        "signal_delay_s": SIGNAL_DELAY_S,
-    }
-    if cluster.gpus_per_node:
-        params["gpus_per_node"] = cluster.gpus_per_node
-    if cluster.mem_gb:
-        params["mem"] = f"{int(cluster.mem_gb * 1024)}MB"
-    partition = cluster.partition or (profile.partition if profile else None)
-    if partition:
-        params["partition"] = partition
-    if profile is not None:
-        for key in ("account", "qos", "constraint"):
-            if getattr(profile, key):
-                params[key] = getattr(profile, key)
-        if profile.setup:
-            params["setup"] = list(profile.setup)
-    # requeue on preemption and node failure unless the site's profile says otherwise
-    params["additional_parameters"] = {"requeue": True, **(profile.sbatch if profile else {})}
-    return params
+        return LocalParams.from_cluster(cluster, profile)
+    return SlurmParams.from_cluster(cluster, job_name, profile)
 
 
-def render_sbatch(parameters: dict[str, Any], folder: Path, python: str) -> str:
+#: The submitit function that renders an sbatch script. It is private: submitit offers no
+#: public way to render a script without an executor (``SlurmExecutor`` needs ``srun`` on PATH,
+#: and its ``_make_submission_file_text`` is private too), so :func:`render_sbatch` is the one
+#: place that calls it, and ``tests/test_slurm_submission.py`` fails naming submitit's version
+#: when its signature or output changes.
+SUBMITIT_SBATCH_RENDERER = "submitit.slurm.slurm._make_sbatch_string"
+
+
+def render_sbatch(parameters: SlurmParams, folder: Path, python: str) -> str:
     """The sbatch script submitit would write for ``parameters`` (Slurm only), for display
     and golden-file tests. Pure: nothing is written or submitted.
     """
     import shlex
 
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import _make_sbatch_string  # see SUBMITIT_SBATCH_RENDERER
 
     command = " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **parameters)
+    return _make_sbatch_string(command=command, folder=folder, **parameters.to_submitit())
 
 
 def make_executor(
-    kind: ExecutorKind, folder: Path, parameters: dict[str, Any], max_requeues: int = 3
+    kind: ExecutorKind, folder: Path, parameters: ExecutorParams | Mapping[str, Any],
+    max_requeues: int = 3,
 ):
     """A configured submitit executor writing its files under ``folder``.
+
+    ``parameters``: :class:`LocalParams` or :class:`SlurmParams` (or submitit's keyword
+    arguments as a mapping).
 
     ``max_requeues`` bounds the requeues after preemption or time limit (Slurm only).
     """
@@ -139,7 +244,7 @@ def make_executor(
         executor = submitit.LocalExecutor(folder=folder)
     else:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**dict(parameters))
     return executor
 
 
@@ -260,8 +365,8 @@ class JobStatus:
 
     Attributes:
         state: Slurm's vocabulary (PENDING, RUNNING, REQUEUED, COMPLETED, FAILED, CANCELLED,
-            TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY); local jobs use RUNNING, COMPLETED
-            and FAILED.
+            TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY; :class:`segctl.status.JobState`);
+            local jobs use RUNNING, COMPLETED and FAILED.
         nodes: the node list (Slurm only).
         requeues: how often the job was requeued (preemption, time limit, admin requeue).
         reason: Slurm's reason for a pending or failed state, where it gives one; for a
@@ -295,7 +400,7 @@ def job_statuses(jobs: list[tuple[str, str, str]]) -> dict[str, JobStatus]:
 def job_state(kind: str, folder: str, job_id: str) -> str:
     """The state of one job (see :func:`job_statuses`); UNKNOWN if the scheduler has none."""
     status = job_statuses([(kind, folder, job_id)]).get(job_id)
-    return status.state if status else "UNKNOWN"
+    return status.state if status else JobState.UNKNOWN
 
 
 SACCT_FORMAT = "JobID,State,NodeList,Reason,ExitCode,DerivedExitCode"
@@ -340,9 +445,9 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
     for job_id, history in rows.items():
         current = history[-1]
         _, state, nodes, reason = current[:4]
-        state = state.split()[0] if state else "UNKNOWN"
+        state = state.split()[0] if state else JobState.UNKNOWN
         reason = reason if reason and reason != "None" else None
-        if state == "FAILED" and reason is None:
+        if state == JobState.FAILED and reason is None:
             reason = exit_reason(*current[4:6])
         statuses[job_id] = JobStatus(
             state=state,
@@ -471,19 +576,19 @@ def local_status(folder: Path, job_id: str) -> JobStatus:
     record = read_exit_record(path)
     if record is None:
         if _local_controller_alive(job_id):
-            return JobStatus("RUNNING")
+            return JobStatus(JobState.RUNNING)
         record = read_exit_record(path)
     if record is None:
-        return JobStatus("FAILED", reason=NO_EXIT_RECORD)
+        return JobStatus(JobState.FAILED, reason=NO_EXIT_RECORD)
     if record["outcome"] == "success":
-        return JobStatus("COMPLETED")
+        return JobStatus(JobState.COMPLETED)
     if record["outcome"] == "failed":
         error_type = str(record.get("error_type") or "error")
         error = " ".join(str(record.get("error") or "").split())
-        return JobStatus("FAILED", reason=f"{error_type}: {error}" if error else error_type)
+        return JobStatus(JobState.FAILED, reason=f"{error_type}: {error}" if error else error_type)
     if _local_controller_alive(job_id):
-        return JobStatus("RUNNING")
-    return JobStatus("FAILED", reason=f"unreadable exit record {path}")
+        return JobStatus(JobState.RUNNING)
+    return JobStatus(JobState.FAILED, reason=f"unreadable exit record {path}")
 
 
 def _local_controller_alive(job_id: str) -> bool:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import submitit
 
+from segctl.recipe.eval_request import EvalRequest
+
 #: Longest ``error`` message kept in an exit record, in characters.
 ERROR_MAX_CHARS = 2000
 
@@ -110,16 +112,15 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class EvalJob(submitit.helpers.Checkpointable):
-    """Evaluate a run's checkpoint; writes ``eval/<label>.{json,txt}`` and returns the metrics
-    (``output_format="cityscapes-submission"``: ``eval/<label>-cityscapes-submission.zip``)."""
+    """Evaluate a run's checkpoint as ``request`` says (:class:`segctl.recipe.eval_request.
+    EvalRequest`, resolved by :func:`segctl.submission.plan_evaluation`); writes
+    ``eval/<label>.{json,txt}`` and returns the metrics (output format
+    ``cityscapes-submission``: ``eval/<label>-cityscapes-submission.zip``)."""
 
     def __call__(
-        self, run_dir: str, checkpoint: str | None, ms_flip: bool | None, label: str,
-        output_format: str = "metrics", published: bool = False, weights_dir: str | None = None,
+        self, run_dir: str, request: EvalRequest, weights_dir: str | None = None,
     ) -> dict:
         with exit_record("eval"):
             from trainer.entry import run_evaluation
 
-            return run_evaluation(Path(run_dir), checkpoint=checkpoint, ms_flip=ms_flip, name=label,
-                                  output_format=output_format, published=published,
-                                  weights_dir=weights_dir)
+            return run_evaluation(Path(run_dir), request, weights_dir=weights_dir)

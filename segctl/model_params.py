@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 
 CACHE_FILE = "param-counts.json"
 #: Where the architectures live; the package sits beside ``segctl`` (editable or installed).
@@ -77,7 +77,7 @@ class ParameterCounts:
         """Write the cache (atomically) if this process computed a count; never raises."""
         if not self.computed:
             return
-        from trainer.atomic import atomic_write_json  # standard library only, no torch
+        from segctl.io.atomic import atomic_write_json
 
         try:
             atomic_write_json(self.cache_path, {"fingerprint": self.fingerprint,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.recipe.loader import load_model_file
 from segctl.recipe.profile import SiteProfile
 

@@ -2,7 +2,8 @@
 
 One row per run (``runs``) and one per submitted job (``jobs``). A job row is written with state
 ``SUBMITTING`` *before* the executor is called and completed with the job id after, so a crash
-between submission and record leaves a visible marker instead of an unknown job.
+between submission and record leaves a visible marker instead of an unknown job. States are
+stored as text, in the vocabulary of :mod:`segctl.status` (:class:`~segctl.status.JobState`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from segctl.status import TERMINAL_STATES, JobState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,12 +44,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run_id, id);
 """
-
-#: Job states after which nothing changes any more.
-TERMINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
-)
-
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -142,15 +139,16 @@ class Registry:
         with self._connect() as db:
             cursor = db.execute(
                 "INSERT INTO jobs (run_id, kind, executor, folder, state, submitted_at, label) "
-                "VALUES (?, ?, ?, ?, 'SUBMITTING', ?, ?)",
-                (run_id, kind, executor, folder, time.time(), label),
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, kind, executor, folder, JobState.SUBMITTING, time.time(), label),
             )
             return int(cursor.lastrowid)
 
     def submitted(self, row: int, job_id: str) -> None:
         """Record the executor's job id for the marker ``row``."""
         with self._connect() as db:
-            db.execute("UPDATE jobs SET job_id = ?, state = 'SUBMITTED' WHERE id = ?", (job_id, row))
+            db.execute("UPDATE jobs SET job_id = ?, state = ? WHERE id = ?",
+                       (job_id, JobState.SUBMITTED, row))
 
     def set_state(
         self,

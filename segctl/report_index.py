@@ -13,8 +13,8 @@ report over thousands of runs answers without reading them all from MLflow.
 The index is a cache of MLflow and holds nothing else: deleting the file loses nothing (the
 next report reads every run again). URIs are kept with the secrets of their credentials hidden
 (:func:`segctl.recipe.secrets.redact_url_credentials`). How and when it is refreshed is
-:func:`segctl.cli.report.refresh`'s business; this module stores and answers (it never imports
-MLflow).
+:func:`segctl.tracking_query.refresh`'s business; this module stores and answers (it never
+imports MLflow).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segctl.paths import segctl_home, sqlite_path
+from segctl.io.home import segctl_home
+from segctl.io.tracking_store import sqlite_path
 from segctl.recipe.secrets import redact_url_credentials
+from segctl.recipe.tracking_names import DATASET, RECIPE_HASH
 
 INDEX_FILE = "report-index.db"
 _TIMEOUT_S = 30.0  # how long a writer waits for another one, seconds
@@ -92,7 +94,7 @@ class IndexedRun:
 
     @property
     def tags(self) -> dict[str, str]:
-        return {"segctl.recipe_hash": self.recipe_hash}
+        return {RECIPE_HASH: self.recipe_hash}
 
     @classmethod
     def from_mlflow(cls, run, params: Iterable[str], metrics: Iterable[str]) -> IndexedRun:
@@ -103,7 +105,7 @@ class IndexedRun:
             experiment_id=run.info.experiment_id,
             run_name=run.info.run_name,
             start_ms=run.info.start_time,
-            recipe_hash=run.data.tags["segctl.recipe_hash"],
+            recipe_hash=run.data.tags[RECIPE_HASH],
             params={k: run.data.params[k] for k in params if k in run.data.params},
             metrics={k: run.data.metrics[k] for k in metrics if k in run.data.metrics},
         )
@@ -239,7 +241,7 @@ class ReportIndex:
                 "INSERT OR REPLACE INTO runs (uri, run_id, experiment_id, run_name, start_ms, "
                 "recipe_hash, dataset, params, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(uri, r.run_id, r.experiment_id, r.run_name, r.start_ms, r.recipe_hash,
-                  r.params.get("data.dataset"), json.dumps(r.params), json.dumps(r.metrics))
+                  r.params.get(DATASET), json.dumps(r.params), json.dumps(r.metrics))
                  for r in runs],
             )
             if replace:

@@ -1,16 +1,8 @@
-"""Run directories: ``<runs dir>/<run id>/`` with the resolved recipe the job reads.
+"""Run directories: ``<runs dir>/<run id>/`` created with the resolved recipe the job reads.
 
-Layout of a run directory (the contract between the control plane and the trainer)::
-
-    recipe.json       resolved recipe (written once, here; read by the job); storage-option
-                      secrets only as ${VAR} references (segctl.recipe.secrets)
-    progress.json     rewritten atomically by rank 0 of a training job
-    checkpoints/      iter_NNNNNNN.pt, final.pt
-    eval/             <label>.json and <label>.txt per evaluation
-    jobs/             submitit folder: pickled submissions, logs, results (never read by
-                      the control plane) and the JSON exit records it reads
-                      (<job_id>_<task>_exit.json, segctl.executors.exit_record_path)
-    mlflow_run_id     the MLflow run this run logs to
+The files of a run directory (the contract between the control plane and the trainer) are
+named in one place, :class:`segctl.recipe.rundir.RunDir`; this module creates run directories
+and their job folders and reads their recipe.
 
 A run directory and its ``jobs/`` folder are private to their owner (mode 0700), as are the
 job folders of sweeps (``<runs dir>/sweeps/<sweep>``): they are created so before anything is
@@ -19,16 +11,13 @@ written into them (:func:`create_private_dir`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from segctl.recipe import Recipe, parse_json_recipe
-
-RECIPE_FILE = "recipe.json"
-PROGRESS_FILE = "progress.json"
+from segctl.recipe.rundir import RunDir
 
 #: Mode of run directories and job folders: the owner only.
 PRIVATE_MODE = 0o700
@@ -59,12 +48,12 @@ def create_run_dir(run_dir: Path, recipe: Recipe) -> bool:
 
     secret = literal_secrets(recipe)
     if secret:
-        raise ValueError(f"refusing to write {', '.join(secret)} into {run_dir / RECIPE_FILE}")
+        raise ValueError(f"refusing to write {', '.join(secret)} into {RunDir(run_dir).recipe}")
     text = recipe.model_dump_json(indent=2) + "\n"
     if run_dir.exists():
-        existing = run_dir / RECIPE_FILE
+        existing = RunDir(run_dir).recipe
         if not existing.is_file():
-            raise RunDirError(f"{run_dir} exists but has no {RECIPE_FILE}; move it away")
+            raise RunDirError(f"{run_dir} exists but has no {RunDir.RECIPE}; move it away")
         if parse_json_recipe(existing.read_text()).name != recipe.name:
             raise RunDirError(f"{run_dir} belongs to another recipe; move it away")
         return False
@@ -72,11 +61,11 @@ def create_run_dir(run_dir: Path, recipe: Recipe) -> bool:
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
         os.chmod(staging, PRIVATE_MODE)  # mkdtemp's mode already; said here, as the contract
-        (staging / RECIPE_FILE).write_text(text)
+        RunDir(staging).recipe.write_text(text)
         os.rename(staging, run_dir)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
-        if run_dir.is_dir() and (run_dir / RECIPE_FILE).is_file():
+        if run_dir.is_dir() and RunDir(run_dir).recipe.is_file():
             return False  # another process created the same run at the same moment
         raise
     return True
@@ -89,20 +78,7 @@ def read_recipe(run_dir: Path) -> Recipe:
         FileNotFoundError: the run directory has no ``recipe.json``.
         pydantic.ValidationError: the file does not match the schema.
     """
-    return parse_json_recipe((run_dir / RECIPE_FILE).read_text())
-
-
-def read_progress(run_dir: Path) -> dict:
-    """``progress.json`` as a dict, or {} if it is missing or being replaced."""
-    try:
-        return json.loads((run_dir / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def jobs_folder(run_dir: Path) -> Path:
-    """The submitit folder of a run's jobs."""
-    return run_dir / "jobs"
+    return parse_json_recipe(RunDir(run_dir).recipe.read_text())
 
 
 def create_jobs_folder(run_dir: Path) -> Path:
@@ -111,7 +87,7 @@ def create_jobs_folder(run_dir: Path) -> Path:
     Raises:
         OSError: it cannot be created, or its mode cannot be set (not ours).
     """
-    return create_private_dir(jobs_folder(run_dir))
+    return create_private_dir(RunDir(run_dir).jobs)
 
 
 def create_private_dir(path: Path) -> Path:

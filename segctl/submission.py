@@ -23,20 +23,23 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segctl import executors
+from segctl.executors import ExecutorParams
 from segctl.paths import default_tracking_uri, is_url, runs_dir
 from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
+from segctl.recipe.eval_request import EvalRequest, OutputFormat
 from segctl.recipe.profile import SiteProfile
-from segctl.registry import TERMINAL_STATES, Registry, RunRecord
-from segctl.runs import create_jobs_folder, create_private_dir, create_run_dir, jobs_folder
-from segctl.weights import (
-    WeightsFile, default_weights_dir, evaluation_weights, recipe_weights, weights_dir,
-)
+from segctl.recipe.rundir import RunDir
+from segctl.registry import Registry, RunRecord
+from segctl.runs import create_private_dir, create_run_dir
+from segctl.status import TERMINAL_STATES, refresh_states
+from segctl.io.weights_cache import default_weights_dir
+from segctl.weights import WeightsFile, evaluation_weights, recipe_weights, weights_dir
 
 
 class SubmitError(RuntimeError):
@@ -54,8 +57,10 @@ class SubmitPlan:
         recipe: the resolved recipe with absolute local paths and a concrete tracking URI.
         source: the recipe file it came from.
         executor: ``local`` or ``slurm``.
-        parameters: the submitit parameters.
-        args: positional arguments of the job callable after ``run_dir``.
+        parameters: the executor's typed parameters (:class:`segctl.executors.LocalParams`
+            or :class:`~segctl.executors.SlurmParams`).
+        args: positional arguments of the job callable after ``run_dir`` (an evaluation's:
+            its :class:`~segctl.recipe.eval_request.EvalRequest`).
         label: for eval jobs, the name of the result files under ``eval/``.
         notes: warnings for the user (printed by ``submit``, part of ``--dry-run``).
         job_env: environment variables the job gets at submission (literal secrets moved out
@@ -70,7 +75,7 @@ class SubmitPlan:
     recipe: Recipe
     source: str
     executor: str
-    parameters: dict[str, Any]
+    parameters: ExecutorParams
     args: tuple = ()
     label: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -79,29 +84,36 @@ class SubmitPlan:
     weights_dir: Path = field(default_factory=default_weights_dir)
 
     def sbatch_script(self) -> str | None:
-        """The sbatch script of a Slurm plan (None for local jobs)."""
+        """The sbatch script of a Slurm plan (None for local jobs), as shown: credentials of
+        URLs hidden (:func:`segctl.recipe.secrets.redact_url_credentials`)."""
         if self.executor != "slurm":
             return None
         import sys
 
-        return executors.render_sbatch(self.parameters, jobs_folder(self.run_dir), sys.executable)
+        from segctl.recipe.secrets import redact_url_credentials
+
+        return redact_url_credentials(
+            executors.render_sbatch(self.parameters, RunDir(self.run_dir).jobs, sys.executable))
 
     def to_dict(self, probe_sizes: bool = False) -> dict[str, Any]:
         """A JSON-ready summary (what ``--dry-run`` prints); see :meth:`weights_summary` for
-        ``probe_sizes``."""
-        return {
+        ``probe_sizes``. Credentials of URLs are hidden in every value (the one rule of
+        :mod:`segctl.recipe.secrets`)."""
+        from segctl.recipe.secrets import redact_secrets
+
+        return redact_secrets({
             "kind": self.kind,
             "run_id": self.run_id,
             "run_dir": str(self.run_dir),
             "executor": self.executor,
-            "parameters": self.parameters,
+            "parameters": self.parameters.to_submitit(),
             "label": self.label,
             "data_root": self.recipe.data.root,
             "tracking_uri": self.recipe.tracking.uri,
             "weights_dir": str(self.weights_dir),
             "weights": self.weights_summary(probe_sizes),
             "notes": self.notes,
-        }
+        })
 
     def weights_summary(self, probe_sizes: bool = False) -> list[dict[str, Any]]:
         """Per weights file: ``field``, ``url``, ``file``, ``cached`` (in the cache, or a local
@@ -110,7 +122,8 @@ class SubmitPlan:
         (one ``HEAD``, at most :data:`segctl.weights.SIZE_PROBE_TIMEOUT_S` seconds; unknown
         offline). Nothing is downloaded."""
         from segctl.recipe.secrets import redact_url_credentials
-        from segctl.weights import human_size, local_path, lookup, remote_size, url_file_name
+        from segctl.io.weights_cache import local_path, lookup, url_file_name
+        from segctl.weights import human_size, remote_size
 
         rows = []
         for item in self.weights:
@@ -181,7 +194,7 @@ def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], 
     return written, env, notes
 
 
-def local_placement_notes(recipe: Recipe, parameters: dict[str, Any]) -> list[str]:
+def local_placement_notes(recipe: Recipe, parameters: executors.LocalParams) -> list[str]:
     """A warning when a recipe that asks for several processes trains on the local executor.
 
     The local executor runs one process on this machine (``parameters`` are its submitit
@@ -196,7 +209,7 @@ def local_placement_notes(recipe: Recipe, parameters: dict[str, Any]) -> list[st
     return [
         f"the recipe asks for {cluster.nodes} node(s) x {cluster.gpus_per_node} GPU(s), "
         f"{processes} processes with a global batch of {processes * batch}; the local executor "
-        f"runs 1 process ({parameters['gpus_per_node']} GPU(s) here), so the global batch is "
+        f"runs 1 process ({parameters.gpus_per_node} GPU(s) here), so the global batch is "
         f"{batch} and the result will differ from the published one. Submit to Slurm "
         "(--cluster slurm, --profile NAME) for the recipe's placement."
     ]
@@ -273,11 +286,28 @@ def plan_evaluation(
     ms_flip: bool | None,
     executor: str | None = None,
     profile: SiteProfile | None = None,
+    *,
+    output_format: OutputFormat | str = OutputFormat.METRICS,
+    published: bool = False,
 ) -> SubmitPlan:
-    """The plan for evaluating a run (no side effects)."""
+    """The plan for evaluating a run (no side effects).
+
+    Every choice of the job is made here, once, into the :class:`EvalRequest` that is the
+    job's one argument after the run directory (``plan.args == (request,)``): ``ms_flip`` None
+    takes the recipe's ``eval.ms_flip``; the label is ``<ss|ms_flip>-<YYYYmmdd-HHMMSS>``,
+    prefixed ``published-`` with ``published`` (the checkpoint is ``reference.checkpoint``).
+
+    Raises:
+        ValueError: an ``output_format`` that is not an :class:`OutputFormat` value.
+    """
     recipe = concretise(recipe)
     use_ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
     label = f"{'ms_flip' if use_ms_flip else 'ss'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    request = EvalRequest(
+        ms_flip=bool(use_ms_flip), checkpoint=checkpoint,
+        label=f"published-{label}" if published else label,
+        output_format=output_format, published=published,
+    )
     kind = executors.choose_executor(recipe.cluster, executor)
     recipe, env, notes = keep_secrets_out(recipe, run_dir.name)
     return SubmitPlan(
@@ -290,8 +320,8 @@ def plan_evaluation(
         parameters=executors.executor_parameters(
             kind, recipe.cluster, f"eval-{run_dir.name}", profile
         ),
-        args=(checkpoint, ms_flip, label),
-        label=label,
+        args=(request,),
+        label=request.label,
         notes=notes,
         job_env=env,
         weights=evaluation_weights(checkpoint, run_dir, bool(recipe.train.checkpoint_dir)),
@@ -343,33 +373,8 @@ def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
             cannot be fetched, fails its checksum or does not load (nothing is created).
         segctl.runs.RunDirError: the run directory belongs to something else.
     """
-    from segctl.jobs import EvalJob, TrainJob
-
-    _check_run_dir(plan)
-    _check_secret_references(plan)
-    _refuse_if_active(plan, registry)
-    weights = fetch_weights(plan)
-    _ensure_tracking_store(plan)
-    if plan.kind == "train":
-        create_run_dir(plan.run_dir, plan.recipe)
-    _register_run(plan, registry)
-    folder = create_jobs_folder(plan.run_dir)
-    row = registry.begin_job(plan.run_id, plan.kind, plan.executor, str(folder), plan.label)
-    try:
-        executor = executors.make_executor(
-            plan.executor, folder, plan.parameters, plan.recipe.cluster.max_requeues
-        )
-        callable_ = TrainJob() if plan.kind == "train" else EvalJob()
-        with executors.interruptible_children(), executors.job_environment(plan.job_env), \
-                executors.detached_stdio(plan.executor, folder):
-            handle = executor.submit(callable_, str(plan.run_dir), *plan.args,
-                                     weights_dir=str(plan.weights_dir))
-    except Exception:
-        registry.forget_job(row)
-        raise
-    registry.submitted(row, str(handle.job_id))
-    return SubmittedJob(row=row, job_id=str(handle.job_id), plan=plan, handle=handle,
-                        weights=weights)
+    (job,) = _submit([plan], registry, RunDir(plan.run_dir).jobs)
+    return job
 
 
 def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list[SubmittedJob]:
@@ -383,7 +388,23 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
         SubmitError: a member run already has a training job in progress, or a weights file
             cannot be fetched or does not load.
     """
-    from segctl.jobs import TrainJob
+    return _submit(plans, registry, runs_dir() / "sweeps" / sweep, sweep)
+
+
+def _submit(
+    plans: list[SubmitPlan], registry: Registry, folder: Path, sweep: str | None = None
+) -> list[SubmittedJob]:
+    """The one submit path of :func:`apply` and :func:`apply_sweep`, for plans that share an
+    executor and its parameters (the first plan's).
+
+    In order: every plan is checked (run directory name, secret references, no unfinished job
+    of its kind), every plan's weights fetched and checked, the tracking store created, every
+    training run's directory created and every run registered (tagged with ``sweep``), the
+    private job ``folder`` created, and one ``SUBMITTING`` marker written per plan; then all
+    are submitted (a sweep as one job array, in submitit's ``batch``) and each marker gets its
+    job id. A failed submission removes the markers and raises.
+    """
+    from segctl.jobs import EvalJob, TrainJob
 
     for plan in plans:
         _check_run_dir(plan)
@@ -392,20 +413,25 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
     fetched = [fetch_weights(plan) for plan in plans]
     _ensure_tracking_store(plans[0])
     for plan in plans:
-        create_run_dir(plan.run_dir, plan.recipe)
+        if plan.kind == "train":
+            create_run_dir(plan.run_dir, plan.recipe)
         _register_run(plan, registry, sweep)
-    folder = create_private_dir(runs_dir() / "sweeps" / sweep)
+    folder = create_private_dir(folder)
+    rows = [registry.begin_job(p.run_id, p.kind, p.executor, str(folder), p.label) for p in plans]
     first = plans[0]
-    rows = [registry.begin_job(p.run_id, "train", p.executor, str(folder), None) for p in plans]
     try:
         executor = executors.make_executor(
             first.executor, folder, first.parameters, first.recipe.cluster.max_requeues
         )
         env = {k: v for plan in plans for k, v in plan.job_env.items()}
         with executors.interruptible_children(), executors.job_environment(env), \
-                executors.detached_stdio(first.executor, folder), executor.batch():
-            handles = [executor.submit(TrainJob(), str(plan.run_dir),
-                                       weights_dir=str(plan.weights_dir)) for plan in plans]
+                executors.detached_stdio(first.executor, folder), \
+                executor.batch() if sweep is not None else nullcontext():
+            handles = [
+                executor.submit(TrainJob() if plan.kind == "train" else EvalJob(),
+                                str(plan.run_dir), *plan.args, weights_dir=str(plan.weights_dir))
+                for plan in plans
+            ]
     except Exception:
         for row in rows:
             registry.forget_job(row)
@@ -431,7 +457,8 @@ def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
         SubmitError: a file cannot be fetched, fails its checksum, does not load, or is not a
             PyTorch file of tensors; the message names the field and the file.
     """
-    from segctl.weights import WeightsError, fetch_and_check
+    from segctl.io.weights_cache import WeightsError
+    from segctl.weights import fetch_and_check
 
     if not plan.weights:
         return []
@@ -443,8 +470,8 @@ def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
 
 def _ensure_tracking_store(plan: SubmitPlan) -> None:
     """Create a missing embedded MLflow store once, here, before jobs race to create it (under
-    a lock, so concurrent submissions do not race either: :mod:`segctl.tracking_store`)."""
-    from segctl.tracking_store import ensure_store
+    a lock, so concurrent submissions do not race either: :mod:`segctl.io.tracking_store`)."""
+    from segctl.io.tracking_store import ensure_store
 
     ensure_store(plan.recipe.tracking.uri or "")
 
@@ -468,7 +495,8 @@ def _check_secret_references(plan: SubmitPlan) -> None:
     """
     from segctl.recipe.secrets import references
 
-    setup = "\n".join(plan.parameters.get("setup", [])) if plan.executor == "slurm" else ""
+    parameters = plan.parameters
+    setup = "\n".join(parameters.setup) if isinstance(parameters, executors.SlurmParams) else ""
     missing = [f"{path} (${var})" for path, var in references(plan.recipe).items()
                if var not in os.environ and var not in plan.job_env
                and not re.search(rf"\b{re.escape(var)}\b", setup)]
@@ -502,60 +530,3 @@ def _register_run(plan: SubmitPlan, registry: Registry, sweep: str | None = None
             sweep=sweep,
         )
     )
-
-
-def refresh_states(registry: Registry, jobs: list) -> dict[int, str]:
-    """Ask the executors about every unfinished job of ``jobs`` at once (one sacct call for
-    all Slurm jobs), record what changed, and return row id → state. Terminal states are never
-    asked again; an unreachable scheduler leaves the recorded states as they were.
-
-    Each change is recorded only if the row still holds the state read in ``jobs``
-    (:meth:`Registry.set_state` with ``expected``): where another process recorded something
-    meanwhile (a job's end, a cancel), that state is kept and returned instead."""
-    states = {job.id: job.state for job in jobs}
-    active = [job for job in jobs if job.job_id and job.state not in TERMINAL_STATES]
-    if not active:
-        return states
-    try:
-        statuses = executors.job_statuses([(j.executor, j.folder, j.job_id) for j in active])
-    except RuntimeError:
-        return states
-    for job in active:
-        status = statuses.get(job.job_id)
-        if status is None:
-            continue
-        changed = (status.state, status.nodes, status.requeues, status.reason) != (
-            job.state, job.nodes, job.requeues, job.reason
-        )
-        if changed and not registry.set_state(job.id, status.state, status.nodes,
-                                              status.requeues, status.reason, expected=job.state):
-            current = registry.job(job.id)
-            states[job.id] = current.state if current else job.state
-            continue
-        states[job.id] = status.state
-    return states
-
-
-def refresh_state(registry: Registry, job) -> str:
-    """:func:`refresh_states` for one job; returns its state."""
-    return refresh_states(registry, [job])[job.id]
-
-
-def wait(
-    registry: Registry,
-    submitted: SubmittedJob,
-    poll_s: float = 2.0,
-    on_poll: Callable[[str], None] | None = None,
-) -> str:
-    """Block until the job reaches a terminal state; returns that state.
-
-    ``on_poll(state)`` is called after every poll (every ``poll_s`` seconds) before that.
-    """
-    while True:
-        job = next(j for j in registry.jobs(submitted.plan.run_id) if j.id == submitted.row)
-        state = refresh_state(registry, job)
-        if state in TERMINAL_STATES:
-            return state
-        if on_poll is not None:
-            on_poll(state)
-        time.sleep(poll_s)

@@ -1,25 +1,16 @@
-"""Pretrained weights: a shared, content-addressed cache, so that jobs never download.
+"""Pretrained weights: fetching them into the shared, content-addressed cache, and checking
+them, so that jobs never download.
 
 Recipes name their weights by URL: ``model.init_checkpoint`` (the pretrained backbone or model
 training starts from) and ``reference.checkpoint`` (the published trained model). Compute nodes
 often have no internet, so the files are fetched on a node that has it (``segctl weights
 fetch``; ``segctl submit`` and ``segctl eval --checkpoint URL`` fetch what their job needs before
-submitting it), and the job maps each URL to its cached file with :func:`cached_path`, which
-never downloads: a file missing from the cache fails the job at once, naming it.
-
-Layout of the cache folder (``cache.weights_dir`` of the site profile, else
-``$SEGCTL_HOME/weights``; on a cluster, a folder the compute nodes share)::
-
-    blobs/sha256/<hex>           the files, named by the SHA-256 of their bytes
-    index/<key>.json             one per source URL (key: the first 32 hex digits of the URL's
-                                 SHA-256): url, sha256, size (bytes), file_name, fetched_at
-                                 (UTC, ISO 8601), checks; written atomically
-    partial/<key>.<tag8>.part    a download in progress (tag8: a hash of the source's size and
-                                 ETag, as in :mod:`segctl.staging`)
-    partial/<key>.lock           held while the URL is fetched (one download per URL at a time)
+submitting it), and the job maps each URL to its cached file with
+:func:`segctl.io.weights_cache.cached_path`, which never downloads. The cache's layout, its
+index and the job's side of it are :mod:`segctl.io.weights_cache`.
 
 Downloads go through fsspec (``https://``, ``http://``, ``s3://``, any fsspec URL) with the
-copy engine of :mod:`segctl.staging` (:func:`~segctl.staging.download_part`): bytes land in
+copy engine of :mod:`segctl.io` (:func:`~segctl.io.copy.download_part`): bytes land in
 the ``.part`` file, an interrupted download continues from where it stopped with ranged reads
 (HTTP ``Range``) when fetched again, and a progress line goes to stderr. Local paths (no
 ``://``, or ``file://``) are not cached: they are read in place.
@@ -36,9 +27,10 @@ Refusals: :func:`inspect_weights_file` checks a file without torch and without u
 anything (a regular readable file; a zip archive with ``data.pkl``, or PyTorch's legacy format;
 a pickle naming no Python object beyond the tensor rebuilders ``weights_only`` admits), so a
 bad local ``model.init_checkpoint`` or ``--checkpoint`` fails at submission in milliseconds.
-Where the job's ``torch.load(weights_only=True)`` refuses a file, :func:`load_failure` gives
-the same words (:class:`UnloadableWeightsError`: which file, that it holds non-tensor objects,
-that segctl will not load it), never PyTorch's suggestion to load it with
+Where the job's ``torch.load(weights_only=True)`` refuses a file,
+:func:`segctl.io.weights_cache.load_failure` gives the same words
+(:class:`~segctl.io.weights_cache.UnloadableWeightsError`: which file, that it holds
+non-tensor objects, that segctl will not load it), never PyTorch's suggestion to load it with
 ``weights_only=False``.
 
 Checks (``checks`` in the index): :func:`check_loads` loads a file the way the job will
@@ -47,8 +39,9 @@ Checks (``checks`` in the index): :func:`check_loads` loads a file the way the j
 PyTorch's meta device; a success is recorded under a key of the model settings and the model
 code's fingerprint, so the next submission of the same model skips it.
 
-This module imports only the standard library at import time (fsspec, torch and the trainer
-inside the functions that need them), so the job and ``segctl --help`` can import it cheaply.
+This module imports only the standard library and :mod:`segctl.io` at import time (fsspec,
+torch and the trainer inside the functions that need them), so ``segctl --help`` imports it
+cheaply.
 """
 
 from __future__ import annotations
@@ -57,7 +50,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import re
 import threading
 import time
@@ -66,7 +58,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import unquote, urlsplit
+
+from segctl.io.weights_cache import (
+    PARTIAL,
+    CachedWeights,
+    UnloadableWeightsError,
+    WeightsError,
+    blob_path,
+    default_weights_dir,
+    is_remote,
+    local_path,
+    lookup,
+    malformed_message,
+    non_tensor_message,
+    read_entry,
+    url_file_name,
+    url_key,
+    write_entry,
+)
 
 if TYPE_CHECKING:
     from segctl.recipe import Recipe
@@ -74,9 +83,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BLOBS = Path("blobs") / "sha256"
-INDEX = "index"
-PARTIAL = "partial"
 SIZE_PROBE_TIMEOUT_S = 5.0  # how long a dry run waits for a remote size, seconds
 #: The hash in a file name: ``-<6+ hex digits>`` right before the extension.
 _NAME_HASH = re.compile(r"-([0-9a-f]{6,})\.[A-Za-z0-9]+$")
@@ -85,59 +91,6 @@ _META_COPY_WARNING = r".*copying from a non-meta parameter.*"
 #: What a weights file is for: ``init`` (``model.init_checkpoint``: a backbone or a whole
 #: model, as training loads it) or ``full`` (a whole trained segmentor, as evaluation loads it).
 USES = ("init", "full")
-
-
-class WeightsError(RuntimeError):
-    """A weights file could not be fetched, verified or loaded; the message names the URL or
-    file and the reason."""
-
-
-class NotCachedError(WeightsError):
-    """A job asked for weights that are not in the cache (jobs never download)."""
-
-
-class UnloadableWeightsError(WeightsError):
-    """A weights or checkpoint file segctl will not or cannot load: it holds pickled Python
-    objects other than tensors (:func:`non_tensor_message`), or it is not a PyTorch file
-    (malformed, truncated, unreadable: :func:`malformed_message`). The message names the file
-    and never suggests loading it some other way."""
-
-
-@dataclass(frozen=True)
-class CachedWeights:
-    """One URL's entry in the cache.
-
-    Attributes:
-        url: the source URL, as the recipe spells it.
-        sha256: hex SHA-256 of the file's bytes.
-        size: bytes.
-        file_name: the last part of the URL's path.
-        fetched_at: when it was downloaded (UTC, ISO 8601).
-        path: the cached file (``<cache>/blobs/sha256/<sha256>``).
-        checks: keys of the model checks this file passed (:func:`check_key`).
-    """
-
-    url: str
-    sha256: str
-    size: int
-    file_name: str
-    fetched_at: str
-    path: Path
-    checks: tuple[str, ...] = ()
-
-    @property
-    def present(self) -> bool:
-        """Whether the cached file exists with the recorded size."""
-        try:
-            return self.path.stat().st_size == self.size
-        except OSError:
-            return False
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (what ``segctl weights list --json`` prints)."""
-        return {"url": self.url, "file_name": self.file_name, "size": self.size,
-                "sha256": self.sha256, "fetched_at": self.fetched_at, "path": str(self.path),
-                "present": self.present}
 
 
 @dataclass(frozen=True)
@@ -181,13 +134,6 @@ class FetchResult:
 # --- names and places --------------------------------------------------------------------------
 
 
-def default_weights_dir() -> Path:
-    """``$SEGCTL_HOME/weights`` (see :func:`segctl.paths.segctl_home`)."""
-    from segctl.paths import segctl_home
-
-    return segctl_home() / "weights"
-
-
 def weights_dir(profile: SiteProfile | None = None) -> Path:
     """The cache folder: the profile's ``cache.weights_dir`` (``~`` and ``$VARS`` expanded,
     made absolute), else :func:`default_weights_dir`."""
@@ -197,97 +143,11 @@ def weights_dir(profile: SiteProfile | None = None) -> Path:
     return default_weights_dir()
 
 
-def is_remote(location: str) -> bool:
-    """True for URLs that are fetched into the cache: anything with ``://`` but ``file://``."""
-    return "://" in location and not location.startswith("file://")
-
-
-def local_path(location: str) -> Path:
-    """The path of a local location (a path, or a ``file://`` URL)."""
-    if location.startswith("file://"):
-        return Path(unquote(urlsplit(location).path))
-    return Path(location).expanduser()
-
-
-def url_file_name(url: str) -> str:
-    """The last part of the URL's path, without the query (``weights`` when empty)."""
-    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "weights"
-
-
 def name_hash(file_name: str) -> str | None:
     """The leading SHA-256 hex digits a file name carries (``hrnetv2_w18-00eb2006.pth`` ->
     ``00eb2006``), or None when it carries none."""
     match = _NAME_HASH.search(file_name)
     return match.group(1) if match else None
-
-
-def url_key(url: str) -> str:
-    """The name of a URL's index entry and ``.part`` file: 32 hex digits of its SHA-256."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
-
-
-def blob_path(cache_dir: str | Path, sha256: str) -> Path:
-    """``<cache>/blobs/sha256/<sha256>``."""
-    return Path(cache_dir) / BLOBS / sha256
-
-
-def _index_path(cache_dir: str | Path, url: str) -> Path:
-    return Path(cache_dir) / INDEX / f"{url_key(url)}.json"
-
-
-# --- the index -----------------------------------------------------------------------------------
-
-
-def _entry_from(cache_dir: Path, data: Mapping[str, Any]) -> CachedWeights | None:
-    try:
-        sha = str(data["sha256"])
-        return CachedWeights(
-            url=str(data["url"]), sha256=sha, size=int(data["size"]),
-            file_name=str(data["file_name"]), fetched_at=str(data.get("fetched_at") or ""),
-            path=blob_path(cache_dir, sha), checks=tuple(data.get("checks") or ()),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _read_index_file(cache_dir: Path, path: Path) -> CachedWeights | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return _entry_from(cache_dir, data) if isinstance(data, dict) else None
-
-
-def read_entry(url: str, cache_dir: str | Path) -> CachedWeights | None:
-    """The index entry of ``url`` (whether or not its file is still there), or None."""
-    cache_dir = Path(cache_dir)
-    entry = _read_index_file(cache_dir, _index_path(cache_dir, url))
-    return entry if entry is not None and entry.url == url else None
-
-
-def lookup(url: str, cache_dir: str | Path) -> CachedWeights | None:
-    """The entry of ``url`` when its file is in the cache with the recorded size, else None.
-    Reads two small files; no network."""
-    entry = read_entry(url, cache_dir)
-    return entry if entry is not None and entry.present else None
-
-
-def list_cached(cache_dir: str | Path) -> list[CachedWeights]:
-    """Every index entry of the cache (also those whose file is gone: ``present`` says), by
-    file name."""
-    cache_dir = Path(cache_dir)
-    entries = (_read_index_file(cache_dir, path) for path in (cache_dir / INDEX).glob("*.json"))
-    return sorted((e for e in entries if e is not None), key=lambda e: (e.file_name, e.url))
-
-
-def _write_entry(cache_dir: Path, entry: CachedWeights) -> None:
-    from trainer.atomic import atomic_write_json  # standard library only, no torch
-
-    atomic_write_json(_index_path(cache_dir, entry.url), {
-        "url": entry.url, "sha256": entry.sha256, "size": entry.size,
-        "file_name": entry.file_name, "fetched_at": entry.fetched_at,
-        "blob": str(BLOBS / entry.sha256), "checks": list(entry.checks),
-    })
 
 
 @contextmanager
@@ -315,7 +175,7 @@ def record_check(url: str, cache_dir: str | Path, key: str) -> None:
     with _url_lock(cache_dir, url):
         entry = read_entry(url, cache_dir)
         if entry is not None and key not in entry.checks:
-            _write_entry(cache_dir, replace(entry, checks=(*entry.checks, key)))
+            write_entry(cache_dir, replace(entry, checks=(*entry.checks, key)))
 
 
 # --- fetching ------------------------------------------------------------------------------------
@@ -382,7 +242,7 @@ def fetch(url: str, cache_dir: str | Path, *, storage_options: Mapping[str, Any]
             url=url, sha256=digest, size=source.size, file_name=source.rel,
             fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), path=blob,
         )
-        _write_entry(cache_dir, entry)
+        write_entry(cache_dir, entry)
     log.info("cached %s (%d bytes, sha256 %s) at %s", url, entry.size, digest, blob)
     return FetchResult(entry, downloaded=True, resumed_at=resumed_at,
                        seconds=time.perf_counter() - started)
@@ -390,7 +250,7 @@ def fetch(url: str, cache_dir: str | Path, *, storage_options: Mapping[str, Any]
 
 def _open_file(url: str, storage_options: Mapping[str, Any] | None):
     """``(filesystem, SourceFile)`` of the file at ``url``, from one ``info`` request."""
-    from segctl.staging import file_from_info, open_source
+    from segctl.io.source import file_from_info, open_source
 
     try:
         fs, path = open_source(url, storage_options)
@@ -417,7 +277,10 @@ def _download(fs, source, target: Path, url: str, progress: bool,
         WeightsError: the download broke off (the ``.part`` file is kept), or a checksum
             mismatch (the ``.part`` file is removed).
     """
-    from segctl.staging import ContentDigest, ProgressBar, StagingError, download_part
+    from segctl.io.checksum import ContentDigest
+    from segctl.io.copy import download_part
+    from segctl.io.progress import ProgressBar
+    from segctl.io.source import StagingError
 
     sha, content = hashlib.sha256(), ContentDigest(source)
     there = sum(p.stat().st_size for p in target.parent.glob(f"{target.name}.{source.tag8()}.part"))
@@ -447,34 +310,6 @@ def _download(fs, source, target: Path, url: str, progress: bool,
     return part, digest, there
 
 
-def cached_path(url: str, cache_dir: str | Path) -> Path:
-    """The local file to read for ``url``: its cached copy, or a local path itself. Never
-    downloads (the job's side of the cache).
-
-    Raises:
-        NotCachedError: ``url`` is not in the cache, or its cached file is gone or has another
-            size; the message names the URL and the file, and says to run
-            ``segctl weights fetch`` on a node with internet.
-        FileNotFoundError: a local path that does not exist.
-    """
-    if not is_remote(url):
-        path = local_path(url)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        return path
-    entry = read_entry(url, cache_dir)
-    fix = (f"run `segctl weights fetch {url}` (or `segctl weights fetch RECIPE`) on a node with "
-           f"internet, with the same cache folder {cache_dir} (jobs never download)")
-    if entry is None:
-        raise NotCachedError(f"{url_file_name(url)} ({url}) is not in the weights cache: {fix}")
-    if not entry.present:
-        raise NotCachedError(
-            f"the cached file of {entry.file_name} ({url}), {entry.path}, is missing or does not "
-            f"have its {entry.size} bytes: {fix}"
-        )
-    return entry.path
-
-
 def remote_size(url: str, storage_options: Mapping[str, Any] | None = None,
                 timeout_s: float = SIZE_PROBE_TIMEOUT_S) -> int | None:
     """The size in bytes the source states for ``url`` (an HTTP ``HEAD``, an S3 ``HeadObject``),
@@ -484,7 +319,7 @@ def remote_size(url: str, storage_options: Mapping[str, Any] | None = None,
 
     def probe() -> None:
         try:
-            from segctl.staging import open_source
+            from segctl.io.source import open_source
 
             fs, path = open_source(url, storage_options)
             size = fs.info(path).get("size")
@@ -513,74 +348,9 @@ _TENSOR_GLOBALS = frozenset({
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _LEGACY_PICKLES = 4
 _DATA_PKL = re.compile(r"^[^/]+/data\.pkl$")
-_SHOWN_GLOBALS = 3
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
                          "SHORT_BINSTRING", "BINSTRING", "STRING"})
 _STACK_NEUTRAL_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO"})
-
-
-def non_tensor_message(name: str, found: Sequence[str] = ()) -> str:
-    """segctl's words for a file whose pickle holds more than tensors: which file, what it
-    refers to, and that segctl will not load it (the message of
-    :class:`UnloadableWeightsError`).
-
-    Args:
-        name: the file as the user knows it (a path, a URL, ``field (path)``).
-        found: the Python objects it names beyond tensors (e.g. ``posix.system``), if known.
-    """
-    what = ""
-    if found:
-        more = " ..." if len(found) > _SHOWN_GLOBALS else ""
-        what = f" ({', '.join(found[:_SHOWN_GLOBALS])}{more})"
-    return (f"{name} holds pickled Python objects other than tensors{what}; loading such a file "
-            "can run code it carries, so segctl will not load it. Use weights saved as a plain "
-            "state dict of tensors")
-
-
-def malformed_message(name: str, problem: str) -> str:
-    """segctl's words for a file that is not a PyTorch weights file it can read; ``problem``
-    says why (not a zip archive, cut short, unreadable, ...)."""
-    return (f"{name} is not a PyTorch weights file segctl can read: {problem}. Check that it is "
-            "the file you meant and that it was copied completely")
-
-
-def load_failure(name: str, exc: BaseException) -> BaseException:
-    """The exception to raise in place of ``exc``, which ``torch.load(..., weights_only=True)``
-    raised for the file ``name``.
-
-    Returns:
-        An :class:`UnloadableWeightsError` in segctl's words: :func:`non_tensor_message` where
-        the weights-only loader met a Python object other than a tensor (naming it), else
-        :func:`malformed_message` (cut short, not a PyTorch file, unreadable). Never PyTorch's
-        own text, which suggests loading with ``weights_only=False``. A ``FileNotFoundError``
-        is returned unchanged.
-    """
-    if isinstance(exc, FileNotFoundError):
-        return exc
-    text = str(exc)
-    if "Weights only load failed" in text or "WeightsUnpickler" in text:
-        found = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text)))
-        if found or "Unsupported class" in text:
-            return UnloadableWeightsError(non_tensor_message(name, found))
-        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-        problem = detail.group(1).strip().rstrip(".") if detail else "an unknown pickle"
-        return UnloadableWeightsError(malformed_message(
-            name, f"its contents are not a pickle of tensors ({problem})"))
-    if isinstance(exc, OSError):
-        return UnloadableWeightsError(malformed_message(
-            name, f"it cannot be read ({exc.strerror or exc})"))
-    if isinstance(exc, EOFError):
-        return UnloadableWeightsError(malformed_message(name, "it is empty or cut short"))
-    if "central directory" in text or "zip archive" in text:
-        return UnloadableWeightsError(malformed_message(
-            name, "its zip archive is incomplete or damaged (cut short?)"))
-    if "magic number" in text or isinstance(exc, (KeyError, ValueError, pickle.UnpicklingError)):
-        return UnloadableWeightsError(malformed_message(
-            name, "it is neither a zip archive (PyTorch's format) nor in PyTorch's legacy "
-            "format (a web page, or another kind of file?)"))
-    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text).split("\n", 1)[0][:200]
-    return UnloadableWeightsError(malformed_message(
-        name, f"its contents are not a PyTorch file ({type(exc).__name__}: {detail})"))
 
 
 def _named_globals(stream) -> list[str]:
@@ -735,7 +505,9 @@ def evaluation_weights(checkpoint: str | None, run_dir: str | Path,
     if "://" in checkpoint:
         return (WeightsFile(checkpoint, "full", "--checkpoint"),)
     path = Path(checkpoint).expanduser()
-    inside = Path(run_dir) / "checkpoints" / checkpoint
+    from segctl.recipe.rundir import RunDir
+
+    inside = RunDir(run_dir).checkpoints / checkpoint
     if not path.exists() and inside.exists():
         path = inside
     elif not path.exists() and fetched_by_job:
@@ -778,7 +550,7 @@ def check_loads(path: str | Path, recipe: Recipe, use: str, name: str | None = N
 
     import torch
 
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
     from trainer.models.converters.pretrained import load_pretrained
 
     name = name or str(path)
@@ -841,27 +613,9 @@ def fetch_and_check(files: Sequence[WeightsFile], recipe: Recipe, cache_dir: str
     return lines
 
 
-def with_cached_weights(recipe: Recipe, cache_dir: str | Path) -> Recipe:
-    """The job's side: the recipe with ``model.init_checkpoint`` mapped to the file to read
-    (:func:`cached_path`), for this process only (``recipe.json`` and MLflow keep the URL).
-
-    Raises:
-        NotCachedError: the URL is not in the cache (at once, before any data is staged).
-        FileNotFoundError: a local ``init_checkpoint`` does not exist.
-    """
-    url = recipe.model.init_checkpoint
-    if not url:
-        return recipe
-    path = cached_path(url, cache_dir)
-    if is_remote(url):
-        log.info("model.init_checkpoint %s: cached file %s", url, path)
-    return recipe.model_copy(update={"model": recipe.model.model_copy(
-        update={"init_checkpoint": str(path)})})
-
-
 def human_size(nbytes: int | None) -> str:
-    """``38.9 MB`` (decimal units, :func:`segctl.staging.human_bytes`), or ``unknown`` for
+    """``38.9 MB`` (decimal units, :func:`segctl.io.progress.human_bytes`), or ``unknown`` for
     None."""
-    from segctl.staging import human_bytes
+    from segctl.io.progress import human_bytes
 
     return "unknown" if nbytes is None else human_bytes(nbytes)

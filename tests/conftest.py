@@ -43,19 +43,17 @@ def segctl_env(tmp_path, monkeypatch, request) -> Path:
 
 @pytest.fixture(scope="session")
 def cityscapes_frame_root(real_data, tmp_path_factory) -> Path:
-    """A Cityscapes-layout root whose train and val splits both hold the one real frame."""
-    import shutil
+    """A Cityscapes-layout root whose train and val splits both hold the one real frame
+    (copied once for the session; tests read it and never write into it)."""
+    from tests.trainer_runs import one_frame_cityscapes
 
-    root = tmp_path_factory.mktemp("cityscapes_frame")
-    source = real_data / "cityscapes"
-    for split in ("train", "val"):
-        for kind in ("leftImg8bit", "gtFine"):
-            src_dir = source / kind / "val" / "frankfurt"
-            dst_dir = root / kind / split / "frankfurt"
-            dst_dir.mkdir(parents=True)
-            for f in src_dir.iterdir():
-                shutil.copy(f, dst_dir / f.name)
-    return root
+    return one_frame_cityscapes(real_data / "cityscapes", tmp_path_factory.mktemp("cityscapes"))
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """An embedded MLflow store (SQLite) of the test module's own."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 # --- the development Slurm cluster (slurm/dev-cluster.sh), shared by every Slurm test module ---

@@ -23,6 +23,7 @@ def bench():
         sys.modules.pop(spec.name, None)
 
 
+@pytest.mark.slow
 def test_segformer_step_is_timed_with_its_peak_memory(bench):
     seconds, peak_gib, precision = bench.time_steps(
         bench.CASES["segformer_b0"], crop=32, batch=2, warmup=1, iters=2

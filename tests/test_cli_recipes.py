@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
@@ -37,6 +38,7 @@ def test_every_shipped_recipe_starts_with_the_command_that_runs_it():
         assert first.startswith("# ") and "segctl submit" in first, f"{path}: {first!r}"
 
 
+@pytest.mark.slow
 def test_list_json_and_table(segctl_env):
     result = runner.invoke(app, ["recipes", "list", str(REPO / "recipes"), "--json"])
     assert result.exit_code == 0, result.output

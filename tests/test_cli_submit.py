@@ -9,34 +9,17 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.registry import Registry
+from tests.trainer_runs import frame_job_yaml
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
-RECIPE = """\
-# segctl submit {path} --wait
-name: frame
-data:
-  dataset: cityscapes
-  root: {root}
-  crop_size: [128, 256]
-  train_scale: [256, 128]
-  num_workers: 0
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 4
-  warmup_iters: 0
-  val_interval: 4
-  checkpoint_interval: 2
-  log_interval: 1
-train:
-  batch_size: 1
-eval:
-  test_scale: [256, 128]
-"""
+#: A four-iteration job on a one-frame root: fill in ``path`` and ``root``.
+RECIPE = frame_job_yaml("frame", "{root}", command="segctl submit {path} --wait",
+                        crop_size="[128, 256]", max_iters=4, val_interval=4,
+                        checkpoint_interval=2)
 
 
 def write_recipe(tmp_path: Path, root: Path | str) -> Path:

@@ -158,6 +158,7 @@ def test_own_iteration_checkpoint_prefers_the_ema_weights():
 # --- InternImage ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_internimage_classification_and_segmentation_files():
     torch.manual_seed(2)
     source = _randomised(build_segmentor("upernet_internimage_t", num_classes=19))
@@ -187,7 +188,7 @@ def test_internimage_classification_and_segmentation_files():
 
 
 def test_init_checkpoint_loads_an_official_segformer_backbone(tmp_path):
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
 
     torch.manual_seed(3)
     source = _randomised(build_segmentor("segformer_mit_b0", num_classes=19))

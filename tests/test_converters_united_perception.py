@@ -447,7 +447,7 @@ def test_published_file_loads_through_a_path_and_as_init_checkpoint(tmp_path):
     ``load_pretrained`` from its path (segctl eval --published reads the cached file so) and by
     ``build_model`` through ``model.init_checkpoint``."""
     from tests.trainer_runs import small_recipe
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
 
     torch.manual_seed(4)
     spec = HRNET_SPECS["w18_small_v1"]

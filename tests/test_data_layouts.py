@@ -185,7 +185,7 @@ def test_cityscapes_joins_splits_in_order(tiny_cityscapes: Path):
 def test_recipe_trains_on_train_plus_val(tiny_cityscapes: Path, tmp_path: Path):
     from segctl.recipe.schema import DataConfig
     from tests.trainer_runs import small_recipe
-    from trainer.engine import build_train_dataset
+    from trainer.data.build import build_train_dataset
 
     recipe = small_recipe(tiny_cityscapes, f"sqlite:///{tmp_path / 'mlflow.db'}",
                           data={"train_split": "train+val", "crop_size": [32, 64],

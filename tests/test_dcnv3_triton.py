@@ -35,9 +35,9 @@ from trainer.models.dcnv3 import (
     dcnv3_core,
     dcnv3_core_auto,
     dcnv3_core_grid_sample,
-    dcnv3_output_size,
     select_dcnv3_core,
 )
+from trainer.models.dcnv3_spec import dcnv3_output_size
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

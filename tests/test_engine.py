@@ -12,34 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+from segctl.recipe.rundir import RunDir
+from tests.trainer_runs import make_run_dir, small_recipe
 from trainer import checkpoint as ckpt
-from trainer.engine import DataOrder
+from trainer.data.order import DataOrder
 from trainer.entry import run_evaluation, run_training
 from trainer.models import build_segmentor
 from trainer.models.weights import load_segmentor_weights
-from trainer.progress import Progress, read_progress
-
-
-@pytest.fixture(scope="module")
-def city_root(real_data, tmp_path_factory) -> Path:
-    return one_frame_cityscapes(real_data / "cityscapes", tmp_path_factory.mktemp("cityscapes"))
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+from trainer.progress import Progress
 
 
 # --- (a) overfit ----------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_overfit_one_frame(city_root, tracking_uri, tmp_path):
+def test_overfit_one_frame(cityscapes_frame_root, tracking_uri, tmp_path):
     """MiT-B0 from scratch memorises the frame: aAcc >= 0.85 with whole inference."""
     iterations = 100  # reaches ~96% aAcc; 60 already gives ~95%
     recipe = small_recipe(
-        city_root, tracking_uri,
+        cityscapes_frame_root, tracking_uri,
         name="overfit",
         schedule={"max_iters": iterations, "val_interval": 1000, "checkpoint_interval": 50,
                   "log_interval": 25},
@@ -78,17 +69,18 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt.final_path(run_dir), map_location="cpu", weights_only=True)
 
 
-def _resume_recipe(city_root, tracking_uri, **sections):
+def _resume_recipe(cityscapes_frame_root, tracking_uri, **sections):
     base = {
         "data": {"crop_size": [64, 128], "ratio_range": [0.5, 1.0]},
         "schedule": {"max_iters": 12, "warmup_iters": 3},
     }
     base.update(sections)
-    return small_recipe(city_root, tracking_uri, **base)
+    return small_recipe(cityscapes_frame_root, tracking_uri, **base)
 
 
-def test_resume_continues_exactly(city_root, tracking_uri, tmp_path):
-    recipe = _resume_recipe(city_root, tracking_uri)
+@pytest.mark.slow
+def test_resume_continues_exactly(cityscapes_frame_root, tracking_uri, tmp_path):
+    recipe = _resume_recipe(cityscapes_frame_root, tracking_uri)
     straight = make_run_dir(tmp_path / "straight", recipe)
     run_training(straight)
 
@@ -96,7 +88,7 @@ def test_resume_continues_exactly(city_root, tracking_uri, tmp_path):
     first = run_training(resumed, stop_after=6)
     assert first["iteration"] == 6 and not first["finished"]
     assert not ckpt.final_path(resumed).exists()
-    assert read_progress(resumed)["iteration"] == 6
+    assert RunDir(resumed).read_progress()["iteration"] == 6
     second = run_training(resumed)
     assert second["iteration"] == 12 and second["finished"]
 
@@ -107,11 +99,12 @@ def test_resume_continues_exactly(city_root, tracking_uri, tmp_path):
     assert first["loss"] is not None
 
 
-def test_worker_count_does_not_change_results(city_root, tracking_uri, tmp_path):
-    zero = make_run_dir(tmp_path / "w0", _resume_recipe(city_root, tracking_uri,
+@pytest.mark.slow
+def test_worker_count_does_not_change_results(cityscapes_frame_root, tracking_uri, tmp_path):
+    zero = make_run_dir(tmp_path / "w0", _resume_recipe(cityscapes_frame_root, tracking_uri,
                                                         schedule={"max_iters": 4}))
     two = make_run_dir(tmp_path / "w2", _resume_recipe(
-        city_root, tracking_uri, schedule={"max_iters": 4},
+        cityscapes_frame_root, tracking_uri, schedule={"max_iters": 4},
         data={"crop_size": [64, 128], "ratio_range": [0.5, 1.0], "num_workers": 2},
     ))
     run_training(zero)
@@ -136,8 +129,10 @@ def test_data_order_is_a_function_of_seed_and_iteration():
 # --- (c) progress.json ----------------------------------------------------------------------------
 
 
-def test_progress_json_after_training(city_root, tracking_uri, tmp_path):
-    recipe = _resume_recipe(city_root, tracking_uri, schedule={"max_iters": 8, "log_interval": 2})
+@pytest.mark.slow
+def test_progress_json_after_training(cityscapes_frame_root, tracking_uri, tmp_path):
+    recipe = _resume_recipe(cityscapes_frame_root, tracking_uri,
+                            schedule={"max_iters": 8, "log_interval": 2})
     run_dir = make_run_dir(tmp_path / "run", recipe)
     run_training(run_dir)
     state = json.loads((run_dir / "progress.json").read_text())
@@ -158,7 +153,7 @@ def test_progress_timing_and_phases(tmp_path):
     progress.update(phase="training", iteration=0)
     now[0] += 20.0
     progress.update(iteration=10, loss=1.5, lr=0.01)
-    state = read_progress(tmp_path)
+    state = RunDir(tmp_path).read_progress()
     assert state["seconds_per_iter"] == pytest.approx(2.0)
     assert state["eta_seconds"] == pytest.approx(180.0)
     progress.update(phase="evaluating")
@@ -167,7 +162,7 @@ def test_progress_timing_and_phases(tmp_path):
     progress.update(iteration=10)
     now[0] += 10.0
     progress.update(iteration=20)
-    state = read_progress(tmp_path)
+    state = RunDir(tmp_path).read_progress()
     assert state["seconds_per_iter"] == pytest.approx(1.5)  # 2.0 + 0.5 * (1.0 - 2.0)
     assert state["miou"] is None  # non-finite values are stored as null
     with pytest.raises(ValueError):
@@ -178,7 +173,8 @@ def test_progress_timing_and_phases(tmp_path):
     progress.mark(20)  # e.g. loader start-up: not counted
     now[0] += 3.0
     progress.update(iteration=22)
-    assert read_progress(tmp_path)["seconds_per_iter"] == pytest.approx(1.5)  # 1.5 + 0.5 * 0
+    # 1.5 + 0.5 * 0
+    assert RunDir(tmp_path).read_progress()["seconds_per_iter"] == pytest.approx(1.5)
     assert Progress(tmp_path / "other", 5, enabled=False).update(iteration=1) is None
     assert not (tmp_path / "other" / "progress.json").exists()
 
@@ -211,8 +207,9 @@ def test_progress_rewrite_is_atomic(tmp_path):
 # --- (d) checkpoint files -------------------------------------------------------------------------
 
 
-def test_checkpoints_complete_and_pruned(city_root, tracking_uri, tmp_path):
-    recipe = _resume_recipe(city_root, tracking_uri, schedule={"max_iters": 12,
+@pytest.mark.slow
+def test_checkpoints_complete_and_pruned(cityscapes_frame_root, tracking_uri, tmp_path):
+    recipe = _resume_recipe(cityscapes_frame_root, tracking_uri, schedule={"max_iters": 12,
                                                               "checkpoint_interval": 2})
     run_dir = make_run_dir(tmp_path / "run", recipe)
     run_training(run_dir)
@@ -272,6 +269,7 @@ def test_load_model_weights_from_fsspec_url(tmp_path):
     assert torch.equal(ckpt.load_model_weights(tmp_path / "local.pt")["w"], torch.ones(1))
 
 
+@pytest.mark.slow
 def test_train_step_weighs_auxiliary_heads_as_the_model_declares(tmp_path):
     from trainer.distributed import build_accelerator
     from trainer.engine import train_step

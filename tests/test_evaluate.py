@@ -12,12 +12,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from segctl.recipe import MS_FLIP_RATIOS
+from trainer.data.geometry import rescale_size
 from trainer.evaluate import (
-    MS_FLIP_RATIOS,
     InferenceSettings,
     evaluate_dataset,
     predict_probs,
-    rescale_size,
     slide_inference,
     whole_inference,
 )
@@ -158,30 +158,40 @@ def test_ms_flip_equals_hand_computed_mean_of_twelve_views():
     assert n_views == 12
 
     got = predict_probs(
-        model, image, test_scale=test_scale, scales=MS_FLIP_RATIOS, flip=True,
-        mode="whole", num_classes=NUM_CLASSES,
+        model, image,
+        InferenceSettings(test_scale=test_scale, scales=MS_FLIP_RATIOS, flip=True, mode="whole"),
+        num_classes=NUM_CLASSES,
     )
     assert got.shape == (1, NUM_CLASSES, h, w) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.sum(dim=1), torch.ones(1, h, w))
     # the views really differ, so the test would catch a missing scale or flip
-    single = predict_probs(model, image, test_scale=test_scale, num_classes=NUM_CLASSES)
+    single = predict_probs(
+        model, image, InferenceSettings(test_scale=test_scale), num_classes=NUM_CLASSES,
+    )
     assert not torch.allclose(single, got, atol=1e-3)
 
 
 def test_single_scale_without_test_scale_is_softmax_of_whole():
     model = ScaleDependentConvModel().eval()
     image = _image(19, 26)
-    probs = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES)
+    probs = predict_probs(
+        model, image, InferenceSettings(test_scale=None), num_classes=NUM_CLASSES,
+    )
     torch.testing.assert_close(probs, whole_inference(model, image).softmax(dim=1))
 
 
 def test_slide_mode_ms_flip_runs_and_matches_whole_for_pointwise_model():
     model = pointwise_model()
     image = _image(24, 33)
-    kwargs = dict(test_scale=None, scales=(0.75, 1.0, 1.5), flip=True, num_classes=NUM_CLASSES)
-    slide = predict_probs(model, image, mode="slide", crop_size=(16, 16), stride=(8, 8), **kwargs)
-    whole = predict_probs(model, image, mode="whole", **kwargs)
+    kwargs = dict(test_scale=None, scales=(0.75, 1.0, 1.5), flip=True)
+    slide = predict_probs(
+        model, image, InferenceSettings(mode="slide", crop_size=(16, 16), stride=(8, 8), **kwargs),
+        num_classes=NUM_CLASSES,
+    )
+    whole = predict_probs(
+        model, image, InferenceSettings(mode="whole", **kwargs), num_classes=NUM_CLASSES,
+    )
     torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-6)
 
 
@@ -189,7 +199,8 @@ def test_autocast_bf16_returns_float32_probabilities():
     model = ScaleDependentConvModel().eval()
     image = _image(16, 16)
     probs = predict_probs(
-        model, image, test_scale=None, num_classes=NUM_CLASSES, autocast_dtype=torch.bfloat16
+        model, image, InferenceSettings(test_scale=None), num_classes=NUM_CLASSES,
+        autocast_dtype=torch.bfloat16,
     )
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 16, 16))
@@ -201,8 +212,10 @@ def test_invalid_settings_report_every_problem():
     message = str(err.value)
     assert "crop_size" in message and "stride" in message and "scales" in message
     with pytest.raises(ValueError, match="mode"):
-        predict_probs(pointwise_model(), _image(8, 8), test_scale=None, mode="tile",
-                      num_classes=NUM_CLASSES)
+        predict_probs(
+            pointwise_model(), _image(8, 8), InferenceSettings(test_scale=None, mode="tile"),
+            num_classes=NUM_CLASSES,
+        )
 
 
 # ---------------------------------------------------------------- dataset evaluation
@@ -239,7 +252,8 @@ def test_evaluate_dataset_matches_manual_loop():
     manual = ConfusionMatrix(NUM_CLASSES)
     for sample in _dataset():
         probs = predict_probs(
-            model, sample["image"][None], test_scale=None, scales=(0.75, 1.0), flip=True,
+            model, sample["image"][None],
+            InferenceSettings(test_scale=None, scales=(0.75, 1.0), flip=True),
             num_classes=NUM_CLASSES,
         )
         manual.update(probs.argmax(1)[0], sample["label"])
@@ -264,6 +278,7 @@ def _distributed_worker(rank: int, world_size: int, port: int, out_dir: str) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_reduce_to_single_process_matrix(tmp_path):
     _, single = _evaluate()
     world_size = 2
@@ -293,15 +308,21 @@ class HandedModel(torch.nn.Module):
 
 def test_flipped_views_exchange_handed_classes():
     image = _image(16, 24, seed=3)
-    plain = predict_probs(HandedModel(), image, test_scale=None, num_classes=3)
-    swapped = predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3,
-                            flip_swap_pairs=[(0, 1)])
+    plain = predict_probs(HandedModel(), image, InferenceSettings(test_scale=None), num_classes=3)
+    swapped = predict_probs(
+        HandedModel(), image,
+        InferenceSettings(test_scale=None, flip=True, flip_swap_pairs=[(0, 1)]), num_classes=3,
+    )
     torch.testing.assert_close(swapped, plain)  # both views agree once the pair is exchanged
-    unswapped = predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3)
+    unswapped = predict_probs(
+        HandedModel(), image, InferenceSettings(test_scale=None, flip=True), num_classes=3,
+    )
     assert (unswapped - plain).abs().max() > 0.1  # without it, the flipped view contradicts
     with pytest.raises(ValueError, match="names class 3 of 3"):
-        predict_probs(HandedModel(), image, test_scale=None, flip=True, num_classes=3,
-                      flip_swap_pairs=[(0, 3)])
+        predict_probs(
+            HandedModel(), image,
+            InferenceSettings(test_scale=None, flip=True, flip_swap_pairs=[(0, 3)]), num_classes=3,
+        )
     with pytest.raises(ValueError, match="each at most once"):
         InferenceSettings(flip=True, flip_swap_pairs=((0, 1), (1, 2)))
 
@@ -310,18 +331,17 @@ def test_recipe_flip_swap_pairs_reach_the_inference_settings():
     from pathlib import Path
 
     from segctl.recipe import load_recipe
-    from trainer.engine import inference_settings
 
     recipe = next((Path(__file__).resolve().parents[1] / "recipes" / "lip").glob("*.yaml"))
     loaded = load_recipe(recipe).recipe
     assert loaded.data.flip_swap_pairs, recipe
-    settings = inference_settings(loaded, ms_flip=True)
+    settings = InferenceSettings.from_recipe(loaded, ms_flip=True)
     assert settings.flip_swap_pairs == tuple(tuple(p) for p in loaded.data.flip_swap_pairs)
-    assert inference_settings(loaded, ms_flip=False).flip is False
+    assert InferenceSettings.from_recipe(loaded, ms_flip=False).flip is False
 
 
 def test_stretch_size_ignores_the_aspect_ratio():
-    from trainer.evaluate import stretch_size
+    from trainer.data.geometry import stretch_size
 
     assert stretch_size(300, 200, (473, 473)) == (473, 473)
     assert stretch_size(200, 300, (600, 400), 0.5) == (200, 300)  # longer edge stays the width
@@ -337,11 +357,13 @@ def test_keep_ratio_false_runs_the_model_at_test_scale_exactly():
         seen.append(tuple(x.shape[2:]))
         return torch.zeros(x.shape[0], 3, *x.shape[2:])
 
-    probs = predict_probs(model, _image(30, 20), test_scale=(47, 47), scales=(1.0, 0.5),
-                          num_classes=3, keep_ratio=False)
+    probs = predict_probs(
+        model, _image(30, 20),
+        InferenceSettings(test_scale=(47, 47), scales=(1.0, 0.5), keep_ratio=False), num_classes=3,
+    )
     assert seen == [(47, 47), (23, 23)] and probs.shape == (1, 3, 30, 20)
     seen.clear()
-    predict_probs(model, _image(30, 20), test_scale=(47, 47), num_classes=3)
+    predict_probs(model, _image(30, 20), InferenceSettings(test_scale=(47, 47)), num_classes=3)
     assert seen == [(47, 31)]  # keep-ratio: the long edge bounded by 47
     with pytest.raises(ValueError, match="keep_ratio False needs test_scale"):
         InferenceSettings(keep_ratio=False)
@@ -351,10 +373,9 @@ def test_lip_recipes_test_at_473_without_keeping_the_ratio():
     from pathlib import Path
 
     from segctl.recipe import load_recipe
-    from trainer.engine import inference_settings
 
     for path in (Path(__file__).resolve().parents[1] / "recipes" / "lip").glob("*.yaml"):
-        settings = inference_settings(load_recipe(path).recipe, ms_flip=False)
+        settings = InferenceSettings.from_recipe(load_recipe(path).recipe, ms_flip=False)
         assert settings.keep_ratio is False and settings.test_scale == (473, 473), path
 
 
@@ -362,8 +383,11 @@ def test_views_can_average_logits_instead_of_probabilities():
     """sssegmentation's Tester averages the views' resized logits (no softmax)."""
     model = ScaleDependentConvModel()
     image = _image(12, 16, seed=5)
-    got = predict_probs(model, image, test_scale=None, scales=(0.5, 1.0), flip=True,
-                        num_classes=NUM_CLASSES, average="logits")
+    got = predict_probs(
+        model, image,
+        InferenceSettings(test_scale=None, scales=(0.5, 1.0), flip=True, average="logits"),
+        num_classes=NUM_CLASSES,
+    )
     views = []
     with torch.no_grad():
         for ratio in (0.5, 1.0):
@@ -375,8 +399,10 @@ def test_views_can_average_logits_instead_of_probabilities():
                 views.append(F.interpolate(logits, size=(12, 16), mode="bilinear",
                                            align_corners=False))
     torch.testing.assert_close(got, sum(views) / 4)
-    probs = predict_probs(model, image, test_scale=None, scales=(0.5, 1.0), flip=True,
-                          num_classes=NUM_CLASSES)
+    probs = predict_probs(
+        model, image, InferenceSettings(test_scale=None, scales=(0.5, 1.0), flip=True),
+        num_classes=NUM_CLASSES,
+    )
     torch.testing.assert_close(probs, sum(v.softmax(1) for v in views) / 4)
     with pytest.raises(ValueError, match="average must be"):
         InferenceSettings(average="median")
@@ -389,13 +415,12 @@ def test_recipe_view_average_reaches_the_inference_settings():
     from pathlib import Path
 
     from segctl.recipe import load_recipe
-    from trainer.engine import inference_settings
 
     for path in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"):
         recipe = load_recipe(path).recipe
-        assert inference_settings(recipe, False).average == recipe.eval.average, path
+        assert InferenceSettings.from_recipe(recipe, False).average == recipe.eval.average, path
         ms_flip_average = recipe.eval.ms_flip_average or recipe.eval.average
-        assert inference_settings(recipe, True).average == ms_flip_average, path
+        assert InferenceSettings.from_recipe(recipe, True).average == ms_flip_average, path
         ssseg = recipe.reference is not None and "sssegmentation" in recipe.reference.source
         if not ssseg:
             assert recipe.eval.average == "probs", path
@@ -406,7 +431,7 @@ def test_recipe_view_average_reaches_the_inference_settings():
 
 def test_size_to_multiple_rounds_each_edge_up():
     """mmseg ResizeToMultiple / mmcv imresize_to_multiple: ceil(edge / d) * d, worked by hand."""
-    from trainer.evaluate import size_to_multiple
+    from trainer.data.geometry import size_to_multiple
 
     assert size_to_multiple(512, 683, 32) == (512, 704)  # 683 / 32 = 21.3 -> 22 * 32
     assert size_to_multiple(384, 512, 32) == (384, 512)  # already multiples: unchanged
@@ -432,8 +457,11 @@ def test_size_divisor_runs_each_view_at_a_multiple_and_scores_at_the_original_si
     # test_scale (140, 40): ratio 1.0 -> factor min(140/70, 40/50) = 0.8 -> (40, 56) -> (64, 64);
     # ratio 0.5 -> bounds (70, 20), factor 0.4 -> (20, 28) -> (32, 32) (the flip adds views of
     # the same sizes)
-    probs = predict_probs(model, image, test_scale=(140, 40), scales=(1.0, 0.5), flip=True,
-                          num_classes=NUM_CLASSES, size_divisor=32)
+    probs = predict_probs(
+        model, image,
+        InferenceSettings(test_scale=(140, 40), scales=(1.0, 0.5), flip=True, size_divisor=32),
+        num_classes=NUM_CLASSES,
+    )
     assert seen == [(64, 64), (64, 64), (32, 32), (32, 32)]
     assert probs.shape == (1, NUM_CLASSES, h, w)
 
@@ -452,32 +480,38 @@ def test_size_divisor_runs_each_view_at_a_multiple_and_scores_at_the_original_si
 
     # an image whose resized size is already a multiple is not resized again
     seen.clear()
-    plain = predict_probs(model, _image(64, 96), test_scale=None, num_classes=NUM_CLASSES)
-    rounded = predict_probs(model, _image(64, 96), test_scale=None, num_classes=NUM_CLASSES,
-                            size_divisor=32)
+    plain = predict_probs(
+        model, _image(64, 96), InferenceSettings(test_scale=None), num_classes=NUM_CLASSES,
+    )
+    rounded = predict_probs(
+        model, _image(64, 96), InferenceSettings(test_scale=None, size_divisor=32),
+        num_classes=NUM_CLASSES,
+    )
     assert seen == [(64, 96), (64, 96)]
     torch.testing.assert_close(rounded, plain, rtol=0, atol=0)
     # without a test scale the original size itself is rounded: (45, 70) -> (64, 96)
     seen.clear()
-    predict_probs(model, _image(45, 70), test_scale=None, num_classes=NUM_CLASSES, size_divisor=32)
+    predict_probs(
+        model, _image(45, 70), InferenceSettings(test_scale=None, size_divisor=32),
+        num_classes=NUM_CLASSES,
+    )
     assert seen == [(64, 96)]
 
 
 def test_recipe_size_divisor_reaches_the_inference_settings():
     """eval.size_divisor travels with the other eval settings (training validation, `segctl
-    eval`, the Cityscapes submission all build them with inference_settings)."""
+    eval`, the Cityscapes submission all build them with InferenceSettings.from_recipe)."""
     from pathlib import Path
 
     from segctl.recipe import load_recipe
-    from trainer.engine import inference_settings
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     for path in sorted(recipes.glob("ade20k/upernet_internimage_*.yaml")):
         recipe = load_recipe(path).recipe
-        assert inference_settings(recipe, ms_flip=False).size_divisor == 32, path
-        assert inference_settings(recipe, ms_flip=True).size_divisor == 32, path
+        assert InferenceSettings.from_recipe(recipe, ms_flip=False).size_divisor == 32, path
+        assert InferenceSettings.from_recipe(recipe, ms_flip=True).size_divisor == 32, path
     quick = load_recipe(recipes / "quickstart.yaml").recipe
-    assert inference_settings(quick, ms_flip=False).size_divisor is None
+    assert InferenceSettings.from_recipe(quick, ms_flip=False).size_divisor is None
 
 
 # ---------------------------------------------------------------- sssegmentation's order
@@ -597,7 +631,7 @@ class SsSegReference:
 def _ssseg_test_image(image, test_scale, keep_ratio=True):
     """The dataset's test Resize (ssseg Resize, scale_range None) of the normalised image: the
     stand-in for its cv2.resize of the uint8 image, as predict_probs does."""
-    from trainer.evaluate import stretch_size
+    from trainer.data.geometry import stretch_size
 
     h, w = image.shape[2:]
     size = (rescale_size if keep_ratio else stretch_size)(h, w, test_scale, 1.0)
@@ -624,9 +658,13 @@ def test_probs_before_resize_equals_sssegmentation(mode, crop, stride, align_cor
         align_corners=align_corners,
     ).test(_ssseg_test_image(image, SSSEG_TEST_SCALE), *SSSEG_IMAGE)
     got = predict_probs(
-        model, image, test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
-        crop_size=crop, stride=stride, num_classes=NUM_CLASSES, flip_swap_pairs=[(1, 0)],
-        average="probs_before_resize", align_corners=align_corners,
+        model, image,
+        InferenceSettings(
+            test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
+            crop_size=crop, stride=stride, flip_swap_pairs=[(1, 0)],
+            average="probs_before_resize",
+        ),
+        num_classes=NUM_CLASSES, align_corners=align_corners,
     )
     assert got.shape == (1, NUM_CLASSES, *SSSEG_IMAGE) and got.dtype == torch.float32
     torch.testing.assert_close(got, reference, rtol=0, atol=0)
@@ -635,8 +673,12 @@ def test_probs_before_resize_equals_sssegmentation(mode, crop, stride, align_cor
     mmseg = predict_probs(
         lambda x: F.interpolate(model(x), size=x.shape[2:], mode="bilinear",
                                 align_corners=align_corners),
-        image, test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
-        crop_size=crop, stride=stride, num_classes=NUM_CLASSES, flip_swap_pairs=[(1, 0)],
+        image,
+        InferenceSettings(
+            test_scale=SSSEG_TEST_SCALE, scales=MS_FLIP_RATIOS, flip=True, mode=mode,
+            crop_size=crop, stride=stride, flip_swap_pairs=[(1, 0)],
+        ),
+        num_classes=NUM_CLASSES,
     )
     assert (mmseg - got).abs().max() > 1e-3
 
@@ -646,14 +688,18 @@ def test_single_scale_probs_before_resize_softmaxes_at_the_model_resolution():
     ViT and Cityscapes configs' single scale); the logits' average differs from it."""
     model = CoarseModel().eval()
     image = _image(*SSSEG_IMAGE, seed=12)
-    probs = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES,
-                          average="probs_before_resize")
+    probs = predict_probs(
+        model, image, InferenceSettings(test_scale=None, average="probs_before_resize"),
+        num_classes=NUM_CLASSES,
+    )
     with torch.no_grad():
         expected = F.interpolate(model(image).softmax(dim=1), size=SSSEG_IMAGE,
                                  mode="bilinear", align_corners=False)
     torch.testing.assert_close(probs, expected, rtol=0, atol=0)
-    logits = predict_probs(model, image, test_scale=None, num_classes=NUM_CLASSES,
-                           average="logits")
+    logits = predict_probs(
+        model, image, InferenceSettings(test_scale=None, average="logits"),
+        num_classes=NUM_CLASSES,
+    )
     assert (logits.softmax(dim=1) - probs).abs().max() > 1e-3
 
 
@@ -668,14 +714,14 @@ def test_logits_average_equals_sssegmentation_for_lip():
         model, mode="whole", multiscale=[1], flip=True, use_probs_before_resize=False,
         fixed_seg_target_pairs=pairs, num_classes=6,
     ).test(_ssseg_test_image(image, (47, 47), keep_ratio=False), 30, 21)
-    kwargs = dict(test_scale=(47, 47), keep_ratio=False, flip=True, num_classes=6,
-                  flip_swap_pairs=pairs, average="logits")
-    got = predict_probs(model, image, **kwargs)
+    settings = InferenceSettings(test_scale=(47, 47), keep_ratio=False, flip=True,
+                                 flip_swap_pairs=pairs, average="logits")
+    got = predict_probs(model, image, settings, num_classes=6)
     torch.testing.assert_close(got, reference, rtol=0, atol=0)
     # logits at the input size (encode_decode) are resized twice: not sssegmentation's numbers
     twice = predict_probs(
         lambda x: F.interpolate(model(x), size=x.shape[2:], mode="bilinear", align_corners=False),
-        image, **kwargs)
+        image, settings, num_classes=6)
     assert (twice - reference).abs().max() > 1e-4
 
 
@@ -703,7 +749,7 @@ def test_sssegmentation_order_has_no_resize_to_multiple():
 
 def test_stretch_size_gives_a_square_image_the_wider_target():
     """ssseg Resize(keep_ratio=False): only h > w takes the larger value as the height."""
-    from trainer.evaluate import stretch_size
+    from trainer.data.geometry import stretch_size
 
     assert stretch_size(100, 100, (600, 400)) == (400, 600)
     assert stretch_size(101, 100, (400, 600)) == (600, 400)  # the target's order does not matter
@@ -720,16 +766,15 @@ def test_ms_flip_settings_may_differ_from_single_scale():
     from pathlib import Path
 
     from segctl.recipe import load_recipe
-    from trainer.engine import inference_settings
 
     path = (Path(__file__).resolve().parents[1] / "recipes" / "ade20k"
             / "deeplabv3_mcibi_hrnetv2_w48_512x512_180e.yaml")
     recipe = load_recipe(path).recipe
-    single = inference_settings(recipe, ms_flip=False)
+    single = InferenceSettings.from_recipe(recipe, ms_flip=False)
     assert (single.mode, single.crop_size, single.stride, single.average) == (
         "whole", None, None, "logits")
     assert (single.scales, single.flip) == ((1.0,), False)
-    ms = inference_settings(recipe, ms_flip=True)
+    ms = InferenceSettings.from_recipe(recipe, ms_flip=True)
     assert (ms.mode, ms.crop_size, ms.stride, ms.average) == (
         "slide", (512, 512), (341, 341), "probs_before_resize")
     assert (ms.scales, ms.flip, ms.test_scale) == (MS_FLIP_RATIOS, True, single.test_scale)
@@ -737,7 +782,7 @@ def test_ms_flip_settings_may_differ_from_single_scale():
     plain = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={
         "ms_flip_mode": None, "ms_flip_crop_size": None, "ms_flip_stride": None,
         "ms_flip_average": None})})
-    ms = inference_settings(plain, ms_flip=True)
+    ms = InferenceSettings.from_recipe(plain, ms_flip=True)
     assert (ms.mode, ms.crop_size, ms.stride, ms.average) == ("whole", None, None, "logits")
 
 
@@ -781,8 +826,12 @@ def test_mcibi_segmentor_in_sssegmentation_order():
         torch.testing.assert_close(
             F.interpolate(coarse, size=(40, 56), mode="bilinear", align_corners=False),
             net.encode_decode(image), rtol=0, atol=0)
-    got = predict_probs(logits, image, test_scale=(80, 40), scales=(0.75, 1.0), flip=True,
-                        num_classes=5, average="probs_before_resize")
+    got = predict_probs(
+        logits, image,
+        InferenceSettings(test_scale=(80, 40), scales=(0.75, 1.0), flip=True,
+                          average="probs_before_resize"),
+        num_classes=5,
+    )
     reference = SsSegReference(
         logits, mode="whole", multiscale=(0.75, 1.0), flip=True, use_probs_before_resize=True,
         num_classes=5,

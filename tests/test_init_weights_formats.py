@@ -63,7 +63,8 @@ import yaml
 from torch import Tensor
 
 from segctl.recipe import dataset_preset, load_recipe
-from segctl.weights import check_name_hash, name_hash, url_file_name
+from segctl.io.weights_cache import url_file_name
+from segctl.weights import check_name_hash, name_hash
 from tests.servers import range_server  # noqa: F401  (fixture)
 from trainer.models.converters.pretrained import load_pretrained
 
@@ -390,7 +391,7 @@ def model_key(relative: str) -> str:
 
 
 def build(relative: str, device: str):
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
 
     r = recipe(relative)
     bare = r.model_copy(update={"model": r.model.model_copy(update={"init_checkpoint": None})})
@@ -554,7 +555,21 @@ def test_generated_files_carry_the_reference_names(url, weights_file):
 # --- every recipe ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("relative", ALL_RECIPES)
+def one_per_format_fast(relatives: list[str]) -> list:
+    """``relatives`` as parameters: the first recipe (by name) of each weights format stays
+    in the fast tier, the others are marked ``slow`` (each builds and fills a full-size
+    backbone on the CPU; CI runs them all)."""
+    seen: set[str | None] = set()
+    params = []
+    for relative in relatives:
+        url = recipe(relative).model.init_checkpoint
+        fmt = URL_FORMATS.get(url, url) if url else None
+        params.append(pytest.param(relative, marks=[pytest.mark.slow] if fmt in seen else []))
+        seen.add(fmt)
+    return params
+
+
+@pytest.mark.parametrize("relative", one_per_format_fast(ALL_RECIPES))
 def test_recipe_init_checkpoint_loads_strictly(relative, weights_file, loaded):
     url = recipe(relative).model.init_checkpoint
     if url is None:

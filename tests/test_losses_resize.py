@@ -71,6 +71,7 @@ def test_each_loss_takes_align_corners(batch):
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.slow
 def test_train_step_resizes_as_the_model(tmp_path, align_corners):
     from trainer.distributed import build_accelerator, teardown
     from trainer.engine import train_step

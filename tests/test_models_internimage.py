@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.models.dcnv3 import DCNv3, dcnv3_core, dcnv3_core_grid_sample, dcnv3_output_size
+from trainer.models.dcnv3 import DCNv3, dcnv3_core, dcnv3_core_grid_sample
+from trainer.models.dcnv3_spec import dcnv3_output_size
 from trainer.models.internimage import (
     INTERNIMAGE_SPECS,
     InternImage,
@@ -290,6 +291,7 @@ def test_dcnv3_module_with_center_feature_scale() -> None:
 # --- whole model ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_upernet_internimage_t_output_shapes() -> None:
     torch.manual_seed(0)
     model = BUILDERS["upernet_internimage_t"](150).eval()

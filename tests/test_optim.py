@@ -98,6 +98,7 @@ def test_backbone_lr_mult_scales_the_backbone_groups_only(model):
         [0.001 * 0.5 ** 0.9, 0.01 * 0.5 ** 0.9])
 
 
+@pytest.mark.slow
 def test_backbone_lr_mult_on_the_mcibi_vit_large():
     """sssegmentation's ViT-L MCIBI configs: backbone_net at 0.1x, everything else at 1x."""
     model = build_segmentor("deeplabv3_mcibi_vit_large", num_classes=4)
@@ -239,7 +240,7 @@ def test_drop_last_epochs_count_whole_batches_per_rank():
     """sssegmentation@eb1878c1: torch DistributedSampler pads to ceil(N / world) per rank
     (ssseg/modules/parallel/dataloader.py), the DataLoader drops the last partial batch
     (drop_last True, ssseg/configs/_base_/dataloaders/default_dataloader_bs*.py)."""
-    from trainer.engine import DataOrder
+    from trainer.data.order import DataOrder
     from trainer.optim import iterations_for_epochs, padded_epoch_iterations
 
     assert padded_epoch_iterations(20210, 2, 8, drop_last=True) == 1263  # ceil(2526.25) // 2

@@ -17,21 +17,9 @@ from segctl.recipe import (
     run_id,
 )
 from segctl.recipe.schema import TrainConfig
+from tests.trainer_runs import recipe_yaml
 
-GOOD = """\
-name: city-b0
-data:
-  dataset: cityscapes
-  root: /data/cityscapes
-  crop_size: [512, 1024]
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 160000
-  val_interval: 16000
-  checkpoint_interval: 16000
-train:
-  batch_size: 1
+GOOD = recipe_yaml("city-b0", max_iters=160000, interval=16000, batch_size=1) + """\
 reference:
   miou_ss: 76.54
   source: mmseg segformer README

@@ -22,7 +22,7 @@ from segctl.recipe.secrets import (
 )
 from segctl.runs import create_run_dir
 from tests.servers import aws_env, moto_server  # noqa: F401  (fixtures)
-from tests.trainer_runs import one_frame_cityscapes, small_recipe
+from tests.trainer_runs import frame_job_yaml, one_frame_cityscapes, small_recipe
 from trainer.tracking import flatten_params
 
 KEY = "AKIAEXAMPLE7Q3ZK2PLM"
@@ -87,36 +87,15 @@ def test_redaction_keeps_references_and_plain_options(tmp_path):
 
 def _recipe_file(folder: Path, root: str, endpoint: str, scratch: Path) -> Path:
     path = folder / "s3secret.yaml"
-    path.write_text(f"""\
-# segctl submit {path} --cluster local --wait
-name: s3secret
-data:
-  dataset: cityscapes
-  root: {root}
+    path.write_text(frame_job_yaml(
+        "s3secret", root, command=f"segctl submit {path} --cluster local --wait", data=f"""\
   stage_to: node-local
   scratch_dir: {scratch}
   storage_options:
     endpoint_url: {endpoint}
     key: {KEY}
     secret: {SECRET}
-  crop_size: [64, 128]
-  train_scale: [256, 128]
-  num_workers: 0
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 2
-  warmup_iters: 0
-  val_interval: 2
-  checkpoint_interval: 2
-  log_interval: 1
-train:
-  batch_size: 1
-eval:
-  test_scale: [256, 128]
-tracking:
-  system_metrics: false
-""")
+""", tail="tracking:\n  system_metrics: false\n"))
     return path
 
 

@@ -260,6 +260,7 @@ def test_official_checkpoint_converts_and_loads_strict(variant: str) -> None:
     assert official_preset(state) == f"segformer_official_mit_{variant}"
 
 
+@pytest.mark.slow
 def test_outputs_equal_the_official_forward() -> None:
     checkpoint = _official_checkpoint("b0", num_classes=19, seed=3)
     assert detect_kind(list(checkpoint["state_dict"])) == "segformer_official"
@@ -341,10 +342,12 @@ def test_full_official_checkpoint_as_init_loads_the_encoder_with_a_warning(caplo
 # --- evaluation of an official checkpoint (segctl eval --checkpoint) ------------------------------
 
 
+@pytest.mark.slow
 def test_evaluation_of_an_official_checkpoint(real_data, tmp_path) -> None:
     """run_evaluation loads the whole official checkpoint into segformer_official_mit_b0 and
     scores it; the same file for segformer_mit_b0 stops before scoring, naming the preset."""
     from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+    from segctl.recipe.eval_request import EvalRequest
     from trainer.entry import run_evaluation
 
     root = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "cityscapes")
@@ -353,9 +356,11 @@ def test_evaluation_of_an_official_checkpoint(real_data, tmp_path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     recipe = small_recipe(root, uri, name="official", model={"name": "segformer_official_mit_b0"})
-    result = run_evaluation(make_run_dir(tmp_path / "official", recipe), checkpoint=str(path))
+    request = EvalRequest(ms_flip=recipe.eval.ms_flip, checkpoint=str(path))
+    result = run_evaluation(make_run_dir(tmp_path / "official", recipe), request)
     assert result["checkpoint"] == str(path) and 0.0 <= result["metrics"]["aAcc"] <= 100.0
 
     recipe = small_recipe(root, uri, name="mmseg-head", model={"name": "segformer_mit_b0"})
     with pytest.raises(ValueError, match="use model segformer_official_mit_b0"):
-        run_evaluation(make_run_dir(tmp_path / "mmseg-head", recipe), checkpoint=str(path))
+        run_evaluation(make_run_dir(tmp_path / "mmseg-head", recipe),
+                       EvalRequest(ms_flip=recipe.eval.ms_flip, checkpoint=str(path)))

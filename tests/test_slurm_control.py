@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from segctl.cli import app
 from tests.test_cli_submit import write_recipe
+from tests.waiting import wait_until
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow
@@ -96,15 +97,12 @@ def test_cancel_on_slurm_and_status_without_mlflow(slurm_cluster, segctl_env, ci
     assert time.perf_counter() - started < 10
     cancelled = runner.invoke(app, ["cancel", run["run_id"]])
     assert cancelled.exit_code == 0 and "cancelled train job" in cancelled.output
-    deadline = time.time() + 60
-    state = None
-    while time.time() < deadline:
-        (row,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
-        state = row["state"]
-        from segctl.executors import slurm_statuses
+    from segctl.executors import slurm_statuses
 
-        if slurm_statuses([row["job_id"]])[row["job_id"]].state == "CANCELLED":
-            break
-        time.sleep(1)
+    job_id = run["job_id"]
+    wait_until(lambda: slurm_statuses([job_id])[job_id].state, lambda s: s == "CANCELLED",
+               timeout_s=60, what=f"Slurm to report job {job_id} CANCELLED", interval_s=1.0)
+    (row,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
+    state = row["state"]
     assert state == "CANCELLED"
     assert slurm_statuses([row["job_id"]])[row["job_id"]].state == "CANCELLED"

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "slurm" / "dev-cluster.sh"
@@ -23,18 +23,6 @@ SCRIPT = REPO_ROOT / "slurm" / "dev-cluster.sh"
 
 def _run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _wait(probe, accept, timeout: float, what: str, interval: float = 0.5):
-    """Call ``probe`` until ``accept`` holds for its value, which is returned; fail otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {value!r}")
-        time.sleep(interval)
 
 
 def _node_states() -> dict[str, str]:
@@ -48,10 +36,10 @@ def _sacct_state(job_id: str) -> str:
 
 
 def test_sinfo_shows_both_nodes_idle(slurm_cluster):
-    states = _wait(
+    states = wait_until(
         _node_states,
         lambda s: s == {"n1": "idle", "n2": "idle"},
-        timeout=30,
+        timeout_s=30,
         what="n1 and n2 idle in partition dev",
     )
     assert states == {"n1": "idle", "n2": "idle"}
@@ -78,10 +66,10 @@ def test_two_node_batch_job_completes_in_accounting(slurm_cluster, tmp_path):
     lines = out.read_text().splitlines()
     assert sorted(line for line in lines if re.match(r"^\d+: ", line)) == ["0: n1", "1: n2"], lines
     assert len(lines) == 4, lines  # two hostname lines, two labelled node names
-    state = _wait(
+    state = wait_until(
         lambda: _sacct_state(job_id),
         lambda s: s == "COMPLETED",
-        timeout=30,
+        timeout_s=30,
         what=f"sacct to report job {job_id} COMPLETED",
     )
     assert state == "COMPLETED"
@@ -106,7 +94,7 @@ def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
         return job.state
 
     # the result file exists before slurmdbd has recorded the end: wait for sacct to catch up
-    _wait(state, lambda s: s == "COMPLETED", timeout=60, what=f"sacct to show job {job.job_id} COMPLETED")
+    wait_until(state, lambda s: s == "COMPLETED", timeout_s=60, what=f"sacct to show job {job.job_id} COMPLETED")
 
 
 def test_scancel_makes_submitit_state_cancelled(slurm_cluster, tmp_path):
@@ -116,13 +104,13 @@ def test_scancel_makes_submitit_state_cancelled(slurm_cluster, tmp_path):
         job.get_info(mode="force")
         return job.state
 
-    _wait(state, lambda s: s == "RUNNING", timeout=60, what=f"job {job.job_id} RUNNING")
+    wait_until(state, lambda s: s == "RUNNING", timeout_s=60, what=f"job {job.job_id} RUNNING")
     assert shutil.which("scancel")
     _run("scancel", job.job_id)
-    final = _wait(
+    final = wait_until(
         state,
         lambda s: s.startswith("CANCELLED"),
-        timeout=60,
+        timeout_s=60,
         what=f"submitit to see job {job.job_id} CANCELLED via sacct",
     )
     assert final.split()[0] == "CANCELLED"

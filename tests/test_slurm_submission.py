@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.cli.submit import SBATCH_MARKER
+from segctl.cli.common import SBATCH_MARKER
 from segctl.executors import executor_parameters, render_sbatch
 from segctl.profiles import load_profile
 from segctl.recipe import RecipeError, load_recipe
@@ -124,3 +124,44 @@ def test_sbatch_script_quotes_an_unsafe_runs_directory(tmp_path):
     for line in script.splitlines():
         if "TOUCHED" in line and not line.startswith("#SBATCH"):
             assert "'\"'\"'" in line  # the quote inside the path is escaped by shlex.quote
+
+
+def test_submitit_sbatch_renderer_still_takes_and_writes_what_segctl_relies_on(tmp_path):
+    """render_sbatch is the one caller of a private submitit function (submitit has no public
+    way to render a script without an executor); this fails naming submitit's version and the
+    function when its signature or what it writes for segctl's parameters changes."""
+    import dataclasses
+    import inspect
+
+    import submitit
+    from submitit.slurm import slurm
+
+    from segctl.executors import SUBMITIT_SBATCH_RENDERER, SlurmParams
+
+    where = (f"submitit {submitit.__version__} changed {SUBMITIT_SBATCH_RENDERER}, which "
+             "segctl.executors.render_sbatch (its one caller) relies on")
+    renderer = getattr(slurm, SUBMITIT_SBATCH_RENDERER.rsplit(".", 1)[1], None)
+    assert renderer is not None, f"{where}: it is gone; adapt render_sbatch"
+    accepted = set(inspect.signature(renderer).parameters)
+    missing = {"command", "folder", *(f.name for f in dataclasses.fields(SlurmParams))} - accepted
+    assert not missing, f"{where}: it no longer takes {sorted(missing)}; adapt render_sbatch"
+    params = SlurmParams(
+        job_name="j", nodes=2, ntasks_per_node=4, cpus_per_task=3, time=90, gpus_per_node=4,
+        mem="1024MB", partition="p", account="a", qos="q", constraint="c",
+        setup=("echo setup",), additional_parameters={"requeue": True},
+    )
+    folder = tmp_path / "jobs"
+    lines = render_sbatch(params, folder, "/usr/bin/python3").splitlines()
+    expected = [
+        "#SBATCH --account=a", "#SBATCH --constraint=c", "#SBATCH --cpus-per-task=3",
+        f"#SBATCH --error={folder}/%j_0_log.err", "#SBATCH --gpus-per-node=4",
+        "#SBATCH --job-name=j", "#SBATCH --mem=1024MB", "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4", f"#SBATCH --output={folder}/%j_0_log.out",
+        "#SBATCH --partition=p", "#SBATCH --qos=q", "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120", "#SBATCH --time=90", "echo setup",
+        "export SUBMITIT_EXECUTOR=slurm",
+        f"srun --unbuffered --output {folder}/%j_%t_log.out --error {folder}/%j_%t_log.err "
+        f"/usr/bin/python3 -u -m submitit.core._submit {folder}",
+    ]
+    lost = [line for line in expected if line not in lines]
+    assert not lost, f"{where}: the script no longer holds {lost}; adapt render_sbatch"

@@ -18,40 +18,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.recipe import load_recipe
+from segctl.recipe.rundir import RunDir
 from segctl.registry import Registry
-from segctl.runs import jobs_folder
 from segctl.submission import SubmittedJob, apply, plan_training
 from trainer.distributed import parse_node_addr, slurm_master_address
+from tests.trainer_runs import frame_job_yaml
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-RECIPE = """\
-# A 2-node CPU run on the dev cluster (slurm/dev-cluster.sh), one task per node.
-name: {name}
-data:
-  dataset: cityscapes
-  root: {root}
-  crop_size: [64, 128]
-  train_scale: [256, 128]
-  num_workers: {num_workers}
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: {max_iters}
-  warmup_iters: 0
-  val_interval: 1000
-  checkpoint_interval: {checkpoint_interval}
-  log_interval: 1          # every iteration in the log and progress.json: the test counts them
-train:
-  batch_size: 1
-  seed: 0
-  deterministic: true
-eval:
-  test_scale: [256, 128]
+#: A 2-node CPU run on the dev cluster (slurm/dev-cluster.sh), one task per node; it logs
+#: every iteration to the log and progress.json (the tests count them). Filled in with
+#: ``str.format``.
+RECIPE = frame_job_yaml(
+    "{name}", "{root}",
+    command="A 2-node CPU run on the dev cluster (slurm/dev-cluster.sh), one task per node.",
+    num_workers="{num_workers}", max_iters="{max_iters}", val_interval=1000,
+    checkpoint_interval="{checkpoint_interval}", train="  seed: 0\n  deterministic: true\n",
+    tail="""\
 cluster:
   executor: slurm
   nodes: {nodes}
@@ -61,7 +49,7 @@ cluster:
   partition: dev
   timeout_min: {timeout_min}
   max_requeues: {max_requeues}
-"""
+""")
 
 #: Real output of ``scontrol show node n1`` on the dev cluster (Slurm 22.05).
 SHOW_NODE_N1 = """\
@@ -88,18 +76,6 @@ def _run(*args: str, timeout: float = 60) -> str:
     return subprocess.run(
         list(args), capture_output=True, text=True, timeout=timeout, check=True
     ).stdout
-
-
-def _wait(probe, accept, timeout: float, what: str, interval: float = 0.2):
-    """Call ``probe`` until ``accept`` holds for its value, which is returned; fail otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {value!r}")
-        time.sleep(interval)
 
 
 def _sacct_state(job_id: str) -> str:
@@ -145,12 +121,13 @@ def job_env(slurm_cluster, segctl_env, monkeypatch):
 
 
 def _when_iteration(run_dir: Path, at_least: int, after: float, timeout: float) -> dict:
-    return _wait(
+    return wait_until(
         lambda: _progress(run_dir),
         lambda p: p.get("phase") == "training" and (p.get("iteration") or 0) >= at_least
         and (p.get("updated_at") or 0) > after,
-        timeout=timeout,
+        timeout_s=timeout,
         what=f"{run_dir.name} to pass iteration {at_least}",
+        interval_s=0.2,
     )
 
 
@@ -159,7 +136,7 @@ def _log_time(stamp: str) -> float:
 
 
 def _task0_log(submitted: SubmittedJob) -> list[str]:
-    folder = jobs_folder(submitted.plan.run_dir)
+    folder = RunDir(submitted.plan.run_dir).jobs
     return (folder / f"{submitted.job_id}_0_log.err").read_text(errors="replace").splitlines()
 
 
@@ -259,9 +236,9 @@ def test_two_node_training_survives_preemption_and_requeue(job_env, cityscapes_f
     _run("scontrol", "requeue", run.job_id)
 
     for job in (run, ref):
-        state = _wait(lambda j=job: _sacct_state(j.job_id), lambda s: s not in (
+        state = wait_until(lambda j=job: _sacct_state(j.job_id), lambda s: s not in (
             "RUNNING", "PENDING", "REQUEUED", "COMPLETING", "UNKNOWN"),
-            timeout=180, what=f"job {job.job_id} to end", interval=1.0)
+            timeout_s=180, what=f"job {job.job_id} to end", interval_s=1.0)
         assert state == "COMPLETED", (job.job_id, state, "\n".join(_task0_log(job)[-40:]))
 
     # Same weights as the uninterrupted run, tensor for tensor.
@@ -319,9 +296,9 @@ def test_requeue_limit_fails_the_job_with_a_reason(job_env, cityscapes_frame_roo
     _when_iteration(run_dir, before + 3, after=first, timeout=150)
     _run("scancel", "--signal=USR2", job.job_id)
 
-    state = _wait(lambda: _sacct_state(job.job_id), lambda s: s not in (
+    state = wait_until(lambda: _sacct_state(job.job_id), lambda s: s not in (
         "RUNNING", "PENDING", "REQUEUED", "COMPLETING", "UNKNOWN"),
-        timeout=120, what=f"job {job.job_id} to end", interval=1.0)
+        timeout_s=120, what=f"job {job.job_id} to end", interval_s=1.0)
     assert state == "FAILED", state
     progress = _progress(run_dir)
     assert progress["phase"] == "failed"

@@ -17,18 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.staging import (
-    MANIFEST_NAME,
-    MIB,
-    UPLOAD_CLOSE_TIMEOUT_S,
-    CheckpointUploader,
-    ContentDigest,
-    SourceFile,
-    StagingError,
-    multipart_part_sizes,
-    read_manifest,
-    stage,
-)
+from segctl.io.checksum import MIB, ContentDigest, multipart_part_sizes
+from segctl.io.copy import stage
+from segctl.io.manifest import MANIFEST_NAME, read_manifest
+from segctl.io.source import SourceFile, StagingError
+from trainer.checkpoint_sync import UPLOAD_CLOSE_TIMEOUT_S, CheckpointUploader
 from tests.servers import aws_env, moto_server  # noqa: F401  (fixtures)
 
 BUCKET = "datasets"
@@ -201,7 +194,7 @@ def test_multipart_etags_are_verified(moto_server, tmp_path):
 def test_multipart_etag_without_a_fitting_part_size_checks_the_size_only(caplog):
     data = b"0123456789"
     source = SourceFile(rel="odd.bin", path="", size=len(data), etag="0" * 32 + "-7")
-    with caplog.at_level(logging.DEBUG, logger="segctl.staging"):
+    with caplog.at_level(logging.DEBUG, logger="segctl.io.checksum"):
         digest = ContentDigest(source)
     digest.update(data)
     assert digest.check(Path("/nonexistent")) == {"md5": hashlib.md5(data).hexdigest(),
@@ -213,7 +206,7 @@ def test_object_replaced_after_the_listing_is_not_mixed_in(moto_server):
     """Reads are conditional on the listed ETag: bytes of a newer version are refused."""
     import threading
 
-    from segctl.staging import list_source, open_source, read_source
+    from segctl.io.source import list_source, open_source, read_source
 
     _upload(moto_server, {"x.bin": b"old" * 1000}, prefix="race")
     fs, root = open_source(f"s3://{BUCKET}/race", moto_server.storage_options())
@@ -270,9 +263,9 @@ def _remote_checkpoints(server, prefix: str) -> dict[str, bytes]:
 
 
 def test_checkpoints_uploaded_during_the_run_and_fetched_on_resume(
-        moto_server, real_data, tmp_path, monkeypatch, caplog):
-    """Each checkpoint reaches the server by the uploader alone (the end-of-job mirror is
-    switched off here), atomically, with remote pruning; a fresh run directory resumes from
+        moto_server, real_data, tmp_path, caplog):
+    """Each checkpoint reaches the server by the uploader alone (the end-of-job mirror finds
+    nothing left to copy), atomically, with remote pruning; a fresh run directory resumes from
     the remote checkpoints."""
     import trainer.entry
     from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
@@ -287,10 +280,11 @@ def test_checkpoints_uploaded_during_the_run_and_fetched_on_resume(
         schedule={"max_iters": 6, "checkpoint_interval": 2, "log_interval": 2},
         train={"batch_size": 1, "checkpoint_dir": url},
     )
-    monkeypatch.setattr(trainer.entry, "mirror_job_checkpoints", lambda *a, **k: None)
 
     first = make_run_dir(tmp_path / "first", recipe)
-    assert trainer.entry.run_training(first, stop_after=4)["iteration"] == 4
+    with caplog.at_level(logging.INFO, logger="trainer.checkpoint_sync"):
+        assert trainer.entry.run_training(first, stop_after=4)["iteration"] == 4
+    assert f"uploaded 0 checkpoint(s) to {url}" in caplog.text  # the mirror had nothing to do
     local = {p.name: p.read_bytes() for p in ckpt.checkpoint_dir(first).glob("*.pt")}
     assert sorted(local) == ["iter_0000002.pt", "iter_0000004.pt"]
     assert _remote_checkpoints(moto_server, "ckpts/runs/upload") == local  # identical bytes

@@ -10,11 +10,12 @@ from typer.testing import CliRunner
 
 from segctl.cli import app
 from segctl.executors import parse_sacct
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.recipe import RecipeError
 from segctl.registry import Registry
 from segctl.sweeps import expand_grid, split_values
 from tests.test_cli_submit import write_recipe
+from tests.waiting import wait_until
 
 runner = CliRunner()
 
@@ -67,6 +68,7 @@ def test_expand_grid_is_the_cartesian_product():
             expand_grid(bad)
 
 
+@pytest.mark.slow
 def test_status_of_many_runs_in_one_pass(segctl_env):
     registry = Registry(segctl_home())
     from segctl.registry import RunRecord
@@ -103,11 +105,10 @@ def test_cancel_stops_a_local_job_and_only_that(segctl_env, cityscapes_frame_roo
     assert again.exit_code == 2 and "already has a train job in progress" in again.output
     cancelled = runner.invoke(app, ["cancel", run["run_id"]])
     assert cancelled.exit_code == 0 and "cancelled train job" in cancelled.output
-    deadline = time.time() + 60
     from segctl.executors import _local_controller_alive
 
-    while _local_controller_alive(run["job_id"]) and time.time() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: not _local_controller_alive(run["job_id"]), timeout_s=60,
+               what=f"the local job {run['job_id']}'s controller to end")
     assert not _local_controller_alive(run["job_id"])
     (after,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
     assert after["state"] == "CANCELLED"

@@ -58,6 +58,7 @@ def test_tracking_uri_fallbacks(tmp_path, monkeypatch):
     assert tracking_uri(bare) == "sqlite:///mlflow.db"
 
 
+@pytest.mark.slow
 def test_tracker_logs_and_resumes_the_same_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recipe = small_recipe(tmp_path / "data", uri)
@@ -125,6 +126,7 @@ def test_unreachable_server_never_raises(tmp_path, unreachable, caplog):
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
 def test_training_proceeds_with_tracking_down(real_data, tmp_path, unreachable):
     root = one_frame_cityscapes(real_data / "cityscapes", tmp_path / "data")
     recipe = small_recipe(
@@ -169,6 +171,7 @@ def test_system_metrics_switch_follows_the_environment_over_the_recipe(tmp_path,
         small_recipe(tmp_path, "sqlite:///a.db", tracking={"system_metrics_interval_s": 0})
 
 
+@pytest.mark.slow
 def test_training_goes_on_without_psutil(tmp_path):
     """Where psutil cannot be imported the tracker warns once and logs everything else."""
     import subprocess

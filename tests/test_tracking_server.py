@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from segctl.cli import app
 from tests.servers import aws_env, mlflow_server, moto_server  # noqa: F401  (fixtures)
-from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+from tests.trainer_runs import frame_job_yaml, make_run_dir, one_frame_cityscapes, small_recipe
+from tests.waiting import wait_until
 from trainer.entry import run_evaluation, run_training
 from trainer.tracking import BUFFER_FILE, RUN_ID_FILE, SYSTEM_METRICS_ENV, Tracker
 
@@ -160,7 +161,9 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
     assert not monitor_log.messages(logging.ERROR)  # nor an error when it is stopped in the outage
     assert events == ["down", "up"]
     assert result["finished"] and result["iteration"] == max_iters  # training went on
-    assert seconds < 120
+    # Training did not hang on the server through the outage (~20 s on a quiet machine). The
+    # bound is loose on purpose: a loaded 2-core machine took up to 3.5 minutes.
+    assert seconds < 600, f"training took {seconds:.0f} s through the outage: it waited on MLflow"
 
     synced = runner.invoke(app, ["sync", str(run_dir)])
     assert synced.exit_code == 0, synced.output
@@ -196,10 +199,8 @@ def test_system_metrics_stop_quietly_in_an_outage_and_start_again(tmp_path, mlfl
         tracker = Tracker.for_recipe(tmp_path / "run", recipe, cooldown_s=0.5)
         try:
             tracker.log_metrics({"loss": 1.0}, step=1)
-            deadline = time.monotonic() + 20
-            while not client.get_metric_history(tracker.run_id, key):
-                assert time.monotonic() < deadline, "no system metrics before the outage"
-                time.sleep(0.2)
+            wait_until(lambda: client.get_metric_history(tracker.run_id, key), timeout_s=20,
+                       what="system metrics before the outage", interval_s=0.2)
 
             mlflow_server.stop(hard=True)
             tracker.log_metrics({"loss": 0.9}, step=2)  # buffered
@@ -287,37 +288,17 @@ def test_s3_data_root_end_to_end(real_data, tmp_path, moto_server, mlflow_server
     fs.put(str(local) + "/", "frames/cityscapes/", recursive=True)
     scratch = tmp_path / "scratch"
     recipe_file = segctl_env / "s3frame.yaml"
-    recipe_file.write_text(f"""\
-# segctl submit {recipe_file} --cluster local --wait
-name: s3frame
-data:
-  dataset: cityscapes
-  root: s3://frames/cityscapes
+    recipe_file.write_text(frame_job_yaml(
+        "s3frame", "s3://frames/cityscapes",
+        command=f"segctl submit {recipe_file} --cluster local --wait", data=f"""\
   stage_to: node-local
   scratch_dir: {scratch}
   storage_options:
     endpoint_url: {moto_server.url}
     secret: {SECRET}
     key: testing-key-id
-  crop_size: [64, 128]
-  train_scale: [256, 128]
-  num_workers: 0
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 2
-  warmup_iters: 0
-  val_interval: 2
-  checkpoint_interval: 2
-  log_interval: 1
-train:
-  batch_size: 1
-  checkpoint_dir: s3://frames/checkpoints/s3frame
-eval:
-  test_scale: [256, 128]
-tracking:
-  uri: {mlflow_server.url}
-""")
+""", train="  checkpoint_dir: s3://frames/checkpoints/s3frame\n",
+        tail=f"tracking:\n  uri: {mlflow_server.url}\n"))
     dry = runner.invoke(app, ["submit", str(recipe_file), "--dry-run", "--cluster", "local"])
     assert dry.exit_code == 0, dry.output
     submitted = runner.invoke(app, ["submit", str(recipe_file), "--cluster", "local", "--wait"])

@@ -219,7 +219,7 @@ def test_recipe_weights_are_checked_cached_and_read_by_the_job(segctl_env, range
     assert range_server.log_text()[mark:] == ""  # neither the submission nor the job asked
 
     # the cached file disappears: the job fails at once, naming it, and downloads nothing
-    from segctl.weights import NotCachedError
+    from segctl.io.weights_cache import NotCachedError
     from trainer.entry import run_training
 
     blob.unlink()

@@ -406,16 +406,22 @@ def test_augmentation_fields_are_validated():
 
 
 @pytest.fixture(scope="module")
-def listed(tmp_path_factory) -> list[dict]:
+def listed_home(tmp_path_factory) -> Path:
+    """The state directory ``listed`` starts empty and leaves holding every parameter count."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def listed(listed_home) -> list[dict]:
     """``recipes list --json`` with an empty state directory: every count is computed."""
-    home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SEGCTL_HOME", str(home))
+        patch.setenv("SEGCTL_HOME", str(listed_home))
         result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES), "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
 
+@pytest.mark.slow
 def test_list_json_gives_published_parameter_counts(listed):
     by_model = {(e["model"], e["num_classes"]): e["params"] for e in listed}
     for key, published in PUBLISHED_PARAMS.items():
@@ -425,6 +431,7 @@ def test_list_json_gives_published_parameter_counts(listed):
     assert all(isinstance(e["params"], int) and e["params"] > 0 for e in listed)
 
 
+@pytest.mark.slow
 def test_segformer_encoders_match_published_counts(listed):
     import torch
 
@@ -438,7 +445,9 @@ def test_segformer_encoders_match_published_counts(listed):
             assert count_parameters(model) == e["params"]
 
 
-def test_list_table_groups_rows_by_dataset(segctl_env):
+@pytest.mark.slow
+def test_list_table_groups_rows_by_dataset(segctl_env, listed, listed_home, monkeypatch):
+    monkeypatch.setenv("SEGCTL_HOME", str(listed_home))  # the counts `listed` computed, cached
     result = CliRunner().invoke(app, ["recipes", "list", str(RECIPES)])
     assert result.exit_code == 0, result.output
     headers = [line.split()[1] for line in result.output.splitlines() if line.startswith("DATASET ")]

@@ -4,7 +4,6 @@ test-server submission."""
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from pathlib import Path
@@ -16,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from segctl.recipe.eval_request import EvalRequest
+from segctl.recipe.rundir import RunDir
 from segctl.recipe.schema import TrainConfig
-from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+from tests.trainer_runs import make_run_dir, small_recipe
 from trainer import checkpoint as ckpt
 from trainer.distributed import convert_sync_batchnorm
 from trainer.ema import ModelEMA
@@ -31,27 +32,16 @@ from trainer.models.losses import (
     segmentation_loss,
 )
 from trainer.optim import iterations_for_epochs
-from trainer.progress import read_progress
 
 
-@pytest.fixture(scope="module")
-def city_root(real_data, tmp_path_factory) -> Path:
-    return one_frame_cityscapes(real_data / "cityscapes", tmp_path_factory.mktemp("cityscapes"))
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def _tiny(city_root, tracking_uri, **sections):
+def _tiny(cityscapes_frame_root, tracking_uri, **sections):
     base = {
         "data": {"crop_size": [64, 128], "ratio_range": [0.5, 1.0]},
         "schedule": {"max_iters": 4, "warmup_iters": 1, "checkpoint_interval": 2,
                      "log_interval": 2},
     }
     base.update(sections)
-    return small_recipe(city_root, tracking_uri, **base)
+    return small_recipe(cityscapes_frame_root, tracking_uri, **base)
 
 
 # --- 1. epochs -> iterations ----------------------------------------------------------------------
@@ -65,9 +55,10 @@ def test_iterations_for_epochs_rounds_up():
         iterations_for_epochs(1, 10, 2, 0)
 
 
-def test_max_epochs_resolved_once_at_job_start(city_root, tracking_uri, tmp_path):
+@pytest.mark.slow
+def test_max_epochs_resolved_once_at_job_start(cityscapes_frame_root, tracking_uri, tmp_path):
     # one training image, batch 2, one process: ceil(3 * 1 / 2) = 2 iterations
-    recipe = _tiny(city_root, tracking_uri, schedule={
+    recipe = _tiny(cityscapes_frame_root, tracking_uri, schedule={
         "max_iters": None, "max_epochs": 3, "val_interval": 1, "checkpoint_interval": 1,
         "warmup_iters": 0, "log_interval": 1,
     })
@@ -75,7 +66,7 @@ def test_max_epochs_resolved_once_at_job_start(city_root, tracking_uri, tmp_path
     run_dir = make_run_dir(tmp_path / "run", recipe)
     result = run_training(run_dir)
     assert result["max_iters"] == 2 and result["iteration"] == 2 and result["finished"]
-    progress = read_progress(run_dir)
+    progress = RunDir(run_dir).read_progress()
     assert progress["max_iters"] == 2 and progress["max_epochs"] == 3
     assert [i for i, _ in ckpt.iteration_checkpoints(run_dir)] == [1, 2]
 
@@ -158,8 +149,9 @@ def test_ema_ramp_recipe_field_reaches_the_average():
         TrainConfig(batch_size=1, ema_decay=0.9, ema_ramp_iters=0)
 
 
-def test_resume_with_ema_continues_exactly(city_root, tracking_uri, tmp_path):
-    recipe = _tiny(city_root, tracking_uri, train={"batch_size": 2, "seed": 0,
+@pytest.mark.slow
+def test_resume_with_ema_continues_exactly(cityscapes_frame_root, tracking_uri, tmp_path):
+    recipe = _tiny(cityscapes_frame_root, tracking_uri, train={"batch_size": 2, "seed": 0,
                                                    "deterministic": True, "ema_decay": 0.5})
     straight = make_run_dir(tmp_path / "straight", recipe)
     run_training(straight)
@@ -295,6 +287,7 @@ def test_united_perception_recipes_use_its_ohem():
         assert "United-Perception" in path.read_text(), path
 
 
+@pytest.mark.slow
 def test_train_step_uses_ohem_on_the_decode_head(tmp_path):
     from trainer.distributed import build_accelerator, teardown
     from trainer.engine import train_step
@@ -322,7 +315,7 @@ def test_train_step_uses_ohem_on_the_decode_head(tmp_path):
 
 
 def test_aux_loss_weight_and_builder_options(tmp_path):
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with torch.device("meta"):
@@ -346,7 +339,7 @@ def test_aux_loss_weight_and_builder_options(tmp_path):
 
 
 def test_mcibi_reference_options_follow_the_dataset(tmp_path):
-    from trainer.engine import builder_options
+    from trainer.models.build import builder_options
 
     recipe = small_recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}",
                           model={"name": "deeplabv3_mcibi_r50",
@@ -358,6 +351,7 @@ def test_mcibi_reference_options_follow_the_dataset(tmp_path):
 # --- 6. MCIBI training step -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mcibi_training_step_updates_the_memory(tmp_path):
     from trainer.distributed import build_accelerator, teardown
     from trainer.engine import train_step
@@ -396,15 +390,16 @@ def test_mcibi_training_step_updates_the_memory(tmp_path):
 LABEL_IDS = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
 
 
-def test_cityscapes_submission_zip(city_root, tracking_uri, tmp_path):
-    from trainer.submission_format import train_ids_to_label_ids
+def test_cityscapes_submission_zip(cityscapes_frame_root, tracking_uri, tmp_path):
+    from trainer.cityscapes_export import train_ids_to_label_ids
 
     assert train_ids_to_label_ids(np.arange(19)).tolist() == sorted(LABEL_IDS)
-    recipe = _tiny(city_root, tracking_uri)
+    recipe = _tiny(cityscapes_frame_root, tracking_uri)
     run_dir = make_run_dir(tmp_path / "run", recipe)
     torch.manual_seed(0)
     ckpt.save_final_weights(run_dir, build_segmentor("segformer_mit_b0", 19).state_dict())
-    result = run_evaluation(run_dir, name="test", output_format="cityscapes-submission")
+    result = run_evaluation(run_dir, EvalRequest(ms_flip=recipe.eval.ms_flip, label="test",
+                                                 output_format="cityscapes-submission"))
     zip_path = run_dir / "eval" / "test-cityscapes-submission.zip"
     assert result["zip"] == str(zip_path) and result["images"] == 1
     with zipfile.ZipFile(zip_path) as archive:
@@ -412,9 +407,9 @@ def test_cityscapes_submission_zip(city_root, tracking_uri, tmp_path):
         assert names == ["frankfurt_000000_000294_leftImg8bit.png"]
         png = np.frombuffer(archive.read(names[0]), dtype=np.uint8)
     pred = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
-    image = next((city_root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
+    image = next((cityscapes_frame_root / "leftImg8bit" / "val").glob("*/*_leftImg8bit.png"))
     assert pred.dtype == np.uint8 and pred.shape == cv2.imread(str(image)).shape[:2]
     assert set(np.unique(pred).tolist()) <= LABEL_IDS
     assert not (run_dir / "eval" / "test.json").exists()  # nothing scored
     with pytest.raises(ValueError, match="output_format"):
-        run_evaluation(run_dir, output_format="bogus")
+        run_evaluation(run_dir, EvalRequest(ms_flip=recipe.eval.ms_flip, output_format="bogus"))

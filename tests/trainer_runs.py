@@ -1,4 +1,5 @@
-"""Helpers for trainer tests: a one-frame Cityscapes root and run directories with a recipe."""
+"""Helpers for tests: a one-frame Cityscapes root, small recipes (as YAML text and resolved),
+and run directories with a recipe."""
 
 from __future__ import annotations
 
@@ -21,6 +22,65 @@ def one_frame_cityscapes(real_cityscapes: Path, root: Path) -> Path:
             for file in source.iterdir():
                 shutil.copy2(file, target / file.name)
     return root
+
+
+def recipe_yaml(name: str, root: str = "/data/cityscapes", *, max_iters: int = 1000,
+                interval: int = 500, batch_size: int = 2) -> str:
+    """The text of a small complete recipe file: MiT-B0 on Cityscapes, crop 512x1024.
+
+    ``interval`` is both the validation and the checkpoint interval. The text's line numbers
+    are fixed: ``data.crop_size`` is on line 5 and ``schedule.max_iters`` on line 9.
+    """
+    return f"""\
+name: {name}
+data:
+  dataset: cityscapes
+  root: {root}
+  crop_size: [512, 1024]
+model:
+  name: segformer_mit_b0
+schedule:
+  max_iters: {max_iters}
+  val_interval: {interval}
+  checkpoint_interval: {interval}
+train:
+  batch_size: {batch_size}
+"""
+
+
+def frame_job_yaml(name: str, root: str | Path, *, command: str = "", crop_size: str = "[64, 128]",
+                   num_workers: int | str = 0, max_iters: int | str = 2, val_interval: int | str = 2,
+                   checkpoint_interval: int | str = 2, log_interval: int = 1, data: str = "",
+                   train: str = "", tail: str = "") -> str:
+    """The text of a recipe file for a tiny MiT-B0 job on the one-frame Cityscapes root
+    (batch 1, no warm-up, train scale and test scale 256x128).
+
+    ``command`` becomes a leading ``# <command>`` line. ``data`` (lines indented by two
+    spaces, after ``root``) and ``train`` (after ``batch_size``) add fields to their
+    sections; ``tail`` adds sections at the end. The counts may be ``"{placeholder}"`` strings
+    for a template filled later with ``str.format``.
+    """
+    head = f"# {command}\n" if command else ""
+    return f"""{head}name: {name}
+data:
+  dataset: cityscapes
+  root: {root}
+{data}  crop_size: {crop_size}
+  train_scale: [256, 128]
+  num_workers: {num_workers}
+model:
+  name: segformer_mit_b0
+schedule:
+  max_iters: {max_iters}
+  warmup_iters: 0
+  val_interval: {val_interval}
+  checkpoint_interval: {checkpoint_interval}
+  log_interval: {log_interval}
+train:
+  batch_size: 1
+{train}eval:
+  test_scale: [256, 128]
+{tail}"""
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

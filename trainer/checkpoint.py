@@ -13,7 +13,7 @@ Layout (``RUN_DIR/checkpoints/``):
   aside (kept for inspection, never loaded, pruned or copied).
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed
-with ``os.replace`` (:mod:`trainer.atomic`), so a reader never sees a partial file under a
+with ``os.replace`` (:mod:`segctl.io.atomic`), so a reader never sees a partial file under a
 final name. Every file loads with ``torch.load(..., weights_only=True)``: RNG states are
 stored as tensors and plain ints.
 
@@ -38,9 +38,12 @@ A full disk while writing gives :class:`DiskFullError`, ``No space left on devic
 without writing once the disk is full, to count them); the partial file is removed and the
 earlier checkpoints are untouched.
 
-A job that copies checkpoints elsewhere (``train.checkpoint_dir``) registers a callback with
-:func:`add_save_listener`; it is called with each file's path right after the file is written
-(and, for ``iter_*.pt``, after pruning), on the writing process.
+A job that copies checkpoints elsewhere (``train.checkpoint_dir``) passes an ``on_saved``
+callable to the save functions; it is called with each file's path right after the file is
+written (and, for ``iter_*.pt``, after pruning), on the writing process.
+
+File names come from :class:`segctl.recipe.rundir.RunDir`; ``iter_*.pt`` names are matched
+with :data:`segctl.recipe.rundir.ITERATION_CHECKPOINT`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,14 +62,11 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from trainer.atomic import atomic_write
+from segctl.io.atomic import atomic_write
+from segctl.recipe.rundir import RunDir, checkpoint_iteration
 
-CHECKPOINT_DIR = "checkpoints"
-FINAL_NAME = "final.pt"
-FINAL_RAW_NAME = "final_raw.pt"
 KEEP_LAST = 2
 REJECTED_SUFFIX = ".rejected"
-_ITER_RE = re.compile(r"^iter_(\d{7,})\.pt$")
 _CHECKSUM_TAG = b"segctl-sha256:"
 _COMMENT_LEN = len(_CHECKSUM_TAG) + 64  # the zip comment: tag + hex SHA-256
 _EOCD = b"PK\x05\x06"  # signature of the zip end-of-central-directory record
@@ -76,43 +75,31 @@ _HASH_CHUNK = 1 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
-_listeners: dict[Path, Callable[[Path], None]] = {}
 
 
-def add_save_listener(run_dir: str | Path, callback: Callable[[Path], None]) -> None:
-    """Call ``callback(path)`` after every checkpoint file written in ``run_dir`` (replaces an
-    earlier callback of the same run)."""
-    _listeners[Path(run_dir).resolve()] = callback
-
-
-def remove_save_listener(run_dir: str | Path) -> None:
-    """Stop calling the callback registered for ``run_dir``."""
-    _listeners.pop(Path(run_dir).resolve(), None)
-
-
-def _saved(run_dir: str | Path, path: Path) -> None:
-    callback = _listeners.get(Path(run_dir).resolve())
-    if callback is None:
+def _saved(on_saved: Callable[[Path], None] | None, path: Path) -> None:
+    """Call ``on_saved(path)``; its exceptions are logged, never raised."""
+    if on_saved is None:
         return
     try:
-        callback(path)
+        on_saved(path)
     except Exception as exc:  # a copy elsewhere never stops training
         log.warning("after saving %s: %s: %s", path.name, type(exc).__name__, exc)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
-    """``RUN_DIR/checkpoints``."""
-    return Path(run_dir) / CHECKPOINT_DIR
+    """``RUN_DIR/checkpoints`` (:attr:`RunDir.checkpoints`)."""
+    return RunDir(run_dir).checkpoints
 
 
 def iteration_path(run_dir: str | Path, iteration: int) -> Path:
-    """``RUN_DIR/checkpoints/iter_{iteration:07d}.pt``."""
-    return checkpoint_dir(run_dir) / f"iter_{iteration:07d}.pt"
+    """``RUN_DIR/checkpoints/iter_{iteration:07d}.pt`` (:meth:`RunDir.iteration_checkpoint`)."""
+    return RunDir(run_dir).iteration_checkpoint(iteration)
 
 
 def final_path(run_dir: str | Path) -> Path:
-    """``RUN_DIR/checkpoints/final.pt``."""
-    return checkpoint_dir(run_dir) / FINAL_NAME
+    """``RUN_DIR/checkpoints/final.pt`` (:attr:`RunDir.final`)."""
+    return RunDir(run_dir).final
 
 
 def iteration_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -122,9 +109,9 @@ def iteration_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in folder.iterdir():
-        match = _ITER_RE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
+        iteration = checkpoint_iteration(path.name)
+        if iteration is not None:
+            found.append((iteration, path))
     return sorted(found)
 
 
@@ -236,7 +223,7 @@ def _write_checksummed(handle: IO[bytes], obj: Any, path: Path) -> str:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :mod:`trainer.atomic`), with the
+    """``torch.save`` ``obj`` to ``path`` atomically (see :mod:`segctl.io.atomic`), with the
     file's SHA-256 embedded (see the module's docstring).
 
     Raises:
@@ -433,11 +420,13 @@ def training_state(
     return state
 
 
-def save_training_state(run_dir: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``iter_{iteration:07d}.pt`` atomically and prune older ones."""
+def save_training_state(run_dir: str | Path, state: Mapping[str, Any], *,
+                        on_saved: Callable[[Path], None] | None = None) -> Path:
+    """Write ``state`` to ``iter_{iteration:07d}.pt`` atomically, prune older ones, then call
+    ``on_saved`` with the file's path (its exceptions are logged, never raised)."""
     path = atomic_save(dict(state), iteration_path(run_dir, state["iteration"]))
     prune(run_dir)
-    _saved(run_dir, path)
+    _saved(on_saved, path)
     return path
 
 
@@ -454,10 +443,10 @@ def load_weights_file(source: str | os.PathLike | IO[bytes], name: str | None = 
         The loaded object (tensors in dicts, lists, tuples, plain numbers and strings).
 
     Raises:
-        segctl.weights.UnloadableWeightsError: the file holds pickled Python objects other
-            than tensors, or is not a PyTorch file (cut short, another kind of file,
+        segctl.io.weights_cache.UnloadableWeightsError: the file holds pickled Python objects
+            other than tensors, or is not a PyTorch file (cut short, another kind of file,
             unreadable); the message names it, in segctl's words
-            (:func:`segctl.weights.load_failure`).
+            (:func:`segctl.io.weights_cache.load_failure`).
         FileNotFoundError: a local path does not exist. Whatever fsspec raises for a URL it
             cannot open.
     """
@@ -474,9 +463,9 @@ def load_weights_file(source: str | os.PathLike | IO[bytes], name: str | None = 
 
 
 def _load(source, name: str) -> Any:
-    # segctl.weights imports only the standard library; its messages are shared with the
-    # control plane's torch-free check (segctl.weights.inspect_weights_file)
-    from segctl.weights import load_failure
+    # the messages are shared with the control plane's torch-free check
+    # (segctl.weights.inspect_weights_file)
+    from segctl.io.weights_cache import load_failure
 
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
@@ -494,7 +483,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     Raises:
         CorruptCheckpointError: the checksum does not match, or the file does not hold a
             training state (:func:`training_state`).
-        segctl.weights.UnloadableWeightsError: it holds more than tensors, or is not a
+        segctl.io.weights_cache.UnloadableWeightsError: it holds more than tensors, or is not a
             PyTorch file (e.g. cut short).
     """
     path = Path(path)
@@ -589,14 +578,17 @@ def set_aside(paths: list[Path]) -> list[Path]:
 
 
 def save_final_weights(
-    run_dir: str | Path, model_state: Mapping[str, torch.Tensor], name: str = FINAL_NAME
+    run_dir: str | Path, model_state: Mapping[str, torch.Tensor], *, raw: bool = False,
+    on_saved: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write a model state dict alone to ``checkpoints/<name>`` (default ``final.pt``)
-    atomically."""
+    """Write a model state dict alone to ``checkpoints/final.pt`` (``final_raw.pt`` with
+    ``raw``: the raw weights beside an EMA ``final.pt``) atomically, then call ``on_saved``
+    with the file's path (its exceptions are logged, never raised)."""
+    run = RunDir(run_dir)
     path = atomic_save(
-        {k: v.detach().cpu() for k, v in model_state.items()}, checkpoint_dir(run_dir) / name
+        {k: v.detach().cpu() for k, v in model_state.items()}, run.final_raw if raw else run.final
     )
-    _saved(run_dir, path)
+    _saved(on_saved, path)
     return path
 
 
@@ -612,8 +604,8 @@ def load_model_weights(path_or_url: str | os.PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: a local path does not exist.
         CorruptCheckpointError: a local file's checksum does not match.
-        segctl.weights.UnloadableWeightsError: the file holds more than tensors, or is not a
-            PyTorch file.
+        segctl.io.weights_cache.UnloadableWeightsError: the file holds more than tensors, or is
+            not a PyTorch file.
         Whatever the fsspec backend raises for an unreachable URL.
     """
     text = os.fspath(path_or_url)

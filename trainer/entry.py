@@ -10,12 +10,14 @@ Run directory files:
 - written: ``progress.json`` (rank 0, atomically), ``checkpoints/iter_{N:07d}.pt`` (last 2
   kept), ``checkpoints/final.pt`` (with EMA: the averaged weights, and ``final_raw.pt``),
   ``mlflow_run_id``, ``eval/<name>.json``, ``eval/<name>.txt``,
-  ``eval/<name>-cityscapes-submission.zip`` (``output_format="cityscapes-submission"``).
+  ``eval/<name>-cityscapes-submission.zip`` (output format ``cityscapes-submission``).
 
-An epoch-based schedule (``schedule.max_epochs``) is turned into iterations once, at the start
-of :func:`run_training` (:func:`trainer.engine.resolve_schedule`, from the staged training
-split's size and the world size); that resolved recipe is the one the job uses everywhere, and
-``max_iters`` (with ``max_epochs``) is recorded in ``progress.json`` and the MLflow params.
+One recipe is in flight: the run directory's. The job's local copies (the staged data root, the
+cached ``model.init_checkpoint``) go to :func:`trainer.engine.train` as arguments, and an
+epoch-based schedule (``schedule.max_epochs``) is turned into iterations once, at the start of
+``train`` (:func:`trainer.data.order.resolve_schedule`, from the training split's size and the
+world size); ``max_iters`` (with ``max_epochs``) is recorded in ``progress.json`` and the
+MLflow params.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from segctl.recipe import Recipe, dataset_preset, parse_json_recipe
+from segctl.io.atomic import atomic_write, atomic_write_json
+from segctl.io.weights_cache import cached_path, default_weights_dir, is_remote
+from segctl.recipe import Recipe, parse_json_recipe, tracking_names
+from segctl.recipe.dataset_spec import DatasetSpec
+from segctl.recipe.eval_request import EvalRequest, OutputFormat
+from segctl.recipe.rundir import RunDir
 from segctl.recipe.secrets import redact_logs, resolve_secrets
 from trainer import checkpoint as ckpt
 from trainer.distributed import (
@@ -36,35 +43,24 @@ from trainer.distributed import (
     job_info,
     teardown,
 )
-from trainer.engine import (
-    build_model,
-    build_train_dataset,
-    build_val_dataset,
-    evaluate,
-    inference_settings,
-    reference_for,
-    resolve_schedule,
-    train,
+from trainer.data.build import build_val_dataset
+from trainer.engine import train
+from trainer.evaluate import (
+    InferenceSettings, evaluate, predict_probs, reference_for, segmentor_logits,
 )
-from trainer.evaluate import predict_probs, segmentor_logits
+from trainer.models.build import build_model
 from trainer.metrics import format_metrics_table
 from trainer.models.converters.pretrained import load_pretrained
-from trainer import submission_format
-from trainer.atomic import atomic_write, atomic_write_json
+from trainer import cityscapes_export
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
-from trainer.tracking import (
-    RUN_ID_FILE, Tracker, metrics_in_percent, prediction_overlays, recipe_params, run_tags,
-)
-# segctl.staging uses only the standard library and fsspec: the job stages its own inputs
-from segctl.staging import checkpoint_uploader, mirror_job_checkpoints, stage_job_inputs
-# segctl.weights too (standard library at import): URLs of weights -> files of the shared cache
-from segctl.weights import cached_path, default_weights_dir, is_remote, with_cached_weights
+from trainer.tracking import Tracker, metrics_in_percent, recipe_params, run_tags
+from trainer.visuals import learning_curve_png, prediction_overlays
+from trainer.checkpoint_sync import checkpoint_uploader, mirror_job_checkpoints
+from trainer.stage_in import stage_job_inputs, with_cached_weights
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.json"
-EVAL_DIR = "eval"
 
 
 def read_recipe(run_dir: str | Path) -> Recipe:
@@ -77,7 +73,7 @@ def read_recipe(run_dir: str | Path) -> Recipe:
         pydantic.ValidationError: it does not match the schema.
         segctl.recipe.secrets.MissingSecretError: a referenced variable is not set.
     """
-    recipe = parse_json_recipe((Path(run_dir) / RECIPE_FILE).read_text(encoding="utf-8"))
+    recipe = parse_json_recipe(RunDir(run_dir).recipe.read_text(encoding="utf-8"))
     return resolve_secrets(recipe)
 
 
@@ -122,7 +118,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         checkpoints stay. Checkpoints none of which is usable:
         :class:`trainer.checkpoint.CorruptCheckpointError` naming them (``progress.json``
         keeps its iteration). An ``init_checkpoint`` holding more than tensors, or not a
-        PyTorch file: :class:`segctl.weights.UnloadableWeightsError` naming it.
+        PyTorch file: :class:`segctl.io.weights_cache.UnloadableWeightsError` naming it.
     """
     _ensure_logging()
     run_dir = Path(run_dir)
@@ -140,18 +136,16 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         info = job_info()
         tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
         # init_checkpoint URL -> its cached file (for this process; MLflow params keep the URL)
-        local = with_cached_weights(recipe, weights_dir or default_weights_dir())
-        staged = stage_job_inputs(local, run_dir)  # remote data root -> local copy
+        init_weights = with_cached_weights(
+            recipe, weights_dir or default_weights_dir()).model.init_checkpoint
+        data_root = stage_job_inputs(recipe, run_dir).data.root  # remote root -> local copy
         # each checkpoint goes to train.checkpoint_dir (rank 0, background) once written
         uploader = checkpoint_uploader(recipe, run_dir, enabled=main)
-        if uploader is not None:
-            ckpt.add_save_listener(run_dir, uploader.submit)
-        staged, recipe = _resolve_schedule(staged, recipe, accelerator.num_processes, progress)
-        tracker.log_params(recipe_params(recipe))
-        recipe = staged
         result = train(
             recipe, run_dir, accelerator=accelerator, tracker=tracker, progress=progress,
+            data_root=data_root, init_weights=init_weights,
             stop_after=stop_after, stop_signal=stop_signal,
+            on_saved=uploader.submit if uploader is not None else None,
         )
         status = "FINISHED" if result.finished else "KILLED"
     except BaseException as exc:
@@ -163,33 +157,15 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         raise
     finally:
         if uploader is not None:  # drained before the end-of-job catch-up and any requeue
-            ckpt.remove_save_listener(run_dir)
             uploader.close()
         mirror_job_checkpoints(recipe, run_dir, enabled=main)
-        tracker.close(status)
+        tracker.close(status, images={
+            tracking_names.LEARNING_CURVE_ARTIFACT: learning_curve_png(tracker.history)})
         teardown(accelerator, wait=status != "FAILED")
     if stop_signal.stopped:
         _requeue(stop_signal, progress, tracker, recipe.cluster.max_requeues)
     stop_signal.uninstall()
     return result.to_dict()
-
-
-def _resolve_schedule(staged: Recipe, original: Recipe, world_size: int,
-                      progress: Progress) -> tuple[Recipe, Recipe]:
-    """Fill ``schedule.max_iters`` from ``max_epochs`` in both the staged recipe (what the job
-    uses) and the original one (what MLflow params record); update ``progress.json``."""
-    if staged.schedule.max_iters is not None:
-        return staged, original
-    size = len(build_train_dataset(staged))
-    staged = resolve_schedule(staged, size, world_size)
-    original = resolve_schedule(original, size, world_size)
-    iters = staged.schedule.max_iters
-    log.info("schedule: %d epochs of %d images at a global batch of %d = %d iterations",
-             staged.schedule.max_epochs, size, staged.train.batch_size * world_size, iters)
-    progress.state["max_iters"] = iters
-    progress.state["max_epochs"] = staged.schedule.max_epochs
-    progress.write()
-    return staged, original
 
 
 def _requeue(stop_signal: StopSignal, progress: Progress, tracker: Tracker,
@@ -230,50 +206,45 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> str:
     return str(latest)
 
 
-def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bool, name: str,
-                                 source: str, iteration, run_dir: Path) -> dict[str, Any]:
-    """Predict the split's images (sharded over the ranks) and zip their labelId PNGs; see
-    :func:`run_evaluation`."""
+def _write_cityscapes_submission(model, recipe: Recipe, accelerator,
+                                 settings: InferenceSettings, name: str, source: str, iteration,
+                                 run_dir: Path) -> dict[str, Any]:
+    """Predict the split's images (sharded over the ranks) with ``settings`` and zip their
+    labelId PNGs (:mod:`trainer.cityscapes_export`); see :func:`run_evaluation`."""
     import numpy as np
     import torch
 
     from trainer.data.io import read_image
     from trainer.distributed import autocast_dtype
 
-    preset = dataset_preset(recipe)
-    if preset.layout != "cityscapes":
+    spec = DatasetSpec.from_recipe(recipe)
+    if spec.layout != "cityscapes":
         raise ValueError(
             f"cityscapes-submission needs a Cityscapes recipe, not dataset {recipe.data.dataset!r}"
         )
     split = "test"
     if not (Path(recipe.data.root) / "leftImg8bit" / "test").is_dir():
-        split = recipe.data.val_split or preset.val_split
+        split = recipe.data.val_split  # filled by resolve()
         log.warning("%s has no leftImg8bit/test: writing the %s split instead",
                     recipe.data.root, split)
-    settings = inference_settings(recipe, ms_flip)
-    mean = np.asarray(preset.mean, dtype=np.float32)
-    std = np.asarray(preset.std, dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
     model.eval()
 
     def predict(path: Path):
         image = (read_image(path).astype(np.float32) - mean) / std
         tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).unsqueeze(0)
         probs = predict_probs(
-            segmentor_logits(model, settings), tensor.to(accelerator.device),
-            test_scale=settings.test_scale,
-            scales=settings.scales, flip=settings.flip, mode=settings.mode,
-            crop_size=settings.crop_size, stride=settings.stride,
-            num_classes=preset.num_classes, autocast_dtype=autocast_dtype(accelerator),
-            flip_swap_pairs=settings.flip_swap_pairs, keep_ratio=settings.keep_ratio,
-            average=settings.average, size_divisor=settings.size_divisor,
+            segmentor_logits(model, settings), tensor.to(accelerator.device), settings,
+            num_classes=spec.num_classes, autocast_dtype=autocast_dtype(accelerator),
             align_corners=bool(getattr(model, "align_corners", False)),
         )
         return probs.argmax(dim=1)[0]
 
-    images = submission_format.list_cityscapes_images(recipe.data.root, split)
-    zip_path = run_dir / EVAL_DIR / f"{name}-cityscapes-submission.zip"
+    images = cityscapes_export.list_cityscapes_images(recipe.data.root, split)
+    zip_path = RunDir(run_dir).eval_file(name, f"-{OutputFormat.CITYSCAPES_SUBMISSION}.zip")
     started = time.perf_counter()
-    submission_format.write_submission(
+    cityscapes_export.write_submission(
         images, predict, zip_path, rank=accelerator.process_index,
         world_size=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
     )
@@ -281,7 +252,7 @@ def _write_cityscapes_submission(model, recipe: Recipe, accelerator, ms_flip: bo
         log.info("wrote %d labelId PNGs of split %s to %s", len(images), split, zip_path)
     return {
         "name": name,
-        "format": "cityscapes-submission",
+        "format": OutputFormat.CITYSCAPES_SUBMISSION.value,
         "checkpoint": source,
         "iteration": iteration,
         "split": split,
@@ -298,34 +269,39 @@ def _finite_or_none(value: float) -> float | None:
 
 def run_evaluation(
     run_dir: str | Path,
-    checkpoint: str | None = None,
-    ms_flip: bool | None = None,
-    name: str | None = None,
-    output_format: str = "metrics",
-    published: bool = False,
+    request: EvalRequest | None = None,
+    *,
     weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint of the run on the validation split and record the result.
 
-    With ``output_format="cityscapes-submission"`` (Cityscapes recipes) nothing is scored:
+    The inference settings are built once from the recipe and the request
+    (:meth:`~trainer.evaluate.InferenceSettings.from_recipe`) and used for the scores or the
+    Cityscapes export; the prediction overlays logged beside the scores use the recipe's
+    single-scale settings.
+
+    With output format ``cityscapes-submission`` (Cityscapes recipes) nothing is scored:
     every image of the ``test`` split (``ROOT/leftImg8bit/test``; where the root has none, the
-    recipe's validation split, with a warning) is predicted with the same settings and written as a labelId PNG into
-    ``RUN_DIR/eval/<name>-cityscapes-submission.zip`` (:mod:`trainer.submission_format`); the
-    returned dict then has ``format``, ``zip``, ``images`` instead of the metrics.
+    recipe's validation split, with a warning) is predicted with the same settings and written
+    as a labelId PNG into ``RUN_DIR/eval/<name>-cityscapes-submission.zip``
+    (:mod:`trainer.cityscapes_export`); the returned dict then has ``format``, ``zip``,
+    ``images`` instead of the metrics.
 
     Args:
         run_dir: a run directory holding ``recipe.json``.
-        checkpoint: a path, an fsspec URL, or a file name in ``RUN_DIR/checkpoints``; default
-            ``final.pt``, else the latest ``iter_*.pt`` (its EMA weights when it has them). Any
-            format :func:`~trainer.models.converters.pretrained.load_pretrained` reads that
-            holds a full segmentor (mmseg 0.x/1.x, official HRNet, official NVlabs SegFormer
-            for the ``segformer_official_mit_*`` models).
-        output_format: ``"metrics"`` (default) or ``"cityscapes-submission"``.
-        ms_flip: multi-scale (``eval.scales``) + flip; None takes ``eval.ms_flip``.
-        name: output name; default ``"<checkpoint stem>-<ss|ms_flip>"`` (e.g. ``final-ss``).
-        published: the checkpoint is the recipe's ``reference.checkpoint`` (``segctl eval
-            --published``): its metrics go to MLflow as ``published/<mode>/<metric>``, apart from
-            the run's own ``eval/<mode>/...``, and the JSON has ``"published": true``.
+        request: what to evaluate (:class:`~segctl.recipe.eval_request.EvalRequest`):
+            ``checkpoint``, a path, an fsspec URL, or a file name in ``RUN_DIR/checkpoints``,
+            default ``final.pt``, else the latest ``iter_*.pt`` (its EMA weights when it has
+            them), in any format :func:`~trainer.models.converters.pretrained.load_pretrained`
+            reads that holds a full segmentor (mmseg 0.x/1.x, official HRNet, official NVlabs
+            SegFormer for the ``segformer_official_mit_*`` models); ``ms_flip``, multi-scale
+            (``eval.scales``) + flip; ``label``, the output name, default
+            ``"<checkpoint stem>-<ss|ms_flip>"`` (e.g. ``final-ss``); ``output_format``,
+            ``metrics`` or ``cityscapes-submission``; ``published``, the checkpoint is the
+            recipe's ``reference.checkpoint`` (``segctl eval --published``): its metrics go to
+            MLflow as ``published/<mode>/<metric>``, apart from the run's own
+            ``eval/<mode>/...``, and the JSON has ``"published": true``. None: the default
+            checkpoint with the recipe's ``eval.ms_flip``, scored.
         weights_dir: the weights cache (:mod:`segctl.weights`) holding ``checkpoint`` when it is
             a URL (other than ``file://``); default ``$SEGCTL_HOME/weights``. Nothing is
             downloaded: a URL missing from the cache fails at once (``NotCachedError``).
@@ -345,25 +321,22 @@ def run_evaluation(
     Raises:
         FileNotFoundError: no checkpoint; ValueError: the checkpoint does not fit the model
             (holds a backbone only, or an official SegFormer decoder for a model with mmseg's
-            head: the message names the preset to use), or an unknown ``output_format`` (or a
-            submission for a non-Cityscapes recipe); ``segctl.weights.NotCachedError``: a
+            head: the message names the preset to use), or a submission for a non-Cityscapes
+            recipe; ``segctl.io.weights_cache.NotCachedError``: a
             checkpoint URL that is not in the weights cache.
     """
-    if output_format not in submission_format.FORMATS:
-        raise ValueError(
-            f"output_format must be one of {submission_format.FORMATS}, got {output_format!r}"
-        )
     _ensure_logging()
     run_dir = Path(run_dir)
     recipe = stage_job_inputs(read_recipe(run_dir), run_dir)  # data and remote checkpoints
-    ms_flip = recipe.eval.ms_flip if ms_flip is None else ms_flip
-    mode = "ms_flip" if ms_flip else "ss"
+    request = request or EvalRequest(ms_flip=recipe.eval.ms_flip)
+    settings = InferenceSettings.from_recipe(recipe, request.ms_flip)
+    mode = request.mode
     export_submitit_env()
     accelerator = build_accelerator(recipe.train.precision, recipe.train.tf32)
     tracker = None
     failed = True
     try:
-        source = resolve_checkpoint(run_dir, checkpoint)
+        source = resolve_checkpoint(run_dir, request.checkpoint)
         local = (cached_path(source, weights_dir or default_weights_dir())
                  if is_remote(source) else source)  # jobs never download weights
         state = ckpt.load_model_weights(local)
@@ -371,20 +344,22 @@ def run_evaluation(
         model = build_model(recipe, load_init=False)
         load_pretrained(model, state, require_full=True, source=str(source))
         model.to(accelerator.device)
-        name = name or f"{Path(source).stem}-{mode}"
-        if output_format == "cityscapes-submission":
-            result = _write_cityscapes_submission(model, recipe, accelerator, ms_flip, name,
+        name = request.name_for(source)
+        if request.output_format is OutputFormat.CITYSCAPES_SUBMISSION:
+            result = _write_cityscapes_submission(model, recipe, accelerator, settings, name,
                                                   source, iteration, run_dir)
             failed = False
             return result
 
         started = time.perf_counter()
         val_set = build_val_dataset(recipe)
-        metrics = evaluate(model, val_set, recipe, accelerator, ms_flip=ms_flip)
+        spec = DatasetSpec.from_recipe(recipe)
+        metrics = evaluate(model, val_set, settings, accelerator,
+                           num_classes=spec.num_classes, ignore_index=spec.ignore_index)
         seconds = time.perf_counter() - started
 
-        classes = list(dataset_preset(recipe).classes)
-        reference = reference_for(recipe, ms_flip)
+        classes = list(spec.classes)
+        reference = reference_for(recipe, request.ms_flip)
         table = format_metrics_table(metrics, classes, reference)
         step = int(iteration) if iteration is not None else (recipe.schedule.max_iters or 0)
         result = {
@@ -392,7 +367,7 @@ def run_evaluation(
             "mode": mode,
             "checkpoint": source,
             "iteration": iteration,
-            "settings": asdict(inference_settings(recipe, ms_flip)),
+            "settings": asdict(settings),
             "seconds": seconds,
             "metrics": {
                 k: _finite_or_none(getattr(metrics, k) * 100.0) for k in ("aAcc", "mIoU", "mAcc")
@@ -402,14 +377,14 @@ def run_evaluation(
                 for c, i, a in zip(classes, metrics.per_class_iou, metrics.per_class_acc)
             },
             "reference": reference,
-            "published": published,
+            "published": request.published,
         }
         if accelerator.is_main_process:
-            out = run_dir / EVAL_DIR
-            atomic_write_json(out / f"{name}.json", result)
-            atomic_write(out / f"{name}.txt", lambda h: h.write((table + "\n").encode("utf-8")))
+            atomic_write_json(RunDir(run_dir).eval_file(name, ".json"), result)
+            atomic_write(RunDir(run_dir).eval_file(name, ".txt"),
+                         lambda h: h.write((table + "\n").encode("utf-8")))
             print(table, flush=True)
-            untracked = not (run_dir / RUN_ID_FILE).exists()  # no training run logged here
+            untracked = not RunDir(run_dir).mlflow_run_id.exists()  # no training run logged here
             tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False)  # no job to watch
             if untracked:  # e.g. eval --published before any training: name the MLflow run
                 info = job_info()
@@ -418,12 +393,17 @@ def run_evaluation(
             tracker.log_metrics(
                 metrics_in_percent(
                     metrics.to_dict(classes),
-                    prefix=f"{'published' if published else 'eval'}/{mode}/",
+                    prefix=tracking_names.eval_prefix(mode, request.published),
                 ),
                 step=step,
             )
-            tracker.log_text(table, f"eval/{name}.txt")
-            tracker.log_overlays(prediction_overlays(model, val_set, recipe, accelerator.device), step)
+            tracker.log_text(table, tracking_names.eval_table_artifact(name))
+            overlays = prediction_overlays(
+                model, val_set, recipe, InferenceSettings.from_recipe(recipe, ms_flip=False),
+                accelerator.device,
+            )
+            for k, png in enumerate(overlays):
+                tracker.log_image(png, tracking_names.overlay_artifact(step, k))
         failed = False
         return result
     finally:

@@ -14,8 +14,9 @@ averaged.
 
 Configs whose test pipeline adds mmseg's ``ResizeToMultiple`` after the ``Resize`` (e.g.
 InternImage's, ``size_divisor=32``) get it through ``size_divisor``: each view is resized a
-second time, bilinearly, to its size rounded up to a multiple (:func:`size_to_multiple`), and
-its logits go from there straight back to the original resolution.
+second time, bilinearly, to its size rounded up to a multiple
+(:func:`~trainer.data.geometry.size_to_multiple`), and its logits go from there straight back
+to the original resolution.
 
 One known difference: mmseg resizes the uint8 image with OpenCV before normalising, we resize
 the normalised float image with ``torch.nn.functional.interpolate`` (bilinear,
@@ -23,8 +24,8 @@ the normalised float image with ``torch.nn.functional.interpolate`` (bilinear,
 uint8 rounding of the resized image.
 
 Glossary: a *scale* is one resize ratio, a *view* one (ratio, flip) pair; mmseg's standard
-multi-scale + flip test uses the six :data:`MS_FLIP_RATIOS`, each with and without horizontal
-flip (12 views).
+multi-scale + flip test uses the six :data:`~segctl.recipe.MS_FLIP_RATIOS`, each with and
+without horizontal flip (12 views).
 
 sssegmentation's order (``average`` ``"logits"`` or ``"probs_before_resize"``, see
 :data:`SSSEG_AVERAGES`) differs from mmseg's in four places, all read from
@@ -44,40 +45,43 @@ SegmentationBLWX/sssegmentation@eb1878c1 ``ssseg/modules/models/segmentors/base/
 
 Every resize there but the dataset's uses the segmentor's ``align_corners``. The dataset's
 ``Resize`` is OpenCV's on the uint8 image; here, as in mmseg's order, the normalised float image
-is resized (bilinear, ``align_corners=False``, :func:`rescale_size` or :func:`stretch_size` at
-ratio 1, which are ssseg's ``Resize`` sizes).
+is resized (bilinear, ``align_corners=False``, :func:`~trainer.data.geometry.rescale_size` or
+:func:`~trainer.data.geometry.stretch_size` at ratio 1, which are ssseg's ``Resize`` sizes).
+
+The job's evaluation wiring lives here too: :meth:`InferenceSettings.from_recipe` builds the
+settings once from the recipe, and that one object travels to :func:`evaluate` (validation
+during training and ``segctl eval``), the Cityscapes export and the prediction overlays;
+:func:`reference_for` gives the published figure the table is compared with.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from segctl.recipe import Recipe
+from trainer import distributed
+from trainer.data.geometry import rescale_size, size_to_multiple, stretch_size
 from trainer.metrics import ConfusionMatrix, SegMetrics
 
 __all__ = [
-    "MS_FLIP_RATIOS",
     "SSSEG_AVERAGES",
     "InferenceSettings",
     "segmentor_logits",
     "whole_inference",
     "slide_inference",
-    "rescale_size",
-    "stretch_size",
-    "size_to_multiple",
     "predict_probs",
     "evaluate_dataset",
+    "evaluate",
+    "reference_for",
 ]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
-
-#: Ratios of mmsegmentation's multi-scale test; with flip they give 12 views.
-MS_FLIP_RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 #: The ``average`` values that follow sssegmentation's test order (module docstring):
 #: ``"logits"`` is its ``use_probs_before_resize: False``, ``"probs_before_resize"`` its
@@ -98,14 +102,16 @@ class InferenceSettings:
             (2048, 1024) for Cityscapes, (2048, 512) for ADE20K; the image is resized with kept
             aspect ratio to fit ``test_scale * ratio``. None resizes the original size by the
             ratio.
-        scales: resize ratios, e.g. ``(1.0,)`` for single scale or :data:`MS_FLIP_RATIOS`.
+        scales: resize ratios, e.g. ``(1.0,)`` for single scale or
+            :data:`~segctl.recipe.MS_FLIP_RATIOS`.
         flip: also run every scale on the horizontally flipped image.
         crop_size: (height, width) of a sliding window in pixels; required for ``"slide"``.
         stride: (height, width) step between windows in pixels; required for ``"slide"``.
-        keep_ratio: False resizes to ``test_scale`` exactly (:func:`stretch_size`: a taller
-            image's height, any other's width, to the larger value, the other edge to the
-            smaller, times the ratio), as sssegmentation's LIP test
-            ``Resize(output_size=(473, 473), keep_ratio=False)``; needs ``test_scale``.
+        keep_ratio: False resizes to ``test_scale`` exactly
+            (:func:`~trainer.data.geometry.stretch_size`: a taller image's height, any other's
+            width, to the larger value, the other edge to the smaller, times the ratio), as
+            sssegmentation's LIP test ``Resize(output_size=(473, 473), keep_ratio=False)``;
+            needs ``test_scale``.
         average: what the views average at the original resolution, and in which order:
             ``"probs"``: softmax scores of the logits resized to the image (mmseg 0.x
             ``aug_test``); ``"logits"``: resized logits, no softmax (sssegmentation's Tester
@@ -115,9 +121,9 @@ class InferenceSettings:
             sssegmentation's order throughout (module docstring; :attr:`order`). Only the
             argmax is used.
         size_divisor: after the test-scale resize, resize each view again (bilinear) so that
-            its height and width are multiples of this many pixels (:func:`size_to_multiple`),
-            as mmseg's ``ResizeToMultiple`` in InternImage's test pipeline (32); None: no
-            rounding.
+            its height and width are multiples of this many pixels
+            (:func:`~trainer.data.geometry.size_to_multiple`), as mmseg's ``ResizeToMultiple``
+            in InternImage's test pipeline (32); None: no rounding.
         flip_swap_pairs: class pairs whose scores are exchanged in flipped views before they
             are flipped back (left/right body parts in LIP: a left arm seen mirrored is scored
             as a right arm). Empty for datasets without handed classes. As sssegmentation
@@ -137,6 +143,41 @@ class InferenceSettings:
     keep_ratio: bool = True
     average: Average = "probs"
     size_divisor: int | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, ms_flip: bool) -> InferenceSettings:
+        """The recipe's test-time settings: single scale, or ``eval.scales`` with flip (flipped
+        views exchange the scores of ``data.flip_swap_pairs``, as training's flips exchange the
+        labels). With ``ms_flip``, ``eval.ms_flip_mode``, ``ms_flip_crop_size``,
+        ``ms_flip_stride`` and ``ms_flip_average`` replace ``mode``, ``crop_size``, ``stride``
+        and ``average`` where set.
+
+        Args:
+            recipe: a resolved recipe.
+            ms_flip: multi-scale (``eval.scales``) + flip, else single scale without flip.
+
+        Raises:
+            ValueError: settings the class refuses (see the class docstring).
+        """
+        ev = recipe.eval
+
+        def pick(field: str):
+            override = getattr(ev, f"ms_flip_{field}") if ms_flip else None
+            return getattr(ev, field) if override is None else override
+
+        crop_size, stride = pick("crop_size"), pick("stride")
+        return cls(
+            mode=pick("mode"),
+            test_scale=tuple(ev.test_scale) if ev.test_scale else None,
+            scales=tuple(ev.scales) if ms_flip else (1.0,),
+            flip=ms_flip,
+            crop_size=tuple(crop_size) if crop_size else None,
+            stride=tuple(stride) if stride else None,
+            flip_swap_pairs=tuple(tuple(pair) for pair in recipe.data.flip_swap_pairs),
+            keep_ratio=ev.keep_ratio,
+            average=pick("average"),
+            size_divisor=ev.size_divisor,
+        )
 
     @property
     def order(self) -> Literal["mmseg", "sssegmentation"]:
@@ -269,128 +310,28 @@ def slide_inference(
     return logits / count
 
 
-def stretch_size(
-    h: int, w: int, scale: tuple[int, int], ratio: float = 1.0
-) -> tuple[int, int]:
-    """Size of an (h, w) image after a test resize that does not keep the aspect ratio.
-
-    As sssegmentation's ``Resize(keep_ratio=False)`` (SegmentationBLWX/sssegmentation@eb1878c1
-    ``ssseg/modules/datasets/pipelines/transforms.py``, ``Resize.__call__``): with the target
-    ``(int(scale[0] * ratio), int(scale[1] * ratio))``, a taller-than-wide image (h > w) gets
-    the larger target value as its height, any other (square included) as its width; a square
-    ``scale`` such as LIP's (473, 473) gives a square.
-
-    Returns:
-        (new_h, new_w) in pixels.
-
-    Raises:
-        ValueError: a size, a bound or the ratio not positive, or an empty result.
-    """
-    if min(h, w) <= 0 or min(scale) <= 0 or ratio <= 0:
-        raise ValueError(f"sizes, scale and ratio must be positive, got {(h, w)}, {scale}, {ratio}")
-    target = (int(scale[0] * ratio), int(scale[1] * ratio))
-    long_edge, short_edge = max(target), min(target)
-    if short_edge <= 0:
-        raise ValueError(f"scale {scale} x ratio {ratio} leaves an empty image")
-    return (long_edge, short_edge) if h > w else (short_edge, long_edge)
-
-
-def rescale_size(
-    h: int, w: int, scale: tuple[int, int], ratio: float = 1.0
-) -> tuple[int, int]:
-    """Size of an (h, w) image after mmseg 0.x's keep-ratio test resize, in pixels.
-
-    mmseg's ``MultiScaleFlipAug`` turns ``img_scale`` and a ratio into the target
-    ``(int(scale[0] * ratio), int(scale[1] * ratio))``; ``Resize(keep_ratio=True)`` then calls
-    mmcv ``rescale_size``, which treats the target as bounds on the long and the short edge
-    (its order does not matter) and scales the image as large as fits both::
-
-        factor = min(long_target / max(h, w), short_target / min(h, w))
-        new    = (int(h * factor + 0.5), int(w * factor + 0.5))
-
-    Examples: Cityscapes (1024, 2048) with (2048, 1024) and ratio 0.5 -> (512, 1024); an ADE20K
-    image (512, 683) with (2048, 512) and ratio 1.0 -> (512, 683), with ratio 0.75 -> (384, 512).
-
-    Args:
-        h, w: image height and width in pixels.
-        scale: the test scale, two edge bounds in pixels, e.g. (2048, 1024).
-        ratio: multiplier applied to ``scale`` first.
-
-    Returns:
-        (new_h, new_w) in pixels.
-
-    Raises:
-        ValueError: if a size, a bound or the ratio is not positive, or the result is empty.
-    """
-    if h <= 0 or w <= 0 or ratio <= 0 or len(scale) != 2 or min(scale) <= 0:
-        raise ValueError(
-            f"need positive h, w, scale and ratio; got h={h}, w={w}, scale={scale}, ratio={ratio}"
-        )
-    target = (int(scale[0] * ratio), int(scale[1] * ratio))
-    factor = min(max(target) / max(h, w), min(target) / min(h, w))
-    new_h, new_w = int(h * factor + 0.5), int(w * factor + 0.5)
-    if new_h <= 0 or new_w <= 0:
-        raise ValueError(f"resizing ({h}, {w}) to scale {scale} x {ratio} gives an empty image")
-    return new_h, new_w
-
-
-def size_to_multiple(h: int, w: int, divisor: int) -> tuple[int, int]:
-    """Size of an (h, w) image after mmseg's ``ResizeToMultiple(size_divisor=divisor)``.
-
-    Each edge is rounded up to the next multiple of ``divisor``::
-
-        new_h, new_w = ceil(h / divisor) * divisor, ceil(w / divisor) * divisor
-
-    (mmseg 0.x ``mmseg/datasets/pipelines/transforms.py`` ``ResizeToMultiple`` calls mmcv 1.x
-    ``mmcv/image/geometric.py`` ``imresize_to_multiple(img, divisor, scale_factor=1,
-    interpolation='bilinear')``, which takes ``_scale_size((w, h), 1)`` = (w, h), rounds each
-    edge up so and resizes the image to that size (not a pad) with OpenCV ``INTER_LINEAR``.)
-    Examples with divisor 32: (512, 683) -> (512, 704); (384, 512) -> (384, 512);
-    (1, 33) -> (32, 64).
-
-    Args:
-        h, w: image height and width in pixels.
-        divisor: the multiple, in pixels.
-
-    Returns:
-        (new_h, new_w) in pixels, each >= the input edge.
-
-    Raises:
-        ValueError: a size or the divisor not positive.
-    """
-    if h <= 0 or w <= 0 or divisor <= 0:
-        raise ValueError(f"need positive h, w and divisor; got h={h}, w={w}, divisor={divisor}")
-    return -(-h // divisor) * divisor, -(-w // divisor) * divisor
-
-
 def predict_probs(
     model: Model,
     image: torch.Tensor,
+    settings: InferenceSettings,
     *,
-    test_scale: tuple[int, int] | None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    mode: Literal["whole", "slide"] = "whole",
-    crop_size: tuple[int, int] | None = None,
-    stride: tuple[int, int] | None = None,
     num_classes: int,
     autocast_dtype: torch.dtype | None = None,
-    flip_swap_pairs: Sequence[tuple[int, int]] = (),
-    keep_ratio: bool = True,
-    average: Average = "probs",
-    size_divisor: int | None = None,
     align_corners: bool = False,
 ) -> torch.Tensor:
     """Class probabilities at the original resolution, averaged over all test-time views.
 
-    For each ratio in ``scales`` the image is resized (bilinear, ``align_corners=False``) to
-    ``rescale_size(H, W, test_scale, ratio)`` (or, with ``test_scale`` None, to
-    ``rescale_size(H, W, (W, H), ratio)``, i.e. the original size times the ratio, as mmseg
-    does without ``img_scale``), then, with ``size_divisor``, again to
-    :func:`size_to_multiple` of that size (mmseg ``ResizeToMultiple``: a second bilinear
-    resize, not a pad); for each flip variant the input is flipped horizontally and
-    the logits flipped back (after exchanging the channels of ``flip_swap_pairs``); the logits are resized bilinearly to (H, W), softmaxed over
-    classes in float32, and the mean over views is returned (mmseg 0.x ``aug_test``).
+    For each ratio in ``settings.scales`` the image is resized (bilinear,
+    ``align_corners=False``) to ``rescale_size(H, W, test_scale, ratio)`` (or, with
+    ``test_scale`` None, to ``rescale_size(H, W, (W, H), ratio)``, i.e. the original size times
+    the ratio, as mmseg does without ``img_scale``), then, with ``size_divisor``, again to
+    :func:`~trainer.data.geometry.size_to_multiple` of that size (mmseg ``ResizeToMultiple``: a
+    second bilinear resize, not a pad); for each flip variant the input is flipped horizontally
+    and the logits flipped back (after exchanging the channels of ``flip_swap_pairs``); the
+    logits are resized bilinearly to (H, W), softmaxed over classes in float32, and the mean
+    over views is returned (mmseg 0.x ``aug_test``). With ``keep_ratio`` False each view is
+    resized with :func:`~trainer.data.geometry.stretch_size` instead of
+    :func:`~trainer.data.geometry.rescale_size`.
 
     With ``average`` ``"logits"`` or ``"probs_before_resize"`` the views follow
     sssegmentation's order instead (module docstring): the image is resized to the test size
@@ -407,22 +348,14 @@ def predict_probs(
             is resized twice (model to input, then input to image) where sssegmentation
             resizes once.
         image: float32 (1, 3, H, W), normalised, at the original resolution.
-        test_scale: (long, short) edge bounds in pixels, or None.
-        scales: resize ratios.
-        flip: add the horizontally flipped view of every scale.
-        mode: ``"whole"`` or ``"slide"``.
-        crop_size, stride: (h, w) window and step in pixels, for ``"slide"``.
+        settings: the test-time views (:class:`InferenceSettings`: test scale, ratios, flip,
+            whole or slide with window and step in (h, w) pixels, flip swap pairs, keep ratio,
+            ``average``, size divisor); every index of ``flip_swap_pairs`` must be
+            < ``num_classes``. With ``average="logits"`` the result is mean logits, not
+            probabilities.
         num_classes: C.
         autocast_dtype: run the model under ``torch.autocast`` with this dtype; resizing,
             softmax and averaging stay in float32.
-        flip_swap_pairs: see :class:`InferenceSettings`; every index must be < ``num_classes``.
-        keep_ratio: False resizes each view with :func:`stretch_size` instead of
-            :func:`rescale_size` (see :class:`InferenceSettings`).
-        average: ``"probs"``, ``"logits"`` or ``"probs_before_resize"`` (see
-            :class:`InferenceSettings`); with ``"logits"`` the result is mean logits, not
-            probabilities.
-        size_divisor: round each view's size up to a multiple of this many pixels before the
-            model (see :class:`InferenceSettings`); None: no rounding.
         align_corners: the segmentor's ``align_corners``, used by every resize of
             sssegmentation's order but the test-size one (mmseg's order ignores it).
 
@@ -431,21 +364,10 @@ def predict_probs(
         mean logits with ``average="logits"``.
 
     Raises:
-        ValueError: on invalid settings (see :class:`InferenceSettings`) or a model output of
-            the wrong shape.
+        ValueError: a flip swap pair naming a class >= ``num_classes``, or a model output of
+            the wrong shape (invalid settings raise when the :class:`InferenceSettings` is
+            built).
     """
-    settings = InferenceSettings(
-        mode=mode,
-        test_scale=test_scale,
-        scales=tuple(scales),
-        flip=flip,
-        crop_size=crop_size,
-        stride=stride,
-        flip_swap_pairs=tuple(flip_swap_pairs),
-        keep_ratio=keep_ratio,
-        average=average,
-        size_divisor=size_divisor,
-    )
     channel_order = torch.arange(num_classes, device=image.device)
     for a, b in settings.flip_swap_pairs:
         if max(a, b) >= num_classes:
@@ -651,20 +573,7 @@ def evaluate_dataset(
         sample = dataset[index]
         image = sample["image"].to(device=device, dtype=torch.float32).unsqueeze(0)
         probs = predict_probs(
-            model,
-            image,
-            test_scale=settings.test_scale,
-            scales=settings.scales,
-            flip=settings.flip,
-            mode=settings.mode,
-            crop_size=settings.crop_size,
-            stride=settings.stride,
-            num_classes=num_classes,
-            autocast_dtype=autocast_dtype,
-            flip_swap_pairs=settings.flip_swap_pairs,
-            keep_ratio=settings.keep_ratio,
-            average=settings.average,
-            size_divisor=settings.size_divisor,
+            model, image, settings, num_classes=num_classes, autocast_dtype=autocast_dtype,
             align_corners=align_corners,
         )
         cm.update(probs.argmax(dim=1)[0], sample["label"])
@@ -673,6 +582,65 @@ def evaluate_dataset(
     if world_size > 1:
         cm.all_reduce()
     return cm.compute(), cm
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    settings: InferenceSettings,
+    accelerator,
+    *,
+    num_classes: int,
+    ignore_index: int,
+) -> SegMetrics:
+    """Score the whole ``dataset`` with ``settings``, sharded over the accelerator's ranks and
+    reduced (:func:`evaluate_dataset`), at the accelerator's autocast dtype and the segmentor's
+    ``align_corners``; the segmentor is put in eval mode and back.
+
+    Args:
+        model: the segmentor (possibly wrapped by ``accelerator.prepare``).
+        dataset: as in :func:`evaluate_dataset`.
+        settings: the test-time views, e.g. :meth:`InferenceSettings.from_recipe`.
+        accelerator: an ``accelerate.Accelerator`` (device, rank, world size, precision).
+        num_classes, ignore_index: the dataset's class count and ignored label value.
+
+    Returns:
+        The metrics over all ranks.
+    """
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    try:
+        metrics, _ = evaluate_dataset(
+            segmentor_logits(net, settings),
+            dataset,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            settings=settings,
+            device=accelerator.device,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            autocast_dtype=distributed.autocast_dtype(accelerator),
+            align_corners=bool(getattr(net, "align_corners", False)),
+        )
+    finally:
+        net.train(was_training)
+    return metrics
+
+
+def reference_for(recipe: Recipe, ms_flip: bool) -> dict[str, Any] | None:
+    """The published mIoU matching the evaluation mode, for
+    :func:`~trainer.metrics.format_metrics_table`; None without one, and for test-server
+    figures (``reference.split: test``), which a score on the validation split is never
+    compared with."""
+    ref = recipe.reference
+    if ref is not None and ref.split != "val":
+        return None
+    miou = None if ref is None else (ref.miou_ms_flip if ms_flip else ref.miou_ss)
+    if miou is None:
+        return None
+    label = "multi-scale + flip" if ms_flip else "single-scale"
+    return {"miou": miou, "label": label, "source": ref.source}
 
 
 def _run(

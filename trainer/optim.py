@@ -214,7 +214,7 @@ def iterations_for_epochs(
     global batch is ``batch_size * world_size``).
 
     ``epoch_padding="none"``: ``ceil(max_epochs * dataset_size / (batch_size * world_size))``;
-    the data order (``trainer.engine.DataOrder``) is one stream of epochs, so the last step may
+    the data order (``trainer.data.order.DataOrder``) is one stream of epochs, so the last step may
     reach into the next epoch's first images. ``"per_rank"`` / ``"per_rank_drop_last"``:
     ``max_epochs *`` :func:`padded_epoch_iterations` (schedule.epoch_padding).
 

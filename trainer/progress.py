@@ -1,6 +1,7 @@
 """``RUN_DIR/progress.json``: the run's live state, rewritten atomically by rank 0.
 
-``segctl status`` reads this file (it works with MLflow down). Fields:
+``segctl status`` reads this file (it works with MLflow down; both planes read it with
+:meth:`segctl.recipe.rundir.RunDir.read_progress`). Fields:
 
 - ``phase``: ``"starting" | "training" | "evaluating" | "done" | "failed"``;
 - ``iteration``, ``max_iters``: optimizer steps done and planned;
@@ -25,17 +26,16 @@ iteration 0, nor an older iteration than the file did before its first resumed i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from segctl.io.atomic import atomic_write_json
+from segctl.recipe.rundir import RunDir
 from segctl.recipe.secrets import redact_url_credentials
-from trainer.atomic import atomic_write_json
 
-PROGRESS_FILE = "progress.json"
 PHASES = ("starting", "training", "evaluating", "done", "failed")
 #: Fields a new job keeps from the run's existing ``progress.json``.
 CARRIED = ("iteration", "loss", "lr", "miou")
@@ -71,7 +71,8 @@ class Progress:
         smoothing: float = 0.1,
         clock=time.monotonic,
     ) -> None:
-        self.path = Path(run_dir) / PROGRESS_FILE
+        run = RunDir(run_dir)
+        self.path = run.progress
         self.enabled = enabled
         self.smoothing = smoothing
         self.clock = clock
@@ -88,9 +89,8 @@ class Progress:
         }
         self._mark: tuple[int, float] | None = None
         self._write_failed = False
-        earlier = _read(self.path)
-        if isinstance(earlier, dict):
-            self.state.update({k: earlier[k] for k in CARRIED if k in earlier})
+        earlier = run.read_progress()
+        self.state.update({k: earlier[k] for k in CARRIED if k in earlier})
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` (any of the documented keys except the derived ones) and write.
@@ -166,19 +166,3 @@ class Progress:
             self._write_failed = True
         else:
             self._write_failed = False
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_progress(run_dir: str | Path) -> dict[str, Any] | None:
-    """The parsed ``progress.json`` of a run, or None when it does not exist yet."""
-    path = Path(run_dir) / PROGRESS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None

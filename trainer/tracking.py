@@ -37,16 +37,19 @@ and of any other ``storage_options`` redacted, the secrets of credentials inside
 rule of :mod:`segctl.recipe.secrets`), and ``segctl.from_scratch``: whether training starts
 without pretrained weights), metrics with the iteration as step, per-class
 IoU as metrics, text tables and a bar chart (``plots/per_class_iou_iter_*.png``) at each
-evaluation, prediction overlays (:meth:`Tracker.log_overlays`), and at :meth:`Tracker.close`
-the resolved recipe (redacted, ``recipe.json``), a learning-curve plot
-(``plots/learning_curve.png``), the final checkpoint's location (tag
-``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``.
+evaluation, prediction overlays, and at :meth:`Tracker.close` the resolved recipe (redacted,
+``recipe.json``), a learning-curve plot (``plots/learning_curve.png``), the final checkpoint's
+location (tag ``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``. The names
+are those of :mod:`segctl.recipe.tracking_names`, which the control plane reads back. Pictures
+are drawn by the code that has them to show (:mod:`trainer.visuals`) and handed over as PNG
+bytes (:meth:`Tracker.log_image`); the tracker draws nothing.
 
-System metrics (training jobs, ``tracking.system_metrics``, on by default): MLflow's own
-monitor samples rank 0's node every ``tracking.system_metrics_interval_s`` seconds in a daemon
-thread and logs ``system/cpu_utilization_percentage``, ``system/system_memory_usage_*``,
-``system/disk_*``, ``system/network_*`` and, where ``nvidia-ml-py`` is installed and a GPU
-answers, ``system/gpu_<i>_*``, with the sample count as step (continued on resume).
+System metrics (training jobs, ``tracking.system_metrics``, on by default,
+:class:`trainer.system_metrics.SystemMetrics`): MLflow's own monitor samples rank 0's node
+every ``tracking.system_metrics_interval_s`` seconds in a daemon thread and logs
+``system/cpu_utilization_percentage``, ``system/system_memory_usage_*``, ``system/disk_*``,
+``system/network_*`` and, where ``nvidia-ml-py`` is installed and a GPU answers,
+``system/gpu_<i>_*``, with the sample count as step (continued on resume).
 ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` set to true or false overrides the recipe for every
 run; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides the interval (MLflow reads it).
 Samples are not buffered: during an outage MLflow's monitor logs one warning and ends, and the
@@ -61,7 +64,6 @@ out.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -76,30 +78,29 @@ from pathlib import Path
 from typing import Any
 
 from segctl.recipe import Recipe
+from segctl.recipe import tracking_names as names
+from segctl.recipe.rundir import RunDir
 from segctl.recipe.secrets import redact_secrets, redact_url_credentials, url_secrets
-from trainer.atomic import atomic_write
+from segctl.io.atomic import atomic_write
+from trainer.system_metrics import SystemMetrics
 
 log = logging.getLogger(__name__)
 
-RUN_ID_FILE = "mlflow_run_id"
-BUFFER_FILE = "tracking-buffer.jsonl"
-BUFFER_DIR = "tracking-buffer"
-JOURNAL_FILE = "tracking-journal.jsonl"
+RUN_ID_FILE = RunDir.MLFLOW_RUN_ID
+BUFFER_FILE = RunDir.TRACKING_BUFFER
+JOURNAL_FILE = RunDir.TRACKING_JOURNAL
 #: Bytes a run's journal may grow to; later records are not journaled (see the module text).
 JOURNAL_MAX_BYTES = 64 * 2**20
 #: The journal line written once where records stop being journaled.
 JOURNAL_FULL = {"op": "journal-full"}
 #: Tag of a run rebuilt from the journal: the id of the MLflow run that was lost.
-REBUILT_TAG = "segctl.rebuilt_from_journal"
+REBUILT_TAG = names.REBUILT_FROM_JOURNAL
 #: Tag of a rebuilt run: ``true`` when the journal held every record, else ``false``.
-COMPLETE_TAG = "segctl.journal_complete"
+COMPLETE_TAG = names.JOURNAL_COMPLETE
 DEFAULT_URI = "sqlite:///mlflow.db"
-REDACTED = "***"
-#: Dotted recipe keys whose values may hold secrets: redacted in params and artifacts.
-SECRET_KEYS: tuple[str, ...] = ("data.storage_options",)
-#: MLflow HTTP client settings used when the environment does not set them.
 #: MLflow's switch for system metrics; set (true/false) it overrides ``tracking.system_metrics``.
 SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+#: MLflow HTTP client settings used when the environment does not set them.
 HTTP_CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -138,13 +139,13 @@ def ensure_store(uri: str) -> None:
     missing, under a file lock beside it, so processes that start together (a sweep, the
     tasks of one job, concurrent submissions) create it once. Other URIs are left alone.
 
-    The work is :func:`segctl.tracking_store.ensure_store` (torch-free, shared by both planes).
+    The work is :func:`segctl.io.tracking_store.ensure_store` (torch-free, shared by both planes).
 
     Raises:
-        segctl.tracking_store.TrackingStoreError: the store cannot be created (a missing
+        segctl.io.tracking_store.TrackingStoreError: the store cannot be created (a missing
             folder, for instance).
     """
-    from segctl.tracking_store import ensure_store as ensure_store_locked
+    from segctl.io.tracking_store import ensure_store as ensure_store_locked
 
     ensure_store_locked(uri)
 
@@ -160,25 +161,16 @@ def sanitize_name(name: str) -> str:
     return "/".join(parts) or "_"
 
 
-def _is_secret(name: str, secret_keys: Sequence[str]) -> bool:
-    """Under one of ``secret_keys``, or inside any ``storage_options`` mapping of the recipe."""
-    if ".storage_options." in f".{name}.":
-        return True
-    return any(name == key or name.startswith(key + ".") for key in secret_keys)
-
-
-def flatten_params(
-    data: Mapping[str, Any], prefix: str = "", secret_keys: Sequence[str] = SECRET_KEYS
-) -> dict[str, str]:
+def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested mappings to dotted keys with string values, secrets redacted
     (:func:`redact`).
 
     Lists and tuples become JSON (``data.crop_size`` -> ``"[128, 256]"``), None ``"None"``,
-    everything else ``str(value)``. Values under ``secret_keys`` or in any storage-options
-    mapping become ``"***"`` (the keys stay, so one sees that an option was set); the secrets
-    of URL credentials ``***`` inside their URL.
+    everything else ``str(value)``. Every value inside a storage-options mapping becomes
+    ``"***"`` (the keys stay, so one sees that an option was set); the secrets of URL
+    credentials ``***`` inside their URL.
     """
-    return _flatten(redact(data, prefix, secret_keys), prefix)
+    return _flatten(redact(data), prefix)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, str]:
@@ -194,23 +186,11 @@ def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, str]:
     return flat
 
 
-def redact(data: Mapping[str, Any], prefix: str = "",
-           secret_keys: Sequence[str] = SECRET_KEYS) -> dict[str, Any]:
-    """A copy of nested ``data`` as MLflow may see it: segctl's one redaction rule
-    (:func:`segctl.recipe.secrets.redact_secrets`, every storage option hidden), and every leaf
-    under ``secret_keys`` replaced by ``"***"``."""
-    return _hide(redact_secrets(data, every_option=True), prefix, secret_keys)
-
-
-def _hide(data: Mapping[str, Any], prefix: str, secret_keys: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out[key] = _hide(value, name, secret_keys)
-        else:
-            out[key] = REDACTED if _is_secret(name, secret_keys) else value
-    return out
+def redact(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of nested ``data`` (a dumped recipe) as MLflow may see it: segctl's one
+    redaction rule (:func:`segctl.recipe.secrets.redact_secrets`) with every storage option
+    hidden, secret-named or not (endpoints and profiles are site details)."""
+    return redact_secrets(data, every_option=True)
 
 
 def recipe_params(recipe: Recipe) -> dict[str, str]:
@@ -219,7 +199,7 @@ def recipe_params(recipe: Recipe) -> dict[str, str]:
     ``model.init_checkpoint``; ``segctl submit`` asks for ``--from-scratch`` where the recipe
     reproduces a published result), else ``false``."""
     params = flatten_params(recipe.model_dump(mode="json"))
-    params["segctl.from_scratch"] = "false" if recipe.model.init_checkpoint else "true"
+    params[names.FROM_SCRATCH] = "false" if recipe.model.init_checkpoint else "true"
     return params
 
 
@@ -251,123 +231,12 @@ def _default_artifact_location(uri: str) -> str | None:
     Without it MLflow puts artifacts of a SQLite store under ``./mlruns`` of whatever the
     current directory is.
     """
-    from segctl.paths import sqlite_path  # standard library only
+    from segctl.io.tracking_store import sqlite_path  # standard library only
 
     db = sqlite_path(uri)  # percent-decoded, as SQLAlchemy opens it
     if db is None:
         return None
     return (db.resolve().parent / "mlartifacts").as_uri()
-
-
-# --- pictures (matplotlib's object API: no pyplot, no global backend) ------------------------
-
-
-def _png(figure) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=100)
-    return out.getvalue()
-
-
-def per_class_iou_chart(iou: Mapping[str, float], title: str) -> bytes:
-    """A horizontal bar chart (PNG) of per-class IoU in percent."""
-    from matplotlib.figure import Figure
-
-    names = list(iou)
-    figure = Figure(figsize=(7, 0.25 * len(names) + 1.2))
-    axes = figure.add_subplot()
-    axes.barh(range(len(names)), [iou[n] for n in names], color="#4c72b0")
-    axes.set_yticks(range(len(names)), labels=names, fontsize=7)
-    axes.invert_yaxis()
-    axes.set_xlim(0, 100)
-    axes.set_xlabel("IoU (%)")
-    axes.set_title(title)
-    figure.tight_layout()
-    return _png(figure)
-
-
-def learning_curve_chart(history: Mapping[str, Sequence[tuple[int, float]]]) -> bytes:
-    """Training loss (left axis) and validation mIoU (right axis) over iterations (PNG)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4))
-    axes = figure.add_subplot()
-    loss = sorted(history.get("loss", ()))
-    if loss:
-        axes.plot([s for s, _ in loss], [v for _, v in loss], color="#4c72b0", label="loss")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("training loss")
-    miou = sorted(history.get("mIoU", ()))
-    if miou:
-        right = axes.twinx()
-        right.plot([s for s, _ in miou], [v for _, v in miou], "o-", color="#dd8452")
-        right.set_ylabel("val mIoU (%)")
-    axes.set_title("learning curve")
-    figure.tight_layout()
-    return _png(figure)
-
-
-def overlay_panel(image, label, prediction, palette: Sequence[Sequence[int]],
-                  ignore_index: int = 255) -> bytes:
-    """Image | ground truth | prediction side by side (PNG), labels in the dataset palette.
-
-    Args:
-        image: uint8 (H, W, 3) RGB. label, prediction: integer (H, W) class indices;
-            ``ignore_index`` (and anything outside the palette) is drawn black.
-    """
-    import numpy as np
-    from PIL import Image
-
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
-
-    def paint(indices) -> np.ndarray:
-        idx = np.asarray(indices).astype(np.int64)
-        out = colours[np.clip(idx, 0, 255)]
-        out[(idx == ignore_index) | (idx >= len(palette)) | (idx < 0)] = 0
-        return out
-
-    image = np.asarray(image, dtype=np.uint8)
-    panel = np.concatenate([image, paint(label), paint(prediction)], axis=1)
-    out = io.BytesIO()
-    Image.fromarray(panel).save(out, format="PNG")
-    return out.getvalue()
-
-
-def prediction_overlays(model, dataset, recipe: Recipe, device, count: int = 3) -> list[bytes]:
-    """:func:`overlay_panel` PNGs of the first ``count`` samples of ``dataset`` predicted at a
-    single scale with the recipe's evaluation settings. ``dataset.load(i)`` must give the raw
-    RGB image and label, ``dataset[i]`` the evaluation tensors (as the trainer's datasets do)."""
-    import torch
-
-    from segctl.recipe import dataset_preset
-    from trainer.evaluate import predict_probs
-
-    preset = dataset_preset(recipe)
-    ev = recipe.eval
-    net = getattr(model, "module", model)
-    was_training = getattr(net, "training", False)
-    net.eval()
-    panels = []
-    try:
-        for index in range(min(count, len(dataset))):
-            raw = dataset.load(index)
-            image = dataset[index]["image"].to(device=device, dtype=torch.float32).unsqueeze(0)
-            probs = predict_probs(
-                net.encode_decode, image, test_scale=tuple(ev.test_scale) if ev.test_scale else None,
-                mode=ev.mode, crop_size=tuple(ev.crop_size) if ev.crop_size else None,
-                stride=tuple(ev.stride) if ev.stride else None, num_classes=preset.num_classes,
-                keep_ratio=ev.keep_ratio, size_divisor=ev.size_divisor,
-            )
-            prediction = probs.argmax(dim=1)[0].cpu().numpy()
-            label = dataset[index]["label"].cpu().numpy()
-            panels.append(overlay_panel(raw["image"], label, prediction, preset.palette,
-                                        preset.ignore_index))
-    finally:
-        net.train(was_training)
-    return panels
 
 
 def _size(path: Path) -> int:
@@ -477,13 +346,10 @@ class Tracker:
         self._quiet_until = 0.0
         self._started = time.monotonic()
         self._max_step = 0
-        self._history: dict[str, list[tuple[int, float]]] = {"loss": [], "mIoU": []}
-        self._previous = {"gpu_hours": 0.0, "iterations_done": 0.0}
-        self.system_metrics = system_metrics
-        self.system_metrics_interval_s = system_metrics_interval_s
-        self._monitor = None  # MLflow's SystemMetricsMonitor while one runs
-        self._monitor_done = None  # threading.Event set when its thread has ended
-        self._monitor_started = -math.inf
+        self._history: dict[str, list[tuple[int, float]]] = {names.LOSS: [], names.MIOU: []}
+        self._previous = {names.GPU_HOURS: 0.0, names.ITERATIONS_DONE: 0.0}
+        self._system = SystemMetrics(uri, enabled=system_metrics,
+                                     interval_s=system_metrics_interval_s)
         self._closed = False
         if enabled:
             if uri.startswith(("http://", "https://")):
@@ -520,12 +386,23 @@ class Tracker:
     # --- plumbing ---------------------------------------------------------------------------
 
     @property
+    def layout(self) -> RunDir:
+        """The run directory's file names."""
+        return RunDir(self.run_dir)
+
+    @property
     def buffer_path(self) -> Path:
-        return self.run_dir / BUFFER_FILE
+        return self.layout.tracking_buffer
 
     @property
     def journal_path(self) -> Path:
-        return self.run_dir / JOURNAL_FILE
+        return self.layout.tracking_journal
+
+    @property
+    def history(self) -> dict[str, list[tuple[int, float]]]:
+        """``{"loss": [(step, value)], "mIoU": [...]}``: the points this tracker logged (for
+        :func:`trainer.visuals.learning_curve_png`)."""
+        return self._history
 
     def pending(self) -> int:
         """Records waiting in the buffer file."""
@@ -556,59 +433,14 @@ class Tracker:
     # --- system metrics (MLflow's monitor thread) -------------------------------------------
 
     def _ensure_system_metrics(self) -> None:
-        """Start MLflow's system metrics monitor when none is running: at start, and again
-        after an outage ended the previous one (called after each successful delivery; at
-        most one start per cool-down)."""
-        if not (self.enabled and self.system_metrics and self.run_id) or self._closed:
-            return
-        if self._monitor_done is not None and not self._monitor_done.is_set():
-            return  # the current monitor is alive
-        if self._monitor is not None and getattr(self._monitor, "error", None) is not None:
-            self.system_metrics = False  # sampling itself failed: starting again would too
-            return
-        now = time.monotonic()
-        if now - self._monitor_started < max(self.cooldown_s, self.system_metrics_interval_s):
-            return
-        self._monitor_started = now
-        self._stop_system_metrics()  # an ended monitor: deliver the samples it still holds
-        try:
-            monitor, done = _system_metrics_monitor(
-                self.run_id, self.uri, self.system_metrics_interval_s
-            )
-            monitor.start()
-        except ImportError as exc:  # psutil missing (or an MLflow without the monitor)
-            self.system_metrics = False  # say it once, not at every delivery
-            log.warning("system metrics not logged (%s); training continues", exc)
-            return
-        except Exception as exc:
-            log.warning("system metrics monitor not started: %s: %s", type(exc).__name__,
-                        redact_url_credentials(str(exc)))
-            return
-        self._monitor, self._monitor_done = monitor, done
+        """Start the system metrics monitor when none runs (:meth:`SystemMetrics.ensure`):
+        at start, and after each successful delivery."""
+        if self.enabled and not self._closed:
+            self._system.ensure(self.run_id, self.cooldown_s)
 
     def _stop_system_metrics(self) -> None:
-        """Stop the monitor thread, which flushes its last samples; never raises.
-
-        While the server is known to be away (a tracking call failed less than ``cooldown_s``
-        ago) that flush fails: its samples are dropped like any taken during an outage, and
-        MLflow's error line about it is held back (the tracker has already said the server is
-        away).
-        """
-        monitor, self._monitor = self._monitor, None
-        self._monitor_done = None
-        if monitor is None:
-            return
-        mlflow_log = logging.getLogger(_MONITOR_LOGGER)
-        level = mlflow_log.level
-        if time.monotonic() < self._quiet_until:
-            mlflow_log.setLevel(logging.CRITICAL)
-        try:
-            monitor.finish()
-        except Exception as exc:
-            log.warning("system metrics monitor did not stop cleanly: %s: %s",
-                        type(exc).__name__, redact_url_credentials(str(exc)))
-        finally:
-            mlflow_log.setLevel(level)
+        """Stop the monitor, quietly while the server is known to be away."""
+        self._system.stop(quiet=time.monotonic() < self._quiet_until)
 
     def _client_(self):
         if self._client is None:
@@ -622,7 +454,7 @@ class Tracker:
 
     def _start(self) -> None:
         client = self._client_()
-        id_file = self.run_dir / RUN_ID_FILE
+        id_file = self.layout.mlflow_run_id
         lost = None
         if id_file.is_file():
             known = id_file.read_text(encoding="utf-8").strip()
@@ -841,7 +673,7 @@ class Tracker:
         records delivered; raises when the server cannot be reached (``segctl sync``)."""
         self._quiet_until = 0.0
         if self.run_id is None and (self.pending() or self.journal_path.is_file()
-                                    or (self.run_dir / RUN_ID_FILE).is_file()):
+                                    or self.layout.mlflow_run_id.is_file()):
             self._ready()  # raises when the server cannot be reached
         return self._replay()
 
@@ -853,10 +685,7 @@ class Tracker:
         self._record({"op": "params", "items": items}, "log_params")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log float metrics at ``step`` (an iteration); non-finite values are skipped.
-
-        An evaluation's per-class IoU (``IoU.<class>`` keys) also becomes a bar chart.
-        """
+        """Log float metrics at ``step`` (an iteration); non-finite values are skipped."""
         if not self.enabled:
             return
         now = int(time.time() * 1000)
@@ -870,11 +699,6 @@ class Tracker:
             if key in metrics and metrics[key] is not None and math.isfinite(float(metrics[key])):
                 self._history[key].append((int(step), float(metrics[key])))
         self._record({"op": "metrics", "items": items}, "log_metrics")
-        iou = {k[4:]: float(v) for k, v in metrics.items()
-               if k.startswith("IoU.") and v is not None and math.isfinite(float(v))}
-        if iou:
-            self._log_png(lambda: per_class_iou_chart(iou, f"per-class IoU, iteration {step}"),
-                          f"plots/per_class_iou_iter_{int(step):07d}.png")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set string tags on the run."""
@@ -890,7 +714,7 @@ class Tracker:
         if not self.enabled:
             return
         folder, _, name = artifact_file.rpartition("/")
-        local = self.run_dir / BUFFER_DIR / secrets.token_hex(4) / name
+        local = self.layout.tracking_buffer_dir / secrets.token_hex(4) / name
         try:
             atomic_write(local, lambda handle: handle.write(png))
         except OSError as exc:
@@ -899,23 +723,15 @@ class Tracker:
         self._record({"op": "file", "local": str(local), "artifact_path": folder or None},
                      "log_image")
 
-    def log_overlays(self, panels: Sequence[bytes], step: int) -> None:
-        """Log :func:`overlay_panel` PNGs as ``overlays/iter_<step>/sample_<k>.png``."""
-        for k, png in enumerate(panels):
-            self.log_image(png, f"overlays/iter_{int(step):07d}/sample_{k}.png")
-
-    def _log_png(self, draw: Callable[[], bytes], artifact_file: str) -> None:
-        try:
-            png = draw()
-        except Exception as exc:  # a plot is never worth a failed run
-            log.warning("plot %s not drawn: %s: %s", artifact_file, type(exc).__name__, exc)
-            return
-        self.log_image(png, artifact_file)
-
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = "FINISHED",
+              images: Mapping[str, bytes | None] | None = None) -> None:
         """Log the end-of-run record and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``
         (a resumed run reopens it). Tries the server once more even while cooling down;
-        whatever is still not delivered stays in the buffer for ``segctl sync``."""
+        whatever is still not delivered stays in the buffer for ``segctl sync``.
+
+        ``images``: ``{artifact file: PNG bytes}`` logged with the end-of-run record (the
+        learning curve of :func:`trainer.visuals.learning_curve_png`); None values are
+        skipped."""
         if not self.enabled:
             return
         self._closed = True
@@ -923,6 +739,9 @@ class Tracker:
         self._quiet_until = 0.0
         if self.recipe is not None:
             self._end_of_run_record()
+        for artifact_file, png in (images or {}).items():
+            if png is not None:
+                self.log_image(png, artifact_file)
         if self.run_id is None and not self.buffer_path.is_file():
             return  # nothing was ever logged
         self._record({"op": "status", "status": status}, "close")
@@ -933,59 +752,22 @@ class Tracker:
         gpus = cluster.nodes * cluster.gpus_per_node
         hours = (time.monotonic() - self._started) / 3600.0
         summary = {
-            "gpu_hours": self._previous["gpu_hours"] + hours * gpus,
-            "iterations_done": float(max(self._max_step, self._previous["iterations_done"])),
+            names.GPU_HOURS: self._previous[names.GPU_HOURS] + hours * gpus,
+            names.ITERATIONS_DONE: float(max(self._max_step,
+                                             self._previous[names.ITERATIONS_DONE])),
         }
         self._record({"op": "metrics", "items": [
             [k, v, int(time.time() * 1000), self._max_step] for k, v in summary.items()
         ]}, "log_metrics")
-        self._record({"op": "text", "artifact_file": "recipe.json",
+        self._record({"op": "text", "artifact_file": names.RECIPE_ARTIFACT,
                       "text": json.dumps(redact(recipe.model_dump(mode="json")), indent=2)},
                      "log_text")
-        final = self.run_dir / "checkpoints" / "final.pt"
+        final = self.layout.final
         if final.is_file():
             where = str(final)
             if recipe.train.checkpoint_dir:
-                where = recipe.train.checkpoint_dir.rstrip("/") + "/final.pt"
-            self.set_tags({"segctl.final_checkpoint": where})
-        if any(self._history.values()):
-            self._log_png(lambda: learning_curve_chart(self._history), "plots/learning_curve.png")
-
-
-#: The logger of MLflow's ``SystemMetricsMonitor``.
-_MONITOR_LOGGER = "mlflow.system_metrics.system_metrics_monitor"
-
-
-def _system_metrics_monitor(run_id: str, uri: str, interval_s: float):
-    """``(monitor, done)``: MLflow's ``SystemMetricsMonitor`` for ``run_id`` (steps continue
-    after those already logged) and an event set when its thread ends, for whatever reason.
-
-    Raises:
-        ImportError: psutil (or MLflow's monitor) is missing; whatever MLflow raises when the
-            run cannot be read.
-    """
-    import threading
-
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    done = threading.Event()
-
-    class Monitor(SystemMetricsMonitor):
-        error: Exception | None = None
-
-        def monitor(self) -> None:
-            try:
-                super().monitor()  # returns (after one warning) when MLflow cannot be reached
-            except Exception as exc:  # a sampling failure: not worth a traceback per start
-                self.error = exc
-                log.warning("system metrics stopped: %s: %s", type(exc).__name__,
-                            redact_url_credentials(str(exc)))
-            finally:
-                done.set()
-
-    monitor = Monitor(run_id, sampling_interval=interval_s, resume_logging=True,
-                      tracking_uri=uri)
-    return monitor, done
+                where = recipe.train.checkpoint_dir.rstrip("/") + "/" + final.name
+            self.set_tags({names.FINAL_CHECKPOINT: where})
 
 
 def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:
@@ -995,19 +777,19 @@ def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:
 
     cluster = recipe.cluster
     tags = {
-        "segctl.recipe_hash": recipe_hash(recipe),
-        "segctl.run_id": run_id(recipe),
-        "segctl.executor": executor,
-        "segctl.job_id": job_id,
-        "segctl.version": segctl_version(),
-        "segctl.nodes": str(cluster.nodes),
-        "segctl.gpus": str(cluster.nodes * cluster.gpus_per_node),
+        names.RECIPE_HASH: recipe_hash(recipe),
+        names.RUN_ID: run_id(recipe),
+        names.EXECUTOR: executor,
+        names.JOB_ID: job_id,
+        names.VERSION: segctl_version(),
+        names.NODES: str(cluster.nodes),
+        names.GPUS: str(cluster.nodes * cluster.gpus_per_node),
     }
-    slurm = {"segctl.slurm_job_id": "SLURM_JOB_ID", "segctl.slurm_nodelist": "SLURM_JOB_NODELIST"}
+    slurm = {names.SLURM_JOB_ID: "SLURM_JOB_ID", names.SLURM_NODELIST: "SLURM_JOB_NODELIST"}
     tags.update({tag: os.environ[var] for tag, var in slurm.items() if os.environ.get(var)})
     commit = git_commit()
     if commit:
-        tags["segctl.git_commit"] = commit
+        tags[names.GIT_COMMIT] = commit
     return tags
 
 
@@ -1018,6 +800,7 @@ def metrics_in_percent(metrics: Mapping[str, float], prefix: str = "") -> dict[s
     text table).
     """
     keep = {
-        k: v for k, v in metrics.items() if k in ("aAcc", "mIoU", "mAcc") or k.startswith("IoU.")
+        k: v for k, v in metrics.items()
+        if k in names.SCORES or k.startswith(names.CLASS_IOU_PREFIX)
     }
     return {f"{prefix}{k}": v * 100.0 for k, v in keep.items()}

@@ -1,4 +1,5 @@
-"""What every command shares: user-error handling (exit 2, no traceback), run lookup, tables."""
+"""What every command shares: user-error handling (exit 2, no traceback), run lookup, tables,
+and the printing, submitting and waiting that `segctl submit` and `segctl eval` have in common."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def user_errors(func: F) -> F:
         from segctl.recipe import RecipeError
         from segctl.runs import RunDirError
         from segctl.submission import SubmitError
-        from segctl.tracking_store import TrackingStoreError
+        from segctl.io.tracking_store import TrackingStoreError
 
         try:
             return func(*args, **kwargs)
@@ -53,7 +54,7 @@ def user_errors(func: F) -> F:
 
 def registry():
     """The job registry in ``$SEGCTL_HOME``."""
-    from segctl.paths import segctl_home
+    from segctl.io.home import segctl_home
     from segctl.registry import Registry
 
     return Registry(segctl_home())
@@ -177,3 +178,96 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None)
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+
+
+# --- submitting and waiting: shared by `segctl submit` and `segctl eval` ----------------------
+
+#: Line that separates the JSON plan from the sbatch script in ``--dry-run`` output.
+SBATCH_MARKER = "# ---- sbatch script ----"
+
+
+def print_plan(plan) -> None:
+    """The plan as JSON (weights sizes asked of the source where not cached: nothing is
+    downloaded), then (for Slurm) the sbatch script after a marker line."""
+    import json
+
+    typer.echo(json.dumps(plan.to_dict(probe_sizes=True), indent=2))
+    script = plan.sbatch_script()
+    if script is not None:
+        typer.echo(SBATCH_MARKER)
+        typer.echo(script)
+
+
+def print_notes(plan) -> None:
+    """The plan's warnings, on stderr (``--dry-run`` shows them in the JSON)."""
+    for note in plan.notes:
+        typer.echo(f"warning: {note}", err=True)
+
+
+def print_weights(lines: list[str]) -> None:
+    """What :func:`segctl.submission.apply` fetched and checked, one line per file, on stderr."""
+    for line in lines:
+        typer.echo(f"weights: {line}", err=True)
+
+
+def submit_plan(plan):
+    """Print the plan's warnings, carry it out (:func:`segctl.submission.apply`) and print the
+    weights files fetched and checked for it; returns the
+    :class:`~segctl.submission.SubmittedJob`."""
+    from segctl.submission import apply
+
+    print_notes(plan)
+    submitted = apply(plan, registry())
+    print_weights(submitted.weights)
+    return submitted
+
+
+def finish(submitted) -> None:
+    """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
+    COMPLETED.
+
+    The state comes from :func:`segctl.status.wait` (sacct, or a local job's JSON exit
+    record and controller pid); nothing of the job is unpickled.
+    """
+    from segctl.executors import job_log_paths
+    from segctl.recipe.rundir import RunDir
+    from segctl.status import JobState, wait
+
+    reg = registry()
+    state = wait(reg, submitted.row, on_poll=_progress_printer(submitted))
+    row = reg.job(submitted.row)
+    reason = f" ({row.reason})" if row is not None and row.reason else ""
+    typer.echo(f"{submitted.plan.run_id}: {state}{reason}")
+    if state != JobState.COMPLETED:
+        folder = row.folder if row is not None else str(RunDir(submitted.plan.run_dir).jobs)
+        _, stderr = job_log_paths(folder, submitted.job_id)
+        if stderr.exists():
+            tail = stderr.read_text(errors="replace").splitlines()[-20:]
+            typer.echo("\n".join(tail), err=True)
+        raise typer.Exit(1)
+
+
+def _progress_printer(submitted):
+    """An ``on_poll`` callback printing a line whenever a training job's iteration moves."""
+    from segctl.recipe.rundir import RunDir
+
+    last: dict = {}
+    run_dir = RunDir(submitted.plan.run_dir)
+
+    def show(state: str) -> None:
+        if submitted.plan.kind != "train":
+            return
+        progress = run_dir.read_progress()
+        iteration = progress.get("iteration")
+        if iteration is None or iteration == last.get("iteration"):
+            return
+        last.update(progress)
+        parts = [f"iter {iteration}/{progress.get('max_iters')}"]
+        for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("miou", "mIoU {:.2f}")):
+            if isinstance(progress.get(key), (int, float)):
+                parts.append(fmt.format(progress[key]))
+        if isinstance(progress.get("eta_seconds"), (int, float)):
+            parts.append(f"eta {int(progress['eta_seconds'])} s")
+        typer.echo("  " + "  ".join(parts))
+
+    return show

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from segctl.cli.common import UserError, find_run, looks_like_recipe, registry, user_errors
+from segctl.cli.common import (
+    UserError,
+    find_run,
+    finish,
+    looks_like_recipe,
+    print_plan,
+    submit_plan,
+    user_errors,
+)
 from segctl.cli.placement import (
     Cluster,
     GpusPerNode,
@@ -19,7 +26,9 @@ from segctl.cli.placement import (
     load_profile_or_fail,
     placement_overrides,
 )
-from segctl.cli.submit import finish, print_notes, print_plan, print_weights
+
+if TYPE_CHECKING:  # segctl.recipe loads pydantic: kept out of `segctl --help`
+    from segctl.recipe.eval_request import OutputFormat
 
 
 @user_errors
@@ -65,8 +74,9 @@ def evaluate(
     RUN_DIR/eval/LABEL.txt; with --wait it is printed here too, with --published beside the
     published figure.
     """
+    from segctl.recipe.rundir import RunDir
     from segctl.runs import create_run_dir, read_recipe
-    from segctl.submission import apply, plan_evaluation, with_placement
+    from segctl.submission import plan_evaluation, with_placement
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     if published and checkpoint is not None:
@@ -84,46 +94,46 @@ def evaluate(
             stored = read_recipe(run_dir)
         except FileNotFoundError:
             raise UserError(
-                f"run {record.run_id} has no {run_dir / 'recipe.json'}: its run directory was "
+                f"run {record.run_id} has no {RunDir(run_dir).recipe}: its run directory was "
                 "moved or deleted; `segctl forget` it, or evaluate its recipe file instead"
             ) from None
         recipe = with_placement(stored, placement, source)
         if published:
             checkpoint = _reference_checkpoint(recipe, f"run {record.run_id}")
-        if checkpoint is None and not (run_dir / "checkpoints").is_dir():
+        if checkpoint is None and not RunDir(run_dir).checkpoints.is_dir():
             raise UserError(f"run {record.run_id} has no checkpoints yet: pass --checkpoint")
+    fmt = _output_format(output_format or default_format(recipe))
     plan = plan_evaluation(
-        run_dir, recipe, source, checkpoint, ms_flip, profile=load_profile_or_fail(profile)
+        run_dir, recipe, source, checkpoint, ms_flip, profile=load_profile_or_fail(profile),
+        output_format=fmt, published=published,
     )
-    output_format = output_format or default_format(recipe)
-    if output_format not in ("metrics", "cityscapes-submission"):
-        raise UserError(f"--format must be metrics or cityscapes-submission, got {output_format!r}")
-    if published:
-        label = f"published-{plan.label}"
-        checkpoint_arg, ms_flip_arg = plan.args[0], plan.args[1]
-        plan = dataclasses.replace(
-            plan, label=label, args=(checkpoint_arg, ms_flip_arg, label, output_format, True)
-        )
-    elif output_format != "metrics":
-        plan = dataclasses.replace(plan, args=(*plan.args, output_format))
     if dry_run:
         print_plan(plan)
         return
     if not run_dir.exists():
         create_run_dir(run_dir, plan.recipe)
-    print_notes(plan)
-    submitted = apply(plan, registry())
-    print_weights(submitted.weights)
+    submitted = submit_plan(plan)
     typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
     if wait:
         finish(submitted)
-        if output_format != "metrics":
-            typer.echo(f"submission: {run_dir / 'eval' / f'{plan.label}-{output_format}.zip'}")
+        if fmt.value != "metrics":
+            typer.echo(f"submission: {RunDir(run_dir).eval_file(plan.label, f'-{fmt}.zip')}")
             return
-        table = run_dir / "eval" / f"{plan.label}.txt"
+        table = RunDir(run_dir).eval_file(plan.label, ".txt")
         typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
         if published:
-            typer.echo(published_comparison(recipe, run_dir / "eval" / f"{plan.label}.json"))
+            typer.echo(published_comparison(recipe, RunDir(run_dir).eval_file(plan.label, ".json")))
+
+
+def _output_format(value: str) -> OutputFormat:
+    from segctl.recipe.eval_request import OutputFormat
+
+    try:
+        return OutputFormat(value)
+    except ValueError:
+        raise UserError(
+            f"--format must be metrics or cityscapes-submission, got {value!r}"
+        ) from None
 
 
 def default_format(recipe) -> str:
@@ -180,13 +190,14 @@ def _from_recipe(path: Path, overrides: list[str], checkpoint: str | None, publi
     checkpoint is the recipe's ``reference.checkpoint``."""
     from segctl.paths import runs_dir
     from segctl.recipe import load_recipe, run_id
+    from segctl.recipe.rundir import RunDir
 
     loaded = load_recipe(path, overrides)
     if published:
         checkpoint = _reference_checkpoint(loaded.recipe, f"recipe {path}")
     rid = run_id(loaded.recipe)
     run_dir = runs_dir() / rid
-    if checkpoint is None and not (run_dir / "checkpoints").is_dir():
+    if checkpoint is None and not RunDir(run_dir).checkpoints.is_dir():
         raise UserError(
             f"recipe {path} has no trained run here ({run_dir} has no checkpoints): "
             "pass --checkpoint PATH_OR_URL, or --published for reference.checkpoint"

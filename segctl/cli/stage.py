@@ -38,7 +38,8 @@ def stage(
     Credentials come from the usual places (environment, AWS config and profiles, ...).
     An interrupted stage continues where it stopped when run again.
     """
-    from segctl.staging import StagingError, stage as stage_tree
+    from segctl.io.copy import stage as stage_tree
+    from segctl.io.source import StagingError
 
     try:
         result = stage_tree(

@@ -3,7 +3,8 @@ how far they are, what they printed, stopping them, and dropping them from the r
 
 Status reads the registry, asks the schedulers about unfinished jobs in one batch (one sacct
 call for all Slurm jobs) and reads each run's ``progress.json``; it never contacts MLflow, so it
-answers while the tracking server is down.
+answers while the tracking server is down. The summaries and the job-state vocabulary live in
+:mod:`segctl.status`; this module renders them and carries out the commands.
 """
 
 from __future__ import annotations
@@ -23,58 +24,7 @@ from segctl.cli.common import (
     select_runs,
     user_errors,
 )
-
-#: States in which a job may still be running or start again.
-_LIVE = ("PENDING", "RUNNING", "REQUEUED", "SUBMITTED", "SUBMITTING", "SUSPENDED", "CONFIGURING")
-
-
-def summaries(reg, runs) -> list[dict]:
-    """One status dict per run (see :func:`run_summary`), with one batched state query."""
-    from segctl.submission import refresh_states
-
-    wanted = {run.run_id for run in runs}
-    jobs = [job for job in reg.jobs() if job.run_id in wanted]
-    latest_train: dict[str, object] = {}
-    latest_any: dict[str, object] = {}
-    for job in jobs:  # oldest first: the last one seen wins
-        latest_any[job.run_id] = job
-        if job.kind == "train":
-            latest_train[job.run_id] = job
-    latest = {rid: latest_train.get(rid) or latest_any.get(rid) for rid in wanted}
-    states = refresh_states(reg, [job for job in latest.values() if job is not None])
-    fresh = {job.id: job for job in reg.jobs() if job.id in states}
-    return [run_summary(run, fresh.get(getattr(latest[run.run_id], "id", None))) for run in runs]
-
-
-def run_summary(run, job) -> dict:
-    """Status fields of one run from its latest (training) job and ``progress.json``."""
-    from segctl.runs import read_progress
-
-    progress = read_progress(Path(run.run_dir))
-    elapsed = None
-    if job is not None:
-        end = job.finished_at or (time.time() if job.state in _LIVE else progress.get("updated_at"))
-        elapsed = max(0.0, (end or time.time()) - job.submitted_at)
-    reason = progress.get("reason") or (job.reason if job else None)
-    return {
-        "run_id": run.run_id,
-        "recipe": run.source,
-        "sweep": run.sweep,
-        "state": job.state if job else "NO JOB",
-        "job_id": job.job_id if job else None,
-        "executor": job.executor if job else None,
-        "nodes": job.nodes if job else None,
-        "requeues": job.requeues if job else 0,
-        "reason": reason,
-        "phase": progress.get("phase"),
-        "iteration": progress.get("iteration"),
-        "max_iters": progress.get("max_iters"),
-        "loss": progress.get("loss"),
-        "miou": progress.get("miou"),
-        "eta_seconds": progress.get("eta_seconds"),
-        "elapsed_seconds": elapsed,
-        "run_dir": run.run_dir,
-    }
+from segctl.status import ACTIVE_STATES, JobState, live_jobs, refresh_state, summaries
 
 
 def _duration(seconds: float | None) -> str:
@@ -97,7 +47,8 @@ def _render(rows: list[dict]) -> None:
     table = []
     for s in rows:
         it = f"{s['iteration']}/{s['max_iters']}" if s["iteration"] is not None else "-"
-        state = s["state"] + (f" ({s['reason']})" if s["reason"] and s["state"] not in _LIVE else "")
+        ended = s["state"] not in ACTIVE_STATES
+        state = s["state"] + (f" ({s['reason']})" if s["reason"] and ended else "")
         table.append(
             (
                 s["sweep"] or "-", s["run_id"], state, it, _number(s["loss"], "{:.4f}"),
@@ -120,17 +71,20 @@ def status(
     ] = None,
 ) -> None:
     """Show runs: state, iteration, loss, latest mIoU, requeues, nodes, elapsed time."""
+    from segctl.recipe.secrets import redact_secrets
+
     reg = registry()
     while True:
         selected = [find_run(key) for key in runs] if runs else reg.runs()
-        rows = summaries(reg, selected)
+        # reasons and paths as shown anywhere: credentials of URLs hidden
+        rows = [redact_secrets(row) for row in summaries(reg, selected)]
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
         else:
             if watch:
                 typer.echo("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"))
             _render(rows)
-        if not watch or all(row["state"] not in _LIVE for row in rows):
+        if not watch or all(row["state"] not in ACTIVE_STATES for row in rows):
             return
         time.sleep(watch)
 
@@ -144,7 +98,6 @@ def logs(
 ) -> None:
     """Print the stdout and stderr of a run's latest job (one rank's)."""
     from segctl.executors import job_log_paths
-    from segctl.submission import refresh_state
 
     record = find_run(run)
     reg = registry()
@@ -168,7 +121,7 @@ def logs(
                 offsets[path] += len(chunk)
                 if chunk:
                     typer.echo(chunk.decode(errors="replace"), nl=False)
-        if refresh_state(reg, job) not in _LIVE:
+        if refresh_state(reg, job) not in ACTIVE_STATES:
             return
         job = next(j for j in reg.jobs(record.run_id) if j.id == job.id)
         time.sleep(1.0)
@@ -192,20 +145,17 @@ def cancel(
     A key that matches several runs is refused (they are listed) unless --all is given.
     """
     from segctl.executors import cancel_job
-    from segctl.submission import refresh_states
 
     reg = registry()
     records = select_runs(runs, all_matches, "cancel")
     for record in records:
-        jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
-        states = refresh_states(reg, jobs)
-        live = [j for j in jobs if states[j.id] in _LIVE]
+        live = live_jobs(reg, reg.jobs(record.run_id))
         if not live:
             typer.echo(f"{record.run_id}: nothing to cancel")
             continue
-        for job in live:
+        for job, state in live:
             cancel_job(job.executor, job.folder, job.job_id)
-            if reg.set_state(job.id, "CANCELLED", expected=states[job.id]):
+            if reg.set_state(job.id, JobState.CANCELLED, expected=state):
                 typer.echo(f"{record.run_id}: cancelled {job.kind} job {job.job_id}")
             else:  # it ended (or was cancelled) meanwhile: that state stays
                 ended = reg.job(job.id)
@@ -230,15 +180,9 @@ def forget(
     """
     import shutil
 
-    from segctl.submission import refresh_states
-
     reg = registry()
     records = select_runs(runs, all_matches, "forget")
-    busy = []
-    for record in records:
-        jobs = [j for j in reg.jobs(record.run_id) if j.job_id]
-        if any(state in _LIVE for state in refresh_states(reg, jobs).values()):
-            busy.append(record.run_id)
+    busy = [record.run_id for record in records if live_jobs(reg, reg.jobs(record.run_id))]
     if busy:
         raise UserError(
             f"{', '.join(busy)} still has unfinished jobs; stop them first with "

@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from segctl.cli.common import user_errors
+from segctl.cli.common import (
+    finish,
+    print_notes,
+    print_plan,
+    print_weights,
+    registry,
+    submit_plan,
+    user_errors,
+)
 from segctl.cli.placement import (
     Cluster,
     GpusPerNode,
@@ -54,9 +62,8 @@ def submit(
     weights`); the job reads them from there. A recipe with a reference and no
     model.init_checkpoint is refused unless --from-scratch is given.
     """
-    from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
-    from segctl.submission import apply, check_pretraining, plan_training, preflight
+    from segctl.submission import check_pretraining, plan_training, preflight
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     site = load_profile_or_fail(profile)
@@ -73,9 +80,7 @@ def submit(
     issues = preflight(loaded, plan.recipe)
     if issues:
         raise RecipeError(issues)
-    print_notes(plan)
-    submitted = apply(plan, registry())
-    print_weights(submitted.weights)
+    submitted = submit_plan(plan)
     typer.echo(f"submitted {plan.run_id} ({plan.executor} job {submitted.job_id})")
     typer.echo(f"  run dir: {plan.run_dir}")
     if wait:
@@ -85,7 +90,6 @@ def submit(
 def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool,
                  wait: bool, from_scratch: bool = False) -> None:
     """Expand the sweep grid, check every member, and submit them as one job array."""
-    from segctl.cli.common import registry
     from segctl.recipe import RecipeError, load_recipe
     from segctl.submission import apply_sweep, check_pretraining, plan_training, preflight
     from segctl.sweeps import expand_grid, refuse_shared_runs, sweep_id
@@ -134,79 +138,3 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
                 failed += 1
         if failed:
             raise typer.Exit(1)
-
-
-def print_plan(plan) -> None:
-    """The plan as JSON (weights sizes asked of the source where not cached: nothing is
-    downloaded), then (for Slurm) the sbatch script after a marker line."""
-    typer.echo(json.dumps(plan.to_dict(probe_sizes=True), indent=2))
-    script = plan.sbatch_script()
-    if script is not None:
-        typer.echo(SBATCH_MARKER)
-        typer.echo(script)
-
-
-def print_notes(plan) -> None:
-    """The plan's warnings, on stderr (``--dry-run`` shows them in the JSON)."""
-    for note in plan.notes:
-        typer.echo(f"warning: {note}", err=True)
-
-
-def print_weights(lines: list[str]) -> None:
-    """What :func:`segctl.submission.apply` fetched and checked, one line per file, on stderr."""
-    for line in lines:
-        typer.echo(f"weights: {line}", err=True)
-
-
-#: Line that separates the JSON plan from the sbatch script in ``--dry-run`` output.
-SBATCH_MARKER = "# ---- sbatch script ----"
-
-
-def finish(submitted) -> None:
-    """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
-    COMPLETED.
-
-    The state comes from :func:`segctl.submission.wait` (sacct, or a local job's JSON exit
-    record and controller pid); nothing of the job is unpickled.
-    """
-    from segctl.cli.common import registry
-    from segctl.executors import job_log_paths
-    from segctl.submission import wait
-
-    reg = registry()
-    state = wait(reg, submitted, on_poll=_progress_printer(submitted))
-    row = next((j for j in reg.jobs(submitted.plan.run_id) if j.id == submitted.row), None)
-    reason = f" ({row.reason})" if row is not None and row.reason else ""
-    typer.echo(f"{submitted.plan.run_id}: {state}{reason}")
-    if state != "COMPLETED":
-        folder = row.folder if row is not None else str(submitted.plan.run_dir / "jobs")
-        _, stderr = job_log_paths(folder, submitted.job_id)
-        if stderr.exists():
-            tail = stderr.read_text(errors="replace").splitlines()[-20:]
-            typer.echo("\n".join(tail), err=True)
-        raise typer.Exit(1)
-
-
-def _progress_printer(submitted):
-    """An ``on_poll`` callback printing a line whenever a training job's iteration moves."""
-    from segctl.runs import read_progress
-
-    last: dict = {}
-
-    def show(state: str) -> None:
-        if submitted.plan.kind != "train":
-            return
-        progress = read_progress(submitted.plan.run_dir)
-        iteration = progress.get("iteration")
-        if iteration is None or iteration == last.get("iteration"):
-            return
-        last.update(progress)
-        parts = [f"iter {iteration}/{progress.get('max_iters')}"]
-        for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("miou", "mIoU {:.2f}")):
-            if isinstance(progress.get(key), (int, float)):
-                parts.append(fmt.format(progress[key]))
-        if isinstance(progress.get("eta_seconds"), (int, float)):
-            parts.append(f"eta {int(progress['eta_seconds'])} s")
-        typer.echo("  " + "  ".join(parts))
-
-    return show

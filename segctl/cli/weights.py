@@ -44,7 +44,8 @@ def fetch(
     cached URL is not downloaded again. The cache is the site profile's cache.weights_dir, else
     $SEGCTL_HOME/weights; run this on a node with internet.
     """
-    from segctl.weights import WeightsError, fetch as fetch_url, human_size, weights_dir
+    from segctl.io.weights_cache import WeightsError
+    from segctl.weights import fetch as fetch_url, human_size, weights_dir
 
     cache = weights_dir(load_profile_or_fail(profile))
     options = parse_storage_options(storage_option)
@@ -93,7 +94,8 @@ def list_weights(
     Credentials inside a source URL (``https://user:pw@host/...``) are shown as ``user:***``.
     """
     from segctl.recipe.secrets import redact_url_credentials
-    from segctl.weights import human_size, list_cached, weights_dir
+    from segctl.io.weights_cache import list_cached
+    from segctl.weights import human_size, weights_dir
 
     cache = weights_dir(load_profile_or_fail(profile))
     entries = list_cached(cache)

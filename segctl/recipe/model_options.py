@@ -118,7 +118,7 @@ def option_problems(model: str, options: dict[str, Any]) -> list[str]:
 
     Unknown options are named together, with the closest known name where one is close and
     every option the model takes (in the words of the trainer's own check,
-    ``trainer.engine.builder_options``); each value of the wrong type names the type expected.
+    ``trainer.models.build.builder_options``); each value of the wrong type names the type expected.
     A model not in :data:`MODEL_OPTIONS` gives [] (its name is reported elsewhere).
     """
     accepted = MODEL_OPTIONS.get(model)

@@ -17,8 +17,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from segctl.recipe.fields import (  # noqa: F401 (SLURM_WORD is public here too)
-    SLURM_WORD,
+from segctl.recipe.fields import (
     Section,
     check_no_control,
     check_slurm_word,

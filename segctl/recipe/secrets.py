@@ -355,10 +355,19 @@ def redact_secrets(data: Mapping[str, Any], *, every_option: bool = False) -> di
     string; ``${NAME}`` references stay (they name a variable, not its value).
 
     ``every_option`` hides every value inside any storage-options mapping, secret-named or not
-    (endpoints and profiles are site details: what MLflow gets)."""
+    (endpoints and profiles are site details: what MLflow gets). A ``storage_options`` entry
+    that is not a mapping (no option names to tell secrets by) is hidden whole.
+
+    This is segctl's one rule of what is shown of a recipe: ``segctl recipes show`` and the
+    MLflow params and recipe artifact (:func:`trainer.tracking.flatten_params`, with
+    ``every_option``) go through it; single values shown on their own (the data root and
+    tracking URI of ``--dry-run``, the reasons of ``segctl status``, the sbatch script, log
+    lines) through :func:`redact_url_credentials`, its rule for one string."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key == OPTIONS_FIELD and isinstance(value, Mapping):
+        if key == OPTIONS_FIELD and not isinstance(value, Mapping):
+            out[key] = REDACTED
+        elif key == OPTIONS_FIELD:
             if every_option:
                 out[key] = _map_all(value, lambda v: REDACTED)
             else:

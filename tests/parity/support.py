@@ -52,7 +52,7 @@ def meta_model(relative_path: str) -> nn.Module:
     """The recipe's segmentor built on the meta device (no memory, no init weights loaded)."""
     import torch
 
-    from trainer.engine import build_model
+    from trainer.models.build import build_model
 
     with torch.device("meta"):
         return build_model(resolved(relative_path), load_init=False)

@@ -328,9 +328,9 @@ def test_eval_equals_the_source_test_pipeline(path):
     assert ev.size_divisor == cfg.size_divisor, where
     assert tuple(ev.scales) == AUG_TEST_RATIOS, f"{path} vs {TEST_PY}"
     assert ev.average == VIEW_AVERAGE, f"{path} vs {MMSEG}"
-    from trainer.engine import inference_settings
+    from trainer.evaluate import InferenceSettings
 
-    settings = inference_settings(recipe, ms_flip=True)
+    settings = InferenceSettings.from_recipe(recipe, ms_flip=True)
     assert settings.size_divisor == cfg.size_divisor and settings.flip, where
 
 

@@ -38,7 +38,7 @@ from tests.parity.support import (
     recipes_matching,
     resolved,
 )
-from trainer.engine import auxiliary_keys
+from trainer.models.build import auxiliary_keys
 from trainer.models.hrnet import HRModule, HRNetSpec
 
 MMSEG = "open-mmlab/mmsegmentation"

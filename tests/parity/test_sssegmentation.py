@@ -6,8 +6,9 @@ Every expected value below was read from SegmentationBLWX/sssegmentation at comm
 compares them with the resolved recipes and with the models built on the meta device, so a
 recipe or builder value that drifts from its source fails here. Where a recipe departs from its
 source on purpose (its ``# departs from`` comments), the departure is spelled out here too
-(:data:`HRNET_STEM_RELU`). The evaluation is compared through ``inference_settings``, single
-scale and ms+flip each with the inference block the config gives it.
+(:data:`HRNET_STEM_RELU`). The evaluation is compared through
+``InferenceSettings.from_recipe``, single scale and ms+flip each with the inference block the
+config gives it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from tests.parity.support import (
     recipes_matching,
     resolved,
 )
-from trainer.engine import inference_settings, resolve_schedule
+from trainer.data.order import resolve_schedule
+from trainer.evaluate import InferenceSettings
 
 REPO = "SegmentationBLWX/sssegmentation"
 COMMIT = "eb1878c112402e86a92ee6958778272065bf59b9"
@@ -348,13 +350,13 @@ def test_evaluation_matches_the_inference_config(path):
     ev, where = recipe.eval, f"{path} vs {cfg['source']}"
     test_size = (ds["test_scale"], ds["test_keep_ratio"])
     (forward, probs) = cfg["single"]
-    single = inference_settings(recipe, ms_flip=False)
+    single = InferenceSettings.from_recipe(recipe, ms_flip=False)
     assert (single.mode, single.crop_size, single.stride) == forward, where
     assert (single.scales, single.flip, single.average) == ((1.0,), False, AVERAGE[probs]), where
     assert (single.test_scale, single.keep_ratio) == test_size, f"{path} vs {ds['source']}"
     forward, scales, flip, probs = cfg["tta"]
     assert flip, where  # every published second figure is flipped
-    ms_flip = inference_settings(recipe, ms_flip=True)
+    ms_flip = InferenceSettings.from_recipe(recipe, ms_flip=True)
     assert (ms_flip.mode, ms_flip.crop_size, ms_flip.stride) == forward, where
     assert (ms_flip.scales, ms_flip.flip, ms_flip.average) == (scales, True, AVERAGE[probs]), where
     assert (ms_flip.test_scale, ms_flip.keep_ratio) == test_size, f"{path} vs {ds['source']}"

@@ -288,7 +288,7 @@ def test_optimizer_schedule_and_training_match_the_config(path):
         assert (sched.max_epochs, sched.max_iters) == (cfg["max_epoch"], None), where
     # every epoch padded as UP's DistributedSampler pads it; max_iter = max_epoch x epoch size
     assert sched.epoch_padding == "per_rank", where
-    from trainer.engine import resolve_schedule
+    from trainer.data.order import resolve_schedule
 
     iters = resolve_schedule(recipe, RUNNER["cityscapes_train_images"], world).schedule.max_iters
     if row["family"] == "segformer":
@@ -415,7 +415,7 @@ def synthetic_cityscapes(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["segformer", "hrnet"])
 def test_engine_assembles_the_up_pipeline(family, synthetic_cityscapes):
-    """trainer.engine.build_train_dataset turns the recipe into the configs' transformer list
+    """trainer.data.build.build_train_dataset turns the recipe into the configs' transformer list
     [seg_rand_resize, seg_random_flip, seg_crop, <colour>, custom_to_tensor, normalize]."""
     from trainer.data.transforms import (
         Normalize,
@@ -425,7 +425,7 @@ def test_engine_assembles_the_up_pipeline(family, synthetic_cityscapes):
         RandomResize,
         UPColorJitter,
     )
-    from trainer.engine import build_train_dataset
+    from trainer.data.build import build_train_dataset
 
     path = next(p for p in PATHS if ROWS[p]["family"] == family)
     recipe = resolved(path)
@@ -522,13 +522,13 @@ def _up_distributed_sampler_epoch(permutation, world):
 
 @pytest.mark.parametrize("path", [p for p in PATHS if "b0" in p or "w48" in p])
 def test_epochs_read_the_images_up_reads(path):
-    """trainer.engine.DataOrder with the recipe's epoch_padding: each epoch of 372 iterations
+    """trainer.data.order.DataOrder with the recipe's epoch_padding: each epoch of 372 iterations
     reads the UP sampler's multiset of images (2975 + the first one again), and the next epoch
     starts at iteration 372 (which rank reads which image differs; the shuffles are the
     framework's own)."""
     from collections import Counter
 
-    from trainer.engine import DataOrder
+    from trainer.data.order import DataOrder
 
     recipe = resolved(path)
     world = recipe.cluster.nodes * recipe.cluster.gpus_per_node
@@ -550,7 +550,7 @@ def test_learning_rate_follows_up_schedule(path):
     """The resolved schedule's rate at the warm-up's ends and after it, against
     up/utils/model/lr_helper.py (LinearWarmUpLR from warmup_ratio x lr, PolyLR from lr over
     max_iter, min_lr 0), for the encoder group (lr x 8)."""
-    from trainer.engine import resolve_schedule
+    from trainer.data.order import resolve_schedule
     from trainer.optim import poly_lr
 
     row, cfg = _row(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -15,27 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
+from segctl.recipe.rundir import RunDir
+from tests.trainer_runs import make_run_dir, small_recipe
 from trainer import checkpoint as ckpt
 from trainer.entry import run_training
-from trainer.progress import read_progress
 
 MAX_ITERS = 6
 
 
-@pytest.fixture(scope="module")
-def city_root(real_data, tmp_path_factory) -> Path:
-    return one_frame_cityscapes(real_data / "cityscapes", tmp_path_factory.mktemp("cityscapes"))
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def _recipe(city_root, tracking_uri, max_iters: int = MAX_ITERS):
+def _recipe(cityscapes_frame_root, tracking_uri, max_iters: int = MAX_ITERS):
     return small_recipe(
-        city_root, tracking_uri, name="ckpt-faults",
+        cityscapes_frame_root, tracking_uri, name="ckpt-faults",
         data={"crop_size": [64, 128], "ratio_range": [0.5, 1.0]},
         schedule={"max_iters": max_iters, "warmup_iters": 0, "checkpoint_interval": 2,
                   "log_interval": 2, "val_interval": 1000},
@@ -43,19 +34,37 @@ def _recipe(city_root, tracking_uri, max_iters: int = MAX_ITERS):
 
 
 @pytest.fixture(scope="module")
-def straight_weights(city_root, tracking_uri, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """``final.pt`` of an uninterrupted run (resume is exact: any resume reaches these)."""
+def straight_run(cityscapes_frame_root, tracking_uri, tmp_path_factory) -> Path:
+    """The run directory of an uninterrupted run (resume is exact: any resume reaches its
+    ``final.pt``)."""
     run_dir = make_run_dir(tmp_path_factory.mktemp("straight") / "run",
-                           _recipe(city_root, tracking_uri))
+                           _recipe(cityscapes_frame_root, tracking_uri))
     run_training(run_dir)
-    return torch.load(ckpt.final_path(run_dir), map_location="cpu", weights_only=True)
+    return run_dir
 
 
-def _assert_same_weights(run_dir: Path, expected: dict[str, torch.Tensor]) -> None:
+def _logged_losses(run_dir: Path) -> dict[int, float]:
+    """Training loss by iteration, as the run's tracking journal recorded it."""
+    losses = {}
+    for line in RunDir(run_dir).tracking_journal.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("op") == "metrics":
+            losses.update({step: value for key, value, _, step in record["items"]
+                           if key == "loss"})
+    return losses
+
+
+def _assert_same_weights(run_dir: Path, straight_run: Path) -> None:
     final = torch.load(ckpt.final_path(run_dir), map_location="cpu", weights_only=True)
+    expected = torch.load(ckpt.final_path(straight_run), map_location="cpu", weights_only=True)
     assert final.keys() == expected.keys()
     different = [k for k in final if not torch.equal(final[k], expected[k])]
-    assert not different, f"final weights differ from an uninterrupted run: {different[:5]}"
+    # the losses say which run left the common path, and at which iteration
+    assert not different, (
+        f"final weights differ from an uninterrupted run: {different[:5]}; training loss by "
+        f"iteration, uninterrupted {_logged_losses(straight_run)}, resumed "
+        f"{_logged_losses(run_dir)}"
+    )
 
 
 def _flip_bytes(path: Path) -> None:
@@ -78,16 +87,17 @@ def _messages(caplog) -> str:
 @pytest.mark.parametrize("damage, says", [(_flip_bytes, "checksum mismatch"),
                                           (_cut_short, "cut short")],
                          ids=["bytes-flipped", "truncated"])
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
-        city_root, tracking_uri, straight_weights, tmp_path, caplog, damage, says):
+        cityscapes_frame_root, tracking_uri, straight_run, tmp_path, caplog, damage, says):
     caplog.set_level(logging.INFO)
-    run_dir = make_run_dir(tmp_path / "run", _recipe(city_root, tracking_uri))
+    run_dir = make_run_dir(tmp_path / "run", _recipe(cityscapes_frame_root, tracking_uri))
     run_training(run_dir, stop_after=4)
     latest = ckpt.iteration_path(run_dir, 4)
     size = latest.stat().st_size
     damage(latest)
     assert latest.stat().st_size == size or damage is _cut_short
-    assert read_progress(run_dir)["iteration"] == 4
+    assert RunDir(run_dir).read_progress()["iteration"] == 4
 
     # the resumed job up to its first iteration: iteration 2 is taken, the file named
     caplog.clear()
@@ -97,7 +107,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert re.search(rf"iter_0000004\.pt cannot be used: .*{says}", log), log
     assert "resuming from iter_0000002.pt, the newest usable checkpoint, instead of " \
            "iter_0000004.pt" in log, log
-    progress = read_progress(run_dir)
+    progress = RunDir(run_dir).read_progress()
     assert progress["iteration"] == 4, "progress.json moved backwards before training resumed"
     assert progress["resumed_from"] == "iter_0000002.pt"
     (rejected,) = progress["rejected_checkpoints"]
@@ -113,21 +123,22 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
 
     # the next job trains on from iteration 2 and ends where an undisturbed run ends
     second = run_training(run_dir)
-    assert second["finished"] and read_progress(run_dir)["phase"] == "done"
-    _assert_same_weights(run_dir, straight_weights)
+    assert second["finished"] and RunDir(run_dir).read_progress()["phase"] == "done"
+    _assert_same_weights(run_dir, straight_run)
     for _, path in ckpt.iteration_checkpoints(run_dir):
         assert ckpt.verify_checksum(path)
 
 
+@pytest.mark.slow
 def test_the_only_checkpoint_cut_short_fails_naming_it_and_keeps_progress(
-        city_root, tracking_uri, tmp_path):
-    run_dir = make_run_dir(tmp_path / "run", _recipe(city_root, tracking_uri))
+        cityscapes_frame_root, tracking_uri, tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", _recipe(cityscapes_frame_root, tracking_uri))
     run_training(run_dir, stop_after=2)
     _cut_short(ckpt.iteration_path(run_dir, 2))
     with pytest.raises(Exception, match=r"iter_0000002\.pt.*cut short") as caught:
         run_training(run_dir)
     assert caught.type.__name__ == "CorruptCheckpointError"
-    progress = read_progress(run_dir)
+    progress = RunDir(run_dir).read_progress()
     assert progress["phase"] == "failed" and progress["iteration"] == 2
     assert "iter_0000002.pt" in progress["reason"] and "Move these files away" in \
         progress["reason"]
@@ -153,9 +164,11 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_full_disk_at_a_checkpoint_names_path_and_bytes_and_keeps_the_previous(
-        city_root, tracking_uri, small_disk):
-    run_dir = make_run_dir(small_disk / "run", _recipe(city_root, tracking_uri, max_iters=4))
+        cityscapes_frame_root, tracking_uri, small_disk):
+    run_dir = make_run_dir(small_disk / "run",
+                           _recipe(cityscapes_frame_root, tracking_uri, max_iters=4))
     with pytest.raises(OSError) as caught:  # ENOSPC, as an OSError
         run_training(run_dir)
     previous = ckpt.iteration_path(run_dir, 2)
@@ -163,7 +176,7 @@ def test_full_disk_at_a_checkpoint_names_path_and_bytes_and_keeps_the_previous(
     expected = (f"No space left on device ({ckpt.iteration_path(run_dir, 4)}, {needed} bytes "
                 "needed)")
     assert str(caught.value) == expected and caught.value.errno == errno.ENOSPC
-    progress = read_progress(run_dir)
+    progress = RunDir(run_dir).read_progress()
     assert progress["phase"] == "failed" and progress["reason"] == expected
     assert "inline_container" not in progress["reason"]
     # the partial file is gone; the previous checkpoint is complete, verified and loads
@@ -205,10 +218,11 @@ def test_prune_never_removes_the_last_complete_checkpoint(tmp_path):
     assert newest.is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_an_older_segctl_loads_and_says_so_once(
-        city_root, tracking_uri, straight_weights, tmp_path, caplog):
+        cityscapes_frame_root, tracking_uri, straight_run, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    run_dir = make_run_dir(tmp_path / "run", _recipe(city_root, tracking_uri))
+    run_dir = make_run_dir(tmp_path / "run", _recipe(cityscapes_frame_root, tracking_uri))
     run_training(run_dir, stop_after=4)
     for _, path in ckpt.iteration_checkpoints(run_dir):  # rewritten as older segctl wrote them
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -219,4 +233,4 @@ def test_checkpoint_from_an_older_segctl_loads_and_says_so_once(
     notes = [r for r in caplog.records if "no checksum" in r.getMessage()]
     assert len(notes) == 1 and "iter_0000004.pt" in notes[0].getMessage()
     assert "resumed from" in _messages(caplog) and "cannot be used" not in _messages(caplog)
-    _assert_same_weights(run_dir, straight_weights)
+    _assert_same_weights(run_dir, straight_run)

@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import segctl_home
-from segctl.registry import TERMINAL_STATES, Registry
+from segctl.io.home import segctl_home
+from segctl.registry import Registry
+from segctl.status import TERMINAL_STATES
 from tests.reliability.test_job_records import stop_local_jobs
 from tests.test_cli_submit import write_recipe
 
@@ -69,6 +70,7 @@ def failures(results: list[tuple[int, str]]) -> str:
 # --- the embedded MLflow store is created once --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eight_first_reports_create_one_store(segctl_env):
     store = segctl_env / "mlflow.db"
     assert not store.exists()
@@ -115,7 +117,7 @@ def _status_loop(home: Path, start, stop) -> None:
     """A reader doing what `segctl status` does, pass after pass, until one full pass after
     ``stop``: every pass reads the job rows, asks the executor (which still sees the job
     running) and records what it saw."""
-    from segctl.cli.status import summaries
+    from segctl.status import summaries
 
     registry = Registry(home)
     runs = registry.runs()

@@ -63,7 +63,8 @@ import torch
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.staging import MANIFEST_NAME, read_manifest, stage
+from segctl.io.copy import stage
+from segctl.io.manifest import MANIFEST_NAME, read_manifest
 from tests.reliability.faults import (
     flip_bytes,
     kill_task,
@@ -83,9 +84,9 @@ from tests.test_slurm_training import (  # noqa: F401  (job_env is a fixture)
     _sacct_state,
     _submit,
     _task0_log,
-    _wait,
     job_env,
 )
+from tests.waiting import wait_until
 
 runner = CliRunner()
 
@@ -118,7 +119,7 @@ def _resumes(job) -> list[int]:
 
 
 def _while_live(job, probe, accept, timeout: float, what: str):
-    """:func:`_wait` for ``accept(probe())`` that fails at once, with the log's tail, when the
+    """:func:`~tests.waiting.wait_until` for ``accept(probe())`` that fails at once, with the log's tail, when the
     job ends first (a job that died does not make the wait run out its bound)."""
     asked = [0.0]
 
@@ -138,13 +139,13 @@ def _while_live(job, probe, accept, timeout: float, what: str):
                         f"{value[0]!r}); its log ends:\n{log}")
         return False
 
-    return _wait(seen, done, timeout=timeout, what=what, interval=0.1)[0]
+    return wait_until(seen, done, timeout_s=timeout, what=what, interval_s=0.1)[0]
 
 
 def _ended(job_id: str, timeout: float = JOB_BOUND_S) -> str:
     """The job's final accounting state, waiting for it to leave the live states."""
-    return _wait(lambda: _sacct_state(job_id), lambda s: s not in LIVE + ("UNKNOWN",),
-                 timeout=timeout, what=f"job {job_id} to end", interval=1.0)
+    return wait_until(lambda: _sacct_state(job_id), lambda s: s not in LIVE + ("UNKNOWN",),
+                      timeout_s=timeout, what=f"job {job_id} to end", interval_s=1.0)
 
 
 def _status_rows() -> dict[str, dict]:
@@ -245,9 +246,9 @@ def test_killed_task_fails_with_a_reason_and_resubmission_resumes(
     killed_pid = kill_task(job.job_id, rank=0)
     killed_at = _progress(run_dir).get("iteration")
 
-    row = _wait(lambda: _status_rows()[job.plan.run_id], lambda r: r["state"] not in LIVE,
-                timeout=JOB_BOUND_S, what=f"segctl status to see job {job.job_id} end after "
-                f"its task (pid {killed_pid}) was killed", interval=1.0)
+    row = wait_until(lambda: _status_rows()[job.plan.run_id], lambda r: r["state"] not in LIVE,
+                     timeout_s=JOB_BOUND_S, what=f"segctl status to see job {job.job_id} end "
+                     f"after its task (pid {killed_pid}) was killed", interval_s=1.0)
     table = runner.invoke(app, ["status"]).output
     latest = max(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("iter_*.pt"))
     print(f"\nkill -9 at iteration {killed_at}: job {row['state']}, reason {row['reason']!r}, "
@@ -256,9 +257,10 @@ def test_killed_task_fails_with_a_reason_and_resubmission_resumes(
     if row["state"] != "COMPLETED":  # not requeued by itself: the user submits again
         again = runner.invoke(app, ["submit", str(job_env / "killed" / f"{NAME}.yaml")])
         assert again.exit_code == 0, again.output
-        resumed = _wait(lambda: _status_rows()[job.plan.run_id],
-                        lambda r: r["job_id"] != job.job_id and r["state"] not in LIVE,
-                        timeout=JOB_BOUND_S, what="the resubmitted job to end", interval=1.0)
+        resumed = wait_until(lambda: _status_rows()[job.plan.run_id],
+                             lambda r: r["job_id"] != job.job_id and r["state"] not in LIVE,
+                             timeout_s=JOB_BOUND_S, what="the resubmitted job to end",
+                             interval_s=1.0)
         assert resumed["state"] == "COMPLETED", resumed
         log = (run_dir / "jobs" / f"{resumed['job_id']}_0_log.err").read_text(errors="replace")
     else:
@@ -287,9 +289,10 @@ def test_slurmctld_restart_while_jobs_run(job_env, cityscapes_frame_root):
     assert submitted.exit_code == 0, submitted.output
     rows = _status_rows()
     assert len(rows) == 2, rows
-    _wait(lambda: [_progress(Path(r["run_dir"])).get("iteration") or 0 for r in rows.values()],
-          lambda its: all(i >= 3 for i in its), timeout=JOB_BOUND_S,
-          what="both sweep runs to train")
+    wait_until(lambda: [_progress(Path(r["run_dir"])).get("iteration") or 0
+                        for r in rows.values()],
+               lambda its: all(i >= 3 for i in its), timeout_s=JOB_BOUND_S,
+               what="both sweep runs to train", interval_s=0.2)
 
     during: list[tuple[int, list[str]]] = []
 
@@ -303,8 +306,9 @@ def test_slurmctld_restart_while_jobs_run(job_env, cityscapes_frame_root):
     restart_s = time.monotonic() - started
     iterations = [_progress(Path(r["run_dir"])).get("iteration") for r in rows.values()]
 
-    final = _wait(_status_rows, lambda rs: all(r["state"] not in LIVE for r in rs.values()),
-                  timeout=JOB_BOUND_S, what="segctl status to show both runs ended", interval=1.0)
+    final = wait_until(_status_rows, lambda rs: all(r["state"] not in LIVE for r in rs.values()),
+                       timeout_s=JOB_BOUND_S, what="segctl status to show both runs ended",
+                       interval_s=1.0)
     print(f"\nslurmctld restarted in {restart_s:.1f} s at iterations {iterations}; "
           f"{len(during)} status calls meanwhile; states after: "
           f"{sorted(r['state'] for r in final.values())}")

@@ -24,6 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
+from tests.trainer_runs import recipe_yaml
 
 CORPUS = Path(__file__).parent / "broken_recipes"
 runner = CliRunner()
@@ -34,21 +35,7 @@ IN_PROCESS_LIMIT_S = 2.0
 #: Seconds one command may take as a fresh process (interpreter start included).
 SUBPROCESS_LIMIT_S = 8.0
 
-BASE = """\
-name: hostile
-data:
-  dataset: cityscapes
-  root: data/cityscapes
-  crop_size: [512, 1024]
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 1000
-  val_interval: 500
-  checkpoint_interval: 500
-train:
-  batch_size: 2
-"""
+BASE = recipe_yaml("hostile", "data/cityscapes")
 
 
 def corpus_header(path: Path) -> dict[str, str]:

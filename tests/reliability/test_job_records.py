@@ -21,9 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.registry import Registry
 from tests.test_cli_submit import write_recipe
+from tests.waiting import wait_until
 
 runner = CliRunner()
 
@@ -41,15 +42,6 @@ def controller_gone(job_id: str) -> bool:
         return psutil.Process(int(job_id)).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_until(predicate, bound_s: float, what: str) -> None:
-    """Poll ``predicate`` every 0.5 s; fail naming ``what`` after ``bound_s`` seconds."""
-    deadline = time.monotonic() + bound_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {bound_s} s")
-        time.sleep(0.5)
 
 
 def status_rows() -> list[dict]:
@@ -129,7 +121,8 @@ def test_failed_local_job_gives_its_exception_as_reason(segctl_env):
     folder = create_jobs_folder(run_dir)
     executor = make_executor("local", folder, {"timeout_min": 10, "tasks_per_node": 1})
     job = executor.submit(TrainJob(), str(run_dir))
-    wait_until(lambda: controller_gone(job.job_id), END_BOUND_S, "the failing job's end")
+    wait_until(lambda: controller_gone(job.job_id), timeout_s=END_BOUND_S,
+               what="the failing job's end")
 
     status = job_statuses([("local", str(folder), job.job_id)])[job.job_id]
     assert status.state == "FAILED"
@@ -149,10 +142,11 @@ def test_killed_local_job_is_failed_once_its_controller_is_gone(segctl_env, city
         assert result.exit_code == 0, result.output
         (run,) = status_rows()
         progress = Path(run["run_dir"]) / "progress.json"
-        wait_until(progress.exists, SUBMIT_BOUND_S, "the first progress.json")
+        wait_until(progress.exists, timeout_s=SUBMIT_BOUND_S, what="the first progress.json")
         assert status_rows()[0]["state"] == "RUNNING"
         kill_tree(int(run["job_id"]))
-        wait_until(lambda: controller_gone(run["job_id"]), END_BOUND_S, "the killed job's end")
+        wait_until(lambda: controller_gone(run["job_id"]), timeout_s=END_BOUND_S,
+                   what="the killed job's end")
         (after,) = status_rows()
         assert after["state"] == "FAILED"
         assert "without an exit record" in after["reason"]
@@ -182,7 +176,8 @@ def test_submit_returns_at_once_when_its_output_is_a_pipe(segctl_env, cityscapes
         assert not controller_gone(run["job_id"])
         cancelled = runner.invoke(app, ["cancel", run["run_id"]])
         assert cancelled.exit_code == 0, cancelled.output
-        wait_until(lambda: controller_gone(run["job_id"]), END_BOUND_S, "the cancelled job's end")
+        wait_until(lambda: controller_gone(run["job_id"]), timeout_s=END_BOUND_S,
+                   what="the cancelled job's end")
     finally:
         stop_local_jobs()
     assert status_rows()[0]["state"] == "CANCELLED"

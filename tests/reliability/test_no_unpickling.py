@@ -19,15 +19,15 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.registry import Registry
 from tests.reliability.test_job_records import (
     END_BOUND_S,
     controller_gone,
     stop_local_jobs,
-    wait_until,
 )
 from tests.test_cli_submit import write_recipe
+from tests.waiting import wait_until
 
 runner = CliRunner()
 
@@ -87,7 +87,8 @@ def test_no_command_unpickles_planted_files(segctl_env, cityscapes_frame_root):
         assert submitted.exit_code == 0, submitted.output
         registry = Registry(segctl_home())
         (job,) = registry.jobs()
-        wait_until(lambda: controller_gone(job.job_id), 3 * END_BOUND_S, "the training's end")
+        wait_until(lambda: controller_gone(job.job_id), timeout_s=3 * END_BOUND_S,
+                   what="the training's end")
         run_dir = Path(registry.runs()[0].run_dir)
         assert (run_dir / "checkpoints" / "final.pt").is_file()
         planted = plant(run_dir, segctl_home() / "weights", marker)

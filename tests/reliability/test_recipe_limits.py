@@ -27,24 +27,11 @@ from segctl.recipe.model_options import MODEL_OPTIONS
 from segctl.recipe.models import MODEL_PRESETS
 from segctl.recipe.profile import SiteProfile
 from segctl.recipe.schema import MAX_DESCRIPTION_CHARS, MAX_EXPERIMENT_CHARS
+from tests.trainer_runs import recipe_yaml
 
 runner = CliRunner()
 
-GOOD = """\
-name: limits
-data:
-  dataset: cityscapes
-  root: /data/cityscapes
-  crop_size: [512, 1024]
-model:
-  name: segformer_mit_b0
-schedule:
-  max_iters: 1000
-  val_interval: 500
-  checkpoint_interval: 500
-train:
-  batch_size: 2
-"""
+GOOD = recipe_yaml("limits")
 CROP_LINE, MAX_ITERS_LINE = 5, 9
 
 #: The 951-byte alias bomb's shape: nine levels of nine aliases, 9**9 values once expanded.

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.cli.report import collect, refresh, rows_of
+from segctl.tracking_query import collect, refresh, rows_of
 from segctl.report_index import INDEX_FILE, ReportIndex
 from tests.trainer_runs import small_recipe
 from trainer.tracking import Tracker, ensure_store, recipe_params, run_tags
@@ -108,6 +109,7 @@ def test_a_deleted_index_is_rebuilt_and_gives_the_same_report(segctl_env):
         assert rows_of(uri, index.runs(uri)) == collect(uri, index_path=":memory:")
 
 
+@pytest.mark.slow
 def test_a_replaced_store_is_read_whole(segctl_env):
     """The embedded store deleted and made again (new runs in it): the index notices that the
     experiments are not the ones it knew and forgets the runs of the old store. Each step is a

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import segctl_home
+from segctl.io.home import segctl_home
 from segctl.registry import Registry, RunRecord
 from tests.test_cli_submit import write_recipe
 

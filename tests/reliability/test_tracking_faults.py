@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.paths import default_tracking_uri, sqlite_path, sqlite_uri
+from segctl.io.tracking_store import sqlite_path, sqlite_uri
+from segctl.paths import default_tracking_uri
 from tests.trainer_runs import make_run_dir, one_frame_cityscapes, small_recipe
 from trainer.tracking import (
     BUFFER_FILE,
@@ -47,6 +48,7 @@ def _python(script: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_sync_rebuilds_a_run_whose_store_was_deleted_mid_run(real_data, tmp_path):
     """A training job logs to the embedded store; the store is deleted at iteration 3 while
     the job goes on; ``segctl sync`` puts every point (before and after) into a new run."""
@@ -140,6 +142,7 @@ def _phase(run_dir: Path, uri: str, first: int, last: int, status: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_requeued_job_rebuilds_a_run_lost_between_its_phases(tmp_path):
     """The job is preempted, the store deleted, the job requeued: its tracker finds the run
     gone and rebuilds it before logging on, so nothing is left for sync."""

@@ -22,12 +22,14 @@ import yaml
 from typer.testing import CliRunner
 
 from segctl.cli import app
-from segctl.weights import UnloadableWeightsError, check_loads, inspect_weights_file
+from segctl.io.weights_cache import UnloadableWeightsError
+from segctl.recipe.eval_request import EvalRequest
+from segctl.recipe.rundir import RunDir
+from segctl.weights import check_loads, inspect_weights_file
 from tests.servers import range_server  # noqa: F401  (fixture)
 from tests.trainer_runs import make_run_dir, small_recipe
 from trainer import checkpoint as ckpt
 from trainer.entry import run_evaluation, run_training
-from trainer.progress import read_progress
 
 runner = CliRunner()
 REFUSED = "holds pickled Python objects other than tensors"
@@ -182,7 +184,7 @@ def test_job_refuses_a_planted_init_checkpoint(run_dir, tmp_path):
         run_training(folder)
     assert_refused_in_segctl_words(str(caught.value), str(evil))
     assert caught.type is UnloadableWeightsError
-    assert_refused_in_segctl_words(read_progress(folder)["reason"], str(evil))
+    assert_refused_in_segctl_words(RunDir(folder).read_progress()["reason"], str(evil))
     assert not marker.exists()
 
 
@@ -190,7 +192,7 @@ def test_job_refuses_a_planted_eval_checkpoint(run_dir, tmp_path):
     marker = tmp_path / "MARKER"
     evil = plant(tmp_path / "final.pt", marker, w=torch.ones(2))
     with pytest.raises(Exception) as caught:
-        run_evaluation(run_dir(), checkpoint=str(evil))
+        run_evaluation(run_dir(), EvalRequest(ms_flip=False, checkpoint=str(evil)))
     assert_refused_in_segctl_words(str(caught.value), str(evil))
     assert not marker.exists()
 
@@ -206,6 +208,7 @@ def test_check_loads_refuses_in_segctl_words(tmp_path, cityscapes_frame_root):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_planted_resume_checkpoint_is_named_set_aside_and_skipped(run_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     marker = tmp_path / "MARKER"

@@ -146,11 +146,5 @@ class SegmentationDataset(Dataset):
             sample = self.transform(sample)
         return sample
 
-    def reseed(self, seed: int) -> None:
-        """Reseed the transform's random generator, if it has one (see ``seed_worker``)."""
-        reseed = getattr(self.transform, "reseed", None)
-        if reseed is not None:
-            reseed(seed)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

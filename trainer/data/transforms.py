@@ -6,12 +6,12 @@ leave a missing label missing), ``path``. Each transform is a small callable cla
 ``t(sample, rng) -> sample`` that may modify the dict in place and returns it.
 
 Randomness: every random draw comes from the ``numpy.random.Generator`` passed as ``rng``;
-nothing touches numpy's or Python's global state. :class:`Compose` owns one generator (seeded
-by its ``seed`` argument) and hands it to each transform, so a pipeline built with the same
-seed and fed the same samples in the same order produces the same output. In DataLoader
-workers, pass :func:`seed_worker` as ``worker_init_fn``: it reseeds each worker's copy of the
-pipeline from torch's per-worker seed, so workers draw different augmentations and a run
-seeded with ``torch.manual_seed`` is reproducible.
+nothing touches numpy's or Python's global state. Training passes each sample a generator of
+its own, seeded from its place in the data order (:class:`trainer.data.order.AugmentedDataset`),
+so neither the worker count nor the worker a sample lands on changes its augmentation. Called
+without ``rng``, :class:`Compose` uses one generator of its own (seeded by its ``seed``
+argument), so a pipeline built with the same seed and fed the same samples in the same order
+produces the same output.
 
 References (behaviour matched, code written here): mmsegmentation
 ``mmseg/datasets/transforms/transforms.py`` (1.x) and ``mmseg/datasets/pipelines/transforms.py``
@@ -31,13 +31,14 @@ padding before the colour transforms (``pad_order="before_photometric"`` in
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+
+from trainer.data.geometry import rescale_size, stretch_size
 
 Sample = dict[str, Any]
 
@@ -55,8 +56,6 @@ __all__ = [
     "ToTensor",
     "UPColorJitter",
     "eval_pipeline",
-    "rescale_size",
-    "seed_worker",
     "train_pipeline",
 ]
 
@@ -65,36 +64,18 @@ __all__ = [
 # geometry
 
 
-def rescale_size(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """Size of an image rescaled, aspect kept, to fit inside ``scale``.
-
-    mmcv ``rescale_size`` with a tuple: the factor is the largest one for which the long edge
-    stays within ``max(scale)`` and the short edge within ``min(scale)``; each edge is then
-    ``int(edge * factor + 0.5)``.
-
-    Args:
-        width, height: current size in pixels.
-        scale: two edge limits in pixels, in either order.
-
-    Returns:
-        ``(new_width, new_height)`` in pixels.
-    """
-    long_limit, short_limit = max(scale), min(scale)
-    factor = min(long_limit / max(height, width), short_limit / min(height, width))
-    return int(width * factor + 0.5), int(height * factor + 0.5)
-
-
 class RandomResize:
     """Resize by a random ratio of a base scale; image bilinear, label nearest.
 
     Reference: mmcv ``RandomResize(scale, ratio_range, keep_ratio=True)`` followed by its
     ``Resize``: the ratio is drawn uniformly from ``ratio_range``, the target is
     ``(int(scale[0] * ratio), int(scale[1] * ratio))`` and, with ``keep_ratio``, the image is
-    rescaled by :func:`rescale_size` (long edge within the long target, short edge within the
-    short target). Without ``keep_ratio`` the image is resized to exactly that target, read as
-    ``(width, height)`` as in mmcv; with ``match_orientation`` as well, the target's longer
+    rescaled by :func:`~trainer.data.geometry.rescale_size` (long edge within the long
+    target, short edge within the short target). Without ``keep_ratio`` the image is resized
+    to exactly that target, read as ``(width, height)`` as in mmcv; with ``match_orientation`` as well, the target's longer
     edge goes along the image's longer side (the width when the image is square), as
-    sssegmentation's ``Resize(keep_ratio=False)`` does. Interpolation: OpenCV ``INTER_LINEAR``
+    sssegmentation's ``Resize(keep_ratio=False)`` does
+    (:func:`~trainer.data.geometry.stretch_size`). Interpolation: OpenCV ``INTER_LINEAR``
     for the image and ``INTER_NEAREST`` for the label, as mmcv's ``bilinear``/``nearest`` with
     the cv2 backend and sssegmentation's defaults.
 
@@ -153,14 +134,15 @@ class RandomResize:
         return rng.random() * (high - low) + low
 
     def target_size(self, width: int, height: int, ratio: float) -> tuple[int, int]:
-        """Output ``(width, height)`` in pixels for an input size and a drawn ratio."""
-        target = int(self.scale[0] * ratio), int(self.scale[1] * ratio)
+        """Output ``(width, height)`` in pixels (cv2's order) for an input size and a drawn
+        ratio: the (h, w) rules of :mod:`trainer.data.geometry`, reversed."""
         if self.keep_ratio:
-            return rescale_size(width, height, target)
+            new_h, new_w = rescale_size(height, width, self.scale, ratio)
+            return new_w, new_h
         if self.match_orientation:
-            long_edge, short_edge = max(target), min(target)
-            return (short_edge, long_edge) if height > width else (long_edge, short_edge)
-        return target
+            new_h, new_w = stretch_size(height, width, self.scale, ratio)
+            return new_w, new_h
+        return int(self.scale[0] * ratio), int(self.scale[1] * ratio)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         ratio = self.draw_ratio(rng)
@@ -654,7 +636,7 @@ class ToTensor:
 
 
 # --------------------------------------------------------------------------------------------
-# composition and seeding
+# composition
 
 
 class Compose:
@@ -665,16 +647,11 @@ class Compose:
         seed: seed of the pipeline's ``numpy.random.Generator``; ``None`` seeds from the OS.
 
     Call as ``pipeline(sample)`` (uses the pipeline's generator) or ``pipeline(sample, rng)``
-    (uses the given one). :meth:`reseed` replaces the generator; :func:`seed_worker` calls it
-    in each DataLoader worker.
+    (uses the given one).
     """
 
     def __init__(self, transforms: Sequence[Callable[..., Sample]], seed: int | None = None) -> None:
         self.transforms = list(transforms)
-        self.rng = np.random.default_rng(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Replace the generator by ``numpy.random.default_rng(seed)``."""
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
@@ -778,38 +755,3 @@ def eval_pipeline(mean: Sequence[float], std: Sequence[float]) -> Compose:
     ``int64 (H, W)``.
     """
     return Compose([Normalize(mean, std), ToTensor()], seed=0)
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` for ``torch.utils.data.DataLoader``: distinct seeds per worker.
-
-    The seed is ``torch.initial_seed()`` inside the worker, which torch sets to a base seed
-    (drawn from the main process's torch generator for each epoch's iterator) plus
-    ``worker_id``. The worker's dataset is reseeded with it (descending through ``Subset`` and
-    ``ConcatDataset`` wrappers to every object with a ``reseed`` method), and numpy's and
-    Python's global generators are seeded too, for any third-party code that uses them.
-    OpenCV's thread count is deliberately left alone: calling ``cv2.setNumThreads`` in a
-    forked worker after the parent process has used OpenCV's thread pool deadlocks the worker.
-    To limit OpenCV threads, call it in the main process before the DataLoader starts.
-
-    Seed torch differently on each distributed rank (e.g. ``base_seed + rank``) so that ranks
-    do not repeat each other's augmentations.
-    """
-    seed = torch.initial_seed() % 2**63
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        _reseed_datasets(info.dataset, seed)
-
-
-def _reseed_datasets(dataset: Any, seed: int) -> None:
-    """Call ``reseed(seed)`` on ``dataset`` or on the datasets it wraps."""
-    if hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
-    elif hasattr(dataset, "datasets"):
-        for offset, inner in enumerate(dataset.datasets):
-            derived = int(np.random.SeedSequence([seed, offset]).generate_state(1, np.uint64)[0])
-            _reseed_datasets(inner, derived)
-    elif hasattr(dataset, "dataset"):
-        _reseed_datasets(dataset.dataset, seed)

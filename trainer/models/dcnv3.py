@@ -49,8 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# dcnv3_output_size is part of this module's public names too
-from trainer.models.dcnv3_spec import check_core_args, dcnv3_output_size  # noqa: F401
+from trainer.models.dcnv3_spec import check_core_args
 
 LAYER_NORM_EPS = 1e-6
 

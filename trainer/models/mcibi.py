@@ -26,22 +26,10 @@ update from the ground-truth-masked ``memory_input`` (see :meth:`FeaturesMemory.
 where the reference config sets ``use_loss`` (ADE20K), a classification loss of the stored
 memory through ``decoder_stage2`` from the second epoch on.
 
-Training-loop contract (what ``trainer/engine.py`` must do for an :class:`MCIBISegmentor`)::
-
-    net = accelerator.unwrap_model(model)
-    outputs = model(images, labels, lr=base_lr_now, epoch=epoch)  # updates the memory
-    memory_logits = outputs.pop("memory", None)                    # present from epoch 2 on
-    loss, parts = segmentation_loss(outputs, labels, ignore_index=ignore_index,
-                                    weights=net.loss_weights, avg_non_ignore=True)
-    if memory_logits is not None:
-        loss = loss + net.memory_loss_weight * memory_classification_loss(
-            memory_logits, net.decode_head.memory_module.num_feats_per_cls)
-
-``base_lr_now`` is the schedule's current base learning rate (before per-group multipliers
-such as ViT-L's backbone 0.1); ``epoch`` is 1-based (``1 + samples_seen // len(train_set)``).
-The call must go through the (DDP-wrapped) model's forward on every rank every step, since the
-update all-reduces. The reference's cross-entropy averages over non-ignored pixels
-(``avg_non_ignore=True``). Evaluation uses ``encode_decode`` and never touches the memory.
+Training: :meth:`MCIBISegmentor.training_loss` takes the schedule's current base learning rate
+(for the update momentum), the 1-based epoch (the memory loss joins from epoch 2) and the
+function that averages the updated memory over processes; it must run on every rank every step.
+Evaluation uses ``encode_decode`` and never touches the memory.
 
 Parameter names follow sssegmentation inside the decode head; the segmentor uses this
 project's ``backbone``/``decode_head``/``auxiliary_head`` prefixes. The full mapping is in
@@ -50,15 +38,15 @@ project's ``backbone``/``decode_head``/``auxiliary_head`` prefixes. The full map
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.models.fcn_head import select_inputs
-from trainer.models.segmentor import EncoderDecoder
+from trainer.models.losses import segmentation_loss
+from trainer.models.segmentor import EncoderDecoder, Reduce, mean_over_processes
 
 ACTIVATIONS = ("relu", "leaky_relu")
 UPDATE_STRATEGIES = ("cosine_similarity", "mean")
@@ -286,6 +274,7 @@ class FeaturesMemory(nn.Module):
         ignore_index: int = 255,
         strategy: str = "cosine_similarity",
         align_corners: bool = False,
+        reduce: Reduce = mean_over_processes,
     ) -> None:
         """Moving-average update of the memory from ground-truth-masked features.
 
@@ -306,9 +295,9 @@ class FeaturesMemory(nn.Module):
         In the degenerate case where every pixel of a slot has similarity exactly 1 the
         reference divides 0 by 0 (NaN); here that slot is left unchanged.
 
-        When a default process group is initialised, the updated memory is then averaged over
-        all ranks (``all_reduce`` SUM / world size), as the reference does after every update;
-        every rank must therefore call this the same number of times.
+        The updated memory then goes through ``reduce``, which in distributed training
+        averages it over all ranks (``all_reduce`` SUM / world size), as the reference does
+        after every update; every rank must therefore call this the same number of times.
 
         Args:
             features: float (N, feats_channels, h, w), the ``memory_input`` features; resized
@@ -320,6 +309,9 @@ class FeaturesMemory(nn.Module):
             ignore_index: label value that is skipped.
             strategy: one of :data:`UPDATE_STRATEGIES`.
             align_corners: for the bilinear resize.
+            reduce: averages the updated memory over processes (float32, the memory's shape);
+                default :func:`~trainer.models.segmentor.mean_over_processes` (the identity
+                in a single process).
 
         Raises:
             ValueError: unknown ``strategy``, "mean" with several slots, or shapes that do not
@@ -407,9 +399,7 @@ class FeaturesMemory(nn.Module):
         moved = (1.0 - momentum) * memory + momentum * target
         new_memory[update_slot] = moved[update_slot]
 
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(new_memory)
-            new_memory /= dist.get_world_size()
+        new_memory = reduce(new_memory)
         self.memory.copy_(new_memory.to(self.memory.dtype))
 
 
@@ -610,16 +600,17 @@ class MCIBISegmentor(EncoderDecoder):
             raise ValueError("the MCIBI memory update needs the current learning rate (lr=...)")
         return self.base_momentum / self.momentum_base_lr * lr
 
-    def update_memory(self, features: Tensor, labels: Tensor, lr: float | None) -> None:
+    def update_memory(self, features: Tensor, labels: Tensor, lr: float | None,
+                      reduce: Reduce = mean_over_processes) -> None:
         """Run :meth:`FeaturesMemory.update` on ``features`` (the head's ``memory_input``,
         float (N, feats_channels, h, w)) and int64 ``labels`` (N, H, W) with the momentum for
-        ``lr``. A no-op in eval mode."""
+        ``lr``, averaging the result over processes with ``reduce``. A no-op in eval mode."""
         if not self.training:
             return
         self.decode_head.memory_module.update(
             features.detach(), labels, self.memory_momentum(lr),
             ignore_index=self.ignore_index, strategy=self.update_strategy,
-            align_corners=self.align_corners,
+            align_corners=self.align_corners, reduce=reduce,
         )
 
     def forward(
@@ -629,6 +620,7 @@ class MCIBISegmentor(EncoderDecoder):
         *,
         lr: float | None = None,
         epoch: int | None = None,
+        reduce: Reduce = mean_over_processes,
     ) -> dict[str, Tensor]:
         """Logits of every head; in training mode with ``labels``, also the memory update.
 
@@ -641,6 +633,8 @@ class MCIBISegmentor(EncoderDecoder):
                 training mode when ``adjust_momentum_by_lr``.
             epoch: current 1-based epoch; the ``"memory"`` output is produced when
                 ``use_memory_loss`` and ``epoch`` > 1.
+            reduce: averages the updated memory over processes (see
+                :meth:`FeaturesMemory.update`).
 
         Returns:
             See the class docstring.
@@ -655,7 +649,7 @@ class MCIBISegmentor(EncoderDecoder):
         for key, head in self._aux_heads():
             outputs[key] = head(feats)
         if self.training and labels is not None:
-            self.update_memory(memory_input, labels, lr)
+            self.update_memory(memory_input, labels, lr, reduce)
             if self.use_memory_loss and epoch is not None and epoch > 1:
                 outputs["memory"] = self.decode_head.memory_logits()
         return outputs
@@ -667,6 +661,45 @@ class MCIBISegmentor(EncoderDecoder):
         return F.interpolate(
             logits, size=images.shape[2:], mode="bilinear", align_corners=self.align_corners
         )
+
+    def training_loss(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        ignore_index: int,
+        ohem: tuple[float, int] | None = None,
+        ohem_style: str = "mmseg_sampler",
+        lr: float | None = None,
+        epoch: int | None = None,
+        reduce: Reduce = mean_over_processes,
+        forward: Callable[..., dict[str, Tensor]] | None = None,
+    ) -> Tensor:
+        """The reference's training loss, updating the memory on the way.
+
+        The forward pass runs with the labels, ``lr`` and ``epoch``, so it updates the memory
+        (averaged over processes by ``reduce``); the cross-entropy of every per-pixel output
+        then averages over non-ignored pixels (``avg_non_ignore=True``, as the reference), and
+        from epoch 2 (with ``use_memory_loss``) :func:`memory_classification_loss` is added at
+        :attr:`memory_loss_weight`. Arguments as :meth:`EncoderDecoder.training_loss`; ``lr``
+        (the base learning rate, before group multipliers such as ViT-L's backbone 0.1) is
+        required with ``adjust_momentum_by_lr``.
+
+        Raises:
+            ValueError: ``lr`` is None while ``adjust_momentum_by_lr`` is on.
+        """
+        outputs = (forward or self)(images, labels, lr=lr, epoch=epoch, reduce=reduce)
+        memory_logits = outputs.pop("memory", None)
+        loss, _ = segmentation_loss(
+            outputs, labels, ignore_index=ignore_index, weights=self.loss_weights,
+            avg_non_ignore=True, ohem=ohem, ohem_style=ohem_style,
+            align_corners=bool(self.align_corners),
+        )
+        if memory_logits is not None:
+            loss = loss + self.memory_loss_weight * memory_classification_loss(
+                memory_logits, self.decode_head.memory_module.num_feats_per_cls
+            )
+        return loss
 
 
 def memory_classification_loss(memory_logits: Tensor, num_feats_per_cls: int = 1) -> Tensor:

@@ -53,7 +53,7 @@ def load_segmentor_weights(
             ``num_classes``), or, with ``strict``, when keys are missing or unexpected; the
             message lists the first offending keys.
         FileNotFoundError: if the path does not exist.
-        segctl.weights.UnloadableWeightsError: the file holds pickled objects other than
+        segctl.io.weights_cache.UnloadableWeightsError: the file holds pickled objects other than
             tensors, or is not a PyTorch file; the message names it.
     """
     if isinstance(path_or_state_dict, Mapping):

@@ -155,7 +155,7 @@ def read_checkpoint(path_or_url: str | os.PathLike, name: str | None = None) -> 
         name: the file in error messages; default the path or URL.
 
     Raises:
-        segctl.weights.UnloadableWeightsError: the file holds pickled objects other than
+        segctl.io.weights_cache.UnloadableWeightsError: the file holds pickled objects other than
             tensors, or is not a PyTorch file; the message names it.
         FileNotFoundError: a local path does not exist; whatever fsspec raises for a URL.
     """

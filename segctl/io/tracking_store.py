@@ -1,4 +1,5 @@
-"""The embedded MLflow store (an SQLite file), created once however many processes start at once.
+"""The embedded MLflow store (an SQLite file): its ``sqlite:///`` URI, the file a URI names, and
+its creation, once however many processes start at once.
 
 MLflow creates a missing SQLite store on first use (schema, migrations, default experiment);
 two processes doing that at once both run the migrations and all but one fail (``table ...
@@ -13,10 +14,40 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from segctl.paths import sqlite_path
-
 #: Seconds a process waits for another one that is creating the store.
 LOCK_TIMEOUT_S = 300.0
+
+
+#: What a path must percent-encode in a ``sqlite:///`` URI. SQLAlchemy (which opens MLflow's
+#: SQLite stores) cuts the database part at the first ``?`` (the query) and percent-decodes
+#: it; URL parsers end a path at ``#`` (the fragment). Other characters travel as they are.
+_SQLITE_QUOTED = {"%": "%25", "?": "%3F", "#": "%23"}
+
+
+def sqlite_uri(path: str | Path) -> str:
+    """``sqlite:///<path>`` for an SQLite database file, with ``%``, ``?`` and ``#`` of the path
+    percent-encoded, so that ``/work/w?mode=ro#frag/mlflow.db`` stays that file instead of
+    ``/work/w`` with a query. An absolute path gives ``sqlite:////...``.
+
+    MLflow itself (3.x) creates the database's folder from the URI without decoding it, so a
+    path that needed quoting leaves one empty folder with the encoded name beside the real one.
+    """
+    text = str(path)
+    for char, code in _SQLITE_QUOTED.items():
+        text = text.replace(char, code)
+    return f"sqlite:///{text}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file a ``sqlite:///`` URI names, read as SQLAlchemy reads it (the part
+    before ``?``, percent-decoded); None for other URIs and in-memory databases."""
+    from urllib.parse import unquote
+
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    database = unquote(uri[len(prefix):].split("?", 1)[0])
+    return Path(database) if database not in ("", ":memory:") else None
 
 
 class TrackingStoreError(RuntimeError):
@@ -27,7 +58,7 @@ class TrackingStoreError(RuntimeError):
 def ensure_store(uri: str) -> None:
     """Create the embedded SQLite store at ``uri`` (and its folder) if it is missing or was
     left incomplete; other URIs are left alone (nothing is contacted). The file is the one
-    SQLAlchemy opens (:func:`segctl.paths.sqlite_path`: percent-escapes decoded).
+    SQLAlchemy opens (:func:`sqlite_path`: percent-escapes decoded).
 
     Safe to call from many processes at once: the store is created under a lock held by one
     of them while the others wait (at most :data:`LOCK_TIMEOUT_S` seconds).

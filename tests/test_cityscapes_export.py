@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainer.submission_format import TRAIN_ID_TO_LABEL_ID, write_submission
+from trainer.cityscapes_export import TRAIN_ID_TO_LABEL_ID, write_submission
 
 CITIES = ("aachen", "bonn")
 

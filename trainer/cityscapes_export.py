@@ -31,7 +31,6 @@ TRAIN_ID_TO_LABEL_ID = np.array(
     [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], dtype=np.uint8
 )
 IMAGE_SUFFIX = "_leftImg8bit.png"
-FORMATS = ("metrics", "cityscapes-submission")
 
 
 def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,176 @@
+"""The training data order: which sample, with which augmentation seed, each rank reads.
+
+Sample ``k`` of the stream a rank reads is a pure function of (seed, iteration, rank), see
+:class:`DataOrder`, and each sample's augmentation draws come from a generator seeded by (seed,
+epoch, position), so a resumed run continues exactly and results do not depend on the number
+of loader workers. :func:`build_train_loader` therefore builds the loader with its own sampler
+instead of passing it through ``accelerator.prepare``, which would re-shard it.
+:func:`resolve_schedule` counts an epoch-based schedule in iterations of this order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trainer.data.transforms import Compose
+from segctl.recipe import Recipe
+from trainer.optim import iterations_for_epochs, padded_epoch_iterations
+
+__all__ = [
+    "AugmentedDataset", "DataOrder", "IterationSampler", "build_train_loader", "resolve_schedule",
+]
+
+
+@dataclass
+class DataOrder:
+    """Which sample, with which augmentation seed, each rank reads at each iteration.
+
+    The global stream is the concatenation of per-epoch permutations of the dataset, epoch
+    ``e`` permuted by ``numpy.random.default_rng([seed, e])``. Iteration ``i`` gives rank ``r``
+    the stream positions ``(i * world_size + r) * batch_size + j`` for ``j < batch_size``; the
+    position's epoch and offset fix the dataset index and the augmentation seed
+    ``SeedSequence([seed, epoch, offset])``. Nothing here has state beyond a cache.
+
+    With ``epoch_padding="per_rank"`` (``schedule.epoch_padding``) an epoch has
+    :attr:`epoch_positions` = ``world_size * batch_size *``
+    :func:`~trainer.optim.padded_epoch_iterations` positions, the ones past ``dataset_size``
+    repeating the start of its permutation (offset ``o`` reads ``permutation[o %
+    dataset_size]``), as United-Perception's ``DistributedSampler`` pads
+    (``up/data/samplers/sampler.py``: ``indices += indices[:padding_size]``); only which rank
+    reads which image differs (ranks interleave here, take contiguous blocks there). With
+    ``"per_rank_drop_last"`` the epoch is that many whole batches rounded down (sssegmentation),
+    so the last images of each epoch's permutation go unread, as there.
+
+    Attributes:
+        dataset_size: number of training samples (> 0).
+        batch_size: samples per rank and iteration.
+        world_size: number of ranks.
+        seed: the recipe's ``train.seed``.
+        epoch_padding: ``"none"``, ``"per_rank"`` or ``"per_rank_drop_last"``.
+    """
+
+    dataset_size: int
+    batch_size: int
+    world_size: int
+    seed: int
+    epoch_padding: str = "none"
+    _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The dataset indices of ``epoch`` in reading order."""
+        if epoch not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(
+                self.dataset_size
+            )
+        return self._cache[epoch]
+
+    @property
+    def epoch_positions(self) -> int:
+        """Stream positions (samples over all ranks) in one epoch."""
+        if self.epoch_padding == "none":
+            return self.dataset_size
+        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, self.world_size,
+                                        drop_last=self.epoch_padding == "per_rank_drop_last")
+        return steps * self.world_size * self.batch_size
+
+    def sample(self, iteration: int, rank: int, slot: int) -> tuple[int, int]:
+        """``(dataset index, augmentation seed)`` of ``slot`` in rank's batch at ``iteration``."""
+        position = (iteration * self.world_size + rank) * self.batch_size + slot
+        epoch, offset = divmod(position, self.epoch_positions)
+        index = int(self.permutation(epoch)[offset % self.dataset_size])
+        aug_seed = int(np.random.SeedSequence([self.seed, epoch, offset]).generate_state(1)[0])
+        return index, aug_seed
+
+    def state(self) -> dict[str, int | str]:
+        """What a checkpoint stores to check that a resume reads the same order."""
+        state: dict[str, int | str] = {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "dataset_size": self.dataset_size,
+        }
+        if self.epoch_padding != "none":  # older checkpoints resume as before
+            state["epoch_padding"] = self.epoch_padding
+        return state
+
+
+class IterationSampler(Sampler):
+    """Yields ``(index, aug_seed)`` for one rank, iterations ``start`` to ``stop`` (exclusive)."""
+
+    def __init__(self, order: DataOrder, rank: int, start: int, stop: int) -> None:
+        self.order, self.rank, self.start, self.stop = order, rank, start, stop
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for iteration in range(self.start, self.stop):
+            for slot in range(self.order.batch_size):
+                yield self.order.sample(iteration, self.rank, slot)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.order.batch_size
+
+
+class AugmentedDataset(Dataset):
+    """Indexed by ``(index, aug_seed)``: load sample ``index``, apply ``pipeline`` with a
+    generator seeded by ``aug_seed``. Items: ``image`` float32 (3, h, w), ``label`` int64
+    (h, w)."""
+
+    def __init__(self, dataset, pipeline: Compose) -> None:
+        self.dataset = dataset
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, aug_seed = key
+        sample = self.pipeline(self.dataset.load(index), np.random.default_rng(aug_seed))
+        return {"image": sample["image"], "label": sample["label"]}
+
+
+def build_train_loader(
+    dataset: AugmentedDataset, order: DataOrder, *, rank: int, start: int, stop: int,
+    num_workers: int, pin_memory: bool,
+) -> DataLoader:
+    """One batch per iteration in ``[start, stop)`` for ``rank``, in :class:`DataOrder`.
+
+    Workers are started with ``spawn``, not ``fork``: a forked worker inherits OpenCV's and
+    OpenMP's thread pools in whatever state the parent left them, and deadlocks on its first
+    use of them when the parent had used them (observed with ``cv2`` after generating data in
+    the same process). A script that trains must therefore guard its entry with
+    ``if __name__ == "__main__":``, as submitit's job entry does.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=order.batch_size,
+        sampler=IterationSampler(order, rank, start, stop),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        multiprocessing_context="spawn" if num_workers > 0 else None,
+        pin_memory=pin_memory,
+        # A private generator: creating the loader's iterator leaves the global RNG untouched.
+        generator=torch.Generator().manual_seed(order.seed),
+    )
+
+
+def resolve_schedule(recipe: Recipe, dataset_size: int, world_size: int) -> Recipe:
+    """The recipe with ``schedule.max_iters`` filled from ``schedule.max_epochs``.
+
+    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size))``, or with
+    ``schedule.epoch_padding: per_rank`` ``max_epochs`` padded epochs
+    (:func:`trainer.optim.iterations_for_epochs`); ``max_epochs`` stays as the record of where
+    it came from. A recipe with ``max_iters`` is returned unchanged. The copy is not
+    re-validated (the schema wants exactly one of the two); use it in this process only.
+    """
+    sched = recipe.schedule
+    if sched.max_iters is not None or sched.max_epochs is None:
+        return recipe
+    iters = iterations_for_epochs(sched.max_epochs, dataset_size, recipe.train.batch_size,
+                                  world_size, sched.epoch_padding)
+    return recipe.model_copy(update={"schedule": sched.model_copy(update={"max_iters": iters})})
