@@ -128,6 +128,7 @@ def _rank_main(rank: int, world_size: int, port: int, root: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_write_one_complete_zip(tmp_path):
     images = _images(tmp_path / "test", 7)
     mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -203,6 +203,7 @@ def test_coco_stuff10k_mat(tmp_path: Path):
 # --- iSAID ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_isaid_raw_to_patches(real_data: Path, tmp_path: Path):
     counts = CONVERTERS["isaid"](real_data / "isaid_raw", tmp_path, workers=2, progress=False)
     assert counts == {"train": 1, "val": 1}

@@ -41,6 +41,9 @@ from trainer.models.dcnv3_spec import dcnv3_output_size
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Triton compiles each kernel on the CPU interpreter or for a GPU target: seconds per case.
+pytestmark = pytest.mark.slow
+
 # name -> (dtype, kernel_size, stride, pad, dilation, group, group_channels, offset_scale,
 #          offset_std, (H, W), compare with the loop); batch 2. Offsets of 2..6 pixels (after
 #          offset_scale) put many samples partly or wholly outside the image. Sizes are kept to

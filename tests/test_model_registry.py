@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segctl.recipe import MODEL_PRESETS
@@ -12,6 +13,7 @@ def test_every_preset_has_a_builder_and_every_builder_a_preset():
     assert set(MODEL_PRESETS) == set(MODEL_BUILDERS)
 
 
+@pytest.mark.slow
 def test_every_model_builds_on_the_meta_device():
     for name in MODEL_PRESETS:
         with torch.device("meta"):

@@ -106,6 +106,7 @@ def test_resnest101_backbone_count():
         assert count(ResNeSt(101)) == 48_275_016 - 2_049_000
 
 
+@pytest.mark.slow
 def test_every_builder_on_meta_device_matches_recorded_counts():
     assert set(BUILDERS) == {
         f"deeplabv3_{s}{b}"
@@ -120,6 +121,7 @@ def test_every_builder_on_meta_device_matches_recorded_counts():
             assert all(p.is_meta for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_mcibi_reference_options_build():
     for (backbone, _dataset), opts in MCIBI_REFERENCE_OPTIONS.items():
         with torch.device("meta"):
@@ -433,6 +435,7 @@ def _allreduce_worker(rank: int, world: int, port: int, result_dir: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_memory_update_is_all_reduced_across_ranks(tmp_path):
     world = 2
     mp.spawn(_allreduce_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,

@@ -162,6 +162,7 @@ def test_official_count_is_mmseg_count_plus_head_conv_bias(variant: str) -> None
     assert official_params - count(model) == sum(HRNET_SPECS[variant].widths)
 
 
+@pytest.mark.slow
 def test_every_builder_takes_the_documented_signature() -> None:
     assert set(BUILDERS) >= set(MMSEG_PARAMS) | {"ocr_hrnetv2_w18", "ocr_hrnetv2_w18_small"}
     with torch.device("meta"):

@@ -168,6 +168,7 @@ def fast_dir(tmp_path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_status_never_overwrites_a_terminal_state_with_a_stale_one(fast_dir):
     home, folder = fast_dir / "home", fast_dir / "jobs"
     folder.mkdir()

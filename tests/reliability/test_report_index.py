@@ -43,6 +43,7 @@ def _by_recipe(rows: list[dict]) -> dict[str, dict]:
     return {row["recipe"]: row for row in rows}
 
 
+@pytest.mark.slow
 def test_runs_logged_or_changed_after_the_index_was_built_appear(segctl_env):
     uri = f"sqlite:///{segctl_env / 'mlflow.db'}"
     ensure_store(uri)
@@ -76,6 +77,7 @@ def test_runs_logged_or_changed_after_the_index_was_built_appear(segctl_env):
     assert collect(uri) == collect(uri, rebuild=True, index_path=":memory:")
 
 
+@pytest.mark.slow
 def test_a_run_changed_without_ending_is_read_again_once_sync_marks_it(segctl_env):
     """Records delivered to a finished run leave its end time alone; ``segctl sync`` marks
     the run it delivered to, and the next report reads it again."""
@@ -89,6 +91,7 @@ def test_a_run_changed_without_ending_is_read_again_once_sync_marks_it(segctl_en
     assert _by_recipe(_report())["quiet"]["reproduced_ss"] == 55.0
 
 
+@pytest.mark.slow
 def test_a_deleted_index_is_rebuilt_and_gives_the_same_report(segctl_env):
     uri = f"sqlite:///{segctl_env / 'mlflow.db'}"
     ensure_store(uri)

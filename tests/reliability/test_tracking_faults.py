@@ -162,6 +162,7 @@ def test_a_requeued_job_rebuilds_a_run_lost_between_its_phases(tmp_path):
     assert [a.path for a in client.list_artifacts(rebuilt, "tables")] == ["tables/iter_0000001.txt"]
 
 
+@pytest.mark.slow
 def test_a_full_journal_says_the_rebuild_is_incomplete(tmp_path):
     """Past ``journal_max_bytes`` records are no longer journaled; a rebuild then keeps what
     the journal holds and tags the run ``segctl.journal_complete=false``."""
@@ -188,6 +189,7 @@ def test_a_full_journal_says_the_rebuild_is_incomplete(tmp_path):
 
 
 @pytest.mark.parametrize("folder", ["w?mode=ro#frag", "a%20b"])
+@pytest.mark.slow
 def test_the_embedded_store_stays_in_a_working_directory_named_like_a_url(tmp_path, monkeypatch,
                                                                           folder):
     """``?`` starts a query and ``%`` an escape in a ``sqlite:///`` URI: the default store of

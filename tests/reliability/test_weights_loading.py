@@ -176,6 +176,7 @@ def run_dir(tmp_path, cityscapes_frame_root) -> Path:
     return make
 
 
+@pytest.mark.slow
 def test_job_refuses_a_planted_init_checkpoint(run_dir, tmp_path):
     marker = tmp_path / "MARKER"
     evil = plant(tmp_path / "mit_b0.pth", marker, w=torch.ones(2))
