@@ -103,3 +103,19 @@ def create_private_dir(path: Path) -> Path:
     if path.stat().st_mode & 0o777 != PRIVATE_MODE:
         os.chmod(path, PRIVATE_MODE)
     return path
+
+
+def finished_training(run_dir: Path) -> str | None:
+    """How a run's training ended, if it did: ``"iteration 300/300, mIoU 67.44"``, or None.
+
+    A run has finished training when its ``progress.json`` says phase ``done`` and its
+    ``checkpoints/final.pt`` exists (the job writes the weights, then the phase). A run without
+    a directory, interrupted, failed or still training gives None.
+    """
+    run = RunDir(run_dir)
+    progress = run.read_progress()
+    if progress.get("phase") != "done" or not run.final.is_file():
+        return None
+    summary = f"iteration {progress.get('iteration')}/{progress.get('max_iters')}"
+    miou = progress.get("miou")
+    return summary if miou is None else f"{summary}, mIoU {float(miou):.2f}"

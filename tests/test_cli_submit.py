@@ -153,3 +153,36 @@ def test_local_executor_warns_when_the_recipe_asks_for_many_processes(segctl_env
                                 "--cluster", "local"])
     assert quick.exit_code == 0, quick.output
     assert json.loads(quick.output)["notes"] == []
+
+
+@pytest.mark.slow  # trains four iterations as a local job
+def test_a_finished_run_is_left_as_it_is_unless_rerun(segctl_env, cityscapes_frame_root):
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    first = runner.invoke(app, ["submit", str(recipe), "--wait"])
+    assert first.exit_code == 0, first.output
+    (run,) = Registry(segctl_home()).runs()
+    progress = json.loads((Path(run.run_dir) / "progress.json").read_text())
+    assert progress["phase"] == "done"
+    final = Path(run.run_dir) / "checkpoints" / "final.pt"
+    written = final.stat().st_mtime_ns
+
+    # submitting the finished run again submits nothing, says so, and changes nothing
+    again = runner.invoke(app, ["submit", str(recipe), "--wait"])
+    assert again.exit_code == 0, again.output
+    assert f"{run.run_id} has finished training (iteration 4/4, mIoU " in again.output
+    assert "nothing submitted" in again.output and "--rerun" in again.output
+    assert len(Registry(segctl_home()).jobs(run.run_id)) == 1
+    assert json.loads((Path(run.run_dir) / "progress.json").read_text()) == progress
+    assert final.stat().st_mtime_ns == written
+
+    # the plan says so too; with --rerun the plan is an ordinary one
+    planned = json.loads(runner.invoke(app, ["submit", str(recipe), "--dry-run"]).output)
+    assert any("has finished training" in note for note in planned["notes"])
+    rerun = json.loads(runner.invoke(app, ["submit", str(recipe), "--dry-run", "--rerun"]).output)
+    assert not any("has finished training" in note for note in rerun["notes"])
+
+    # --rerun submits a job, which validates the final weights again and ends COMPLETED
+    rerun = runner.invoke(app, ["submit", str(recipe), "--rerun", "--wait"])
+    assert rerun.exit_code == 0, rerun.output
+    jobs = Registry(segctl_home()).jobs(run.run_id)
+    assert [job.state for job in jobs] == ["COMPLETED", "COMPLETED"]

@@ -53,16 +53,24 @@ def submit(
         typer.Option("--from-scratch", help="Train without pretrained weights a recipe that "
                      "reproduces a published result (refused otherwise)."),
     ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", help="Submit a job for a run that has finished training: it "
+                     "loads the final checkpoint and validates it again."),
+    ] = False,
 ) -> None:
     """Validate RECIPE, create its run directory and submit its training job.
 
-    Re-submitting the same recipe finds the same run (same id) and resumes it. On Slurm the job
+    Re-submitting the same recipe finds the same run (same id) and resumes it; a run that has
+    finished training is left as it is and nothing is submitted (exit 0) unless --rerun is
+    given (`segctl eval` evaluates it again). On Slurm the job
     has one task per GPU on each node; --dry-run prints the plan and the sbatch script.
     Pretrained weights named by URL are fetched into the weights cache first (see `segctl
     weights`); the job reads them from there. A recipe with a reference and no
     model.init_checkpoint is refused unless --from-scratch is given.
     """
     from segctl.recipe import RecipeError, load_recipe
+    from segctl.runs import finished_training
     from segctl.submission import check_pretraining, plan_training, preflight
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
@@ -74,8 +82,17 @@ def submit(
     loaded = load_recipe(recipe, [*(overrides or []), *placement])
     plan = plan_training(loaded, profile=site)
     plan = replace(plan, notes=[*plan.notes, *check_pretraining(plan.recipe, from_scratch)])
+    finished = None if rerun else finished_training(plan.run_dir)
+    if finished is not None:
+        plan = replace(plan, notes=[*plan.notes, f"{plan.run_id} has finished training "
+                                    f"({finished}): nothing would be submitted without --rerun"])
     if dry_run:
         print_plan(plan)
+        return
+    if finished is not None:
+        typer.echo(f"{plan.run_id} has finished training ({finished}); nothing submitted.\n"
+                   f"  `segctl status {plan.run_id}` shows it, `segctl eval {plan.run_id}` "
+                   "evaluates it again, --rerun re-validates it in a new job.")
         return
     issues = preflight(loaded, plan.recipe)
     if issues:
