@@ -186,3 +186,54 @@ def test_a_finished_run_is_left_as_it_is_unless_rerun(segctl_env, cityscapes_fra
     assert rerun.exit_code == 0, rerun.output
     jobs = Registry(segctl_home()).jobs(run.run_id)
     assert [job.state for job in jobs] == ["COMPLETED", "COMPLETED"]
+
+
+def _job_processes(controller_pid: int) -> list:
+    """The local job's controller and every process under it."""
+    import psutil
+
+    controller = psutil.Process(controller_pid)
+    return [controller, *controller.children(recursive=True)]
+
+
+@pytest.mark.slow  # trains four iterations as a local job
+def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
+                                                                  cityscapes_frame_root):
+    import signal
+    import threading
+
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    first = runner.invoke(app, ["submit", str(recipe)])
+    assert first.exit_code == 0, first.output
+    (job,) = Registry(segctl_home()).jobs()
+    # the job is held still, so it is in progress whatever the machine's speed
+    held = _job_processes(int(job.job_id))
+    for process in held:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        again = runner.invoke(app, ["submit", str(recipe)])
+    finally:
+        for process in held:
+            process.send_signal(signal.SIGCONT)
+    assert again.exit_code == 0, again.output
+    assert f"has a training job in progress (local job {job.job_id}, RUNNING); nothing " \
+           "submitted" in again.output
+    assert "--wait to wait for it" in again.output
+    assert len(Registry(segctl_home()).jobs()) == 1
+
+    # with --wait it waits for that job (held again, released once the command is under way)
+    held = _job_processes(int(job.job_id))  # its worker may have started meanwhile
+    for process in held:
+        process.send_signal(signal.SIGSTOP)
+    release = threading.Timer(2.0, lambda: [p.send_signal(signal.SIGCONT) for p in held])
+    release.start()
+    try:
+        attached = runner.invoke(app, ["submit", str(recipe), "--wait"])
+    finally:
+        release.join()
+    assert attached.exit_code == 0, attached.output
+    assert f"local job {job.job_id}, RUNNING); nothing submitted.\n  waiting for it" in \
+        attached.output
+    assert attached.output.rstrip().endswith(f"{job.run_id}: COMPLETED")
+    (done,) = Registry(segctl_home()).jobs()
+    assert done.state == "COMPLETED"
