@@ -102,7 +102,9 @@ def test_cancel_stops_a_local_job_and_only_that(segctl_env, cityscapes_frame_roo
     (run,) = json.loads(runner.invoke(app, ["status", "--json"]).output)
     assert run["state"] in ("SUBMITTED", "RUNNING")
     again = runner.invoke(app, ["submit", str(recipe), "--cluster", "local", "--set", "schedule.max_iters=100000"])
-    assert again.exit_code == 2 and "already has a train job in progress" in again.output
+    assert again.exit_code == 0, again.output  # the job in progress is the run's job: no second
+    assert "has a training job in progress" in again.output and "nothing submitted" in again.output
+    assert [job.job_id for job in Registry(segctl_home()).jobs()] == [run["job_id"]]
     cancelled = runner.invoke(app, ["cancel", run["run_id"]])
     assert cancelled.exit_code == 0 and "cancelled train job" in cancelled.output
     from segctl.executors import _local_controller_alive
