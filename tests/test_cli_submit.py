@@ -199,7 +199,6 @@ def _job_processes(controller_pid: int) -> list:
 @pytest.mark.slow  # trains four iterations as a local job
 def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
                                                                   cityscapes_frame_root):
-    import signal
     import threading
 
     recipe = write_recipe(segctl_env, cityscapes_frame_root)
@@ -207,14 +206,11 @@ def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
     assert first.exit_code == 0, first.output
     (job,) = Registry(segctl_home()).jobs()
     # the job is held still, so it is in progress whatever the machine's speed
-    held = _job_processes(int(job.job_id))
-    for process in held:
-        process.send_signal(signal.SIGSTOP)
+    held = _hold(int(job.job_id))
     try:
         again = runner.invoke(app, ["submit", str(recipe)])
     finally:
-        for process in held:
-            process.send_signal(signal.SIGCONT)
+        _release(held)
     assert again.exit_code == 0, again.output
     assert f"has a training job in progress (local job {job.job_id}, RUNNING); nothing " \
            "submitted" in again.output
@@ -222,10 +218,8 @@ def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
     assert len(Registry(segctl_home()).jobs()) == 1
 
     # with --wait it waits for that job (held again, released once the command is under way)
-    held = _job_processes(int(job.job_id))  # its worker may have started meanwhile
-    for process in held:
-        process.send_signal(signal.SIGSTOP)
-    release = threading.Timer(2.0, lambda: [p.send_signal(signal.SIGCONT) for p in held])
+    held = _hold(int(job.job_id))  # its worker may have started meanwhile
+    release = threading.Timer(2.0, _release, args=(held,))
     release.start()
     try:
         attached = runner.invoke(app, ["submit", str(recipe), "--wait"])
@@ -237,3 +231,55 @@ def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
     assert attached.output.rstrip().endswith(f"{job.run_id}: COMPLETED")
     (done,) = Registry(segctl_home()).jobs()
     assert done.state == "COMPLETED"
+
+
+def _hold(pid: int):
+    """Stop a local job's processes (SIGSTOP); returns them, to be continued."""
+    import signal
+
+    held = _job_processes(pid)
+    for process in held:
+        process.send_signal(signal.SIGSTOP)
+    return held
+
+
+def _release(held) -> None:
+    import signal
+
+    for process in held:
+        process.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.slow  # trains four iterations and evaluates, as local jobs
+def test_evaluating_again_while_that_evaluation_is_in_progress_attaches_to_it(
+        segctl_env, cityscapes_frame_root):
+    import threading
+
+    recipe = write_recipe(segctl_env, cityscapes_frame_root)
+    trained = runner.invoke(app, ["submit", str(recipe), "--wait"])
+    assert trained.exit_code == 0, trained.output
+    (run,) = Registry(segctl_home()).runs()
+    first = runner.invoke(app, ["eval", run.run_id])
+    assert first.exit_code == 0, first.output
+    (job,) = [j for j in Registry(segctl_home()).jobs() if j.kind == "eval"]
+
+    held = _hold(int(job.job_id))
+    try:
+        again = runner.invoke(app, ["eval", run.run_id])
+    finally:
+        _release(held)
+    assert again.exit_code == 0, again.output
+    assert f"has an evaluation ({job.label}) in progress (local job {job.job_id}, RUNNING); " \
+           "nothing submitted" in again.output
+
+    held = _hold(int(job.job_id))
+    release = threading.Timer(2.0, _release, args=(held,))
+    release.start()
+    try:
+        attached = runner.invoke(app, ["eval", run.run_id, "--wait"])
+    finally:
+        release.join()
+    assert attached.exit_code == 0, attached.output
+    assert "nothing submitted.\n  waiting for it" in attached.output
+    assert f"{run.run_id}: COMPLETED" in attached.output and "mIoU" in attached.output
+    assert [j.job_id for j in Registry(segctl_home()).jobs() if j.kind == "eval"] == [job.job_id]

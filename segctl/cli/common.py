@@ -222,6 +222,33 @@ def submit_plan(plan):
     return submitted
 
 
+def attach_to_running_job(plan, wait: bool) -> bool:
+    """If the plan's run has a job of the plan's kind in progress (for an evaluation, one of
+    the same label), say so and submit nothing; with ``wait``, wait for that job as if it had
+    just been submitted (:func:`finish`: exit 1 unless it COMPLETED). Returns whether there was
+    one."""
+    from segctl.status import live_jobs
+    from segctl.submission import SubmittedJob
+
+    reg = registry()
+    same = [job for job in reg.jobs(plan.run_id)
+            if job.kind == plan.kind and (plan.kind == "train" or job.label == plan.label)]
+    running = live_jobs(reg, same)
+    if not running:
+        return False
+    job, state = running[-1]
+    what = "a training job" if plan.kind == "train" else f"an evaluation ({plan.label})"
+    typer.echo(f"{plan.run_id} has {what} in progress ({job.executor} job {job.job_id}, "
+               f"{state}); nothing submitted.")
+    if not wait:
+        typer.echo(f"  `segctl status {plan.run_id}`, `segctl logs {plan.run_id} --follow`, or "
+                   "the same command with --wait to wait for it.")
+        return True
+    typer.echo("  waiting for it")
+    finish(SubmittedJob(row=job.id, job_id=job.job_id, plan=plan, handle=None))
+    return True
+
+
 def finish(submitted) -> None:
     """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
     COMPLETED.

@@ -9,6 +9,7 @@ import typer
 
 from segctl.cli.common import (
     UserError,
+    attach_to_running_job,
     find_run,
     finish,
     looks_like_recipe,
@@ -110,19 +111,23 @@ def evaluate(
     if dry_run:
         print_plan(plan)
         return
-    if not run_dir.exists():
-        create_run_dir(run_dir, plan.recipe)
-    submitted = submit_plan(plan)
-    typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job {submitted.job_id})")
-    if wait:
-        finish(submitted)
-        if fmt.value != "metrics":
-            typer.echo(f"submission: {RunDir(run_dir).eval_file(plan.label, f'-{fmt}.zip')}")
-            return
-        table = RunDir(run_dir).eval_file(plan.label, ".txt")
-        typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
-        if published:
-            typer.echo(published_comparison(recipe, RunDir(run_dir).eval_file(plan.label, ".json")))
+    if not attach_to_running_job(plan, wait):
+        if not run_dir.exists():
+            create_run_dir(run_dir, plan.recipe)
+        submitted = submit_plan(plan)
+        typer.echo(f"submitted evaluation {plan.label} of {plan.run_id} ({plan.executor} job "
+                   f"{submitted.job_id})")
+        if wait:
+            finish(submitted)
+    if not wait:
+        return
+    if fmt.value != "metrics":
+        typer.echo(f"submission: {RunDir(run_dir).eval_file(plan.label, f'-{fmt}.zip')}")
+        return
+    table = RunDir(run_dir).eval_file(plan.label, ".txt")
+    typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
+    if published:
+        typer.echo(published_comparison(recipe, RunDir(run_dir).eval_file(plan.label, ".json")))
 
 
 def _output_format(value: str) -> OutputFormat:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from segctl.cli.common import (
+    attach_to_running_job,
     finish,
     print_notes,
     print_plan,
@@ -104,29 +105,6 @@ def submit(
     typer.echo(f"  run dir: {plan.run_dir}")
     if wait:
         finish(submitted)
-
-
-def attach_to_running_job(plan, wait: bool) -> bool:
-    """If the plan's run has a training job in progress, say so and submit nothing; with
-    ``wait``, wait for that job as if it had just been submitted (exit 1 unless it COMPLETED).
-    Returns whether there was one."""
-    from segctl.status import live_jobs
-    from segctl.submission import SubmittedJob
-
-    reg = registry()
-    running = live_jobs(reg, [job for job in reg.jobs(plan.run_id) if job.kind == "train"])
-    if not running:
-        return False
-    job, state = running[-1]
-    typer.echo(f"{plan.run_id} has a training job in progress ({job.executor} job {job.job_id}, "
-               f"{state}); nothing submitted.")
-    if not wait:
-        typer.echo(f"  `segctl status {plan.run_id}`, `segctl logs {plan.run_id} --follow`, or "
-                   "the same submit with --wait to wait for it.")
-        return True
-    typer.echo("  waiting for it")
-    finish(SubmittedJob(row=job.id, job_id=job.job_id, plan=plan, handle=None))
-    return True
 
 
 def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool,
