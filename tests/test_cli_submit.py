@@ -163,6 +163,9 @@ def test_a_finished_run_is_left_as_it_is_unless_rerun(segctl_env, cityscapes_fra
     (run,) = Registry(segctl_home()).runs()
     progress = json.loads((Path(run.run_dir) / "progress.json").read_text())
     assert progress["phase"] == "done"
+    # the last line is the final evaluation's figure, whatever the last poll showed
+    assert first.output.rstrip().splitlines()[-1] == (
+        f"{run.run_id}: COMPLETED (iteration 4/4, mIoU {progress['miou']:.2f})")
     final = Path(run.run_dir) / "checkpoints" / "final.pt"
     written = final.stat().st_mtime_ns
 
@@ -228,7 +231,8 @@ def test_submitting_a_run_whose_job_is_in_progress_attaches_to_it(segctl_env,
     assert attached.exit_code == 0, attached.output
     assert f"local job {job.job_id}, RUNNING); nothing submitted.\n  waiting for it" in \
         attached.output
-    assert attached.output.rstrip().endswith(f"{job.run_id}: COMPLETED")
+    assert attached.output.rstrip().splitlines()[-1].startswith(
+        f"{job.run_id}: COMPLETED (iteration 4/4, mIoU ")
     (done,) = Registry(segctl_home()).jobs()
     assert done.state == "COMPLETED"
 

@@ -251,19 +251,25 @@ def attach_to_running_job(plan, wait: bool) -> bool:
 
 def finish(submitted) -> None:
     """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
-    COMPLETED.
+    COMPLETED. The last line is the job's state; for a completed training job with its final
+    iteration and mIoU (``<run>: COMPLETED (iteration 300/300, mIoU 67.44)``).
 
     The state comes from :func:`segctl.status.wait` (sacct, or a local job's JSON exit
     record and controller pid); nothing of the job is unpickled.
     """
     from segctl.executors import job_log_paths
     from segctl.recipe.rundir import RunDir
+    from segctl.runs import finished_training
     from segctl.status import JobState, wait
 
     reg = registry()
     state = wait(reg, submitted.row, on_poll=_progress_printer(submitted))
     row = reg.job(submitted.row)
     reason = f" ({row.reason})" if row is not None and row.reason else ""
+    if submitted.plan.kind == "train" and state == JobState.COMPLETED:
+        # the final evaluation ends after the last progress line the poll may have shown
+        summary = finished_training(submitted.plan.run_dir)
+        reason = f" ({summary})" if summary else reason
     typer.echo(f"{submitted.plan.run_id}: {state}{reason}")
     if state != JobState.COMPLETED:
         folder = row.folder if row is not None else str(RunDir(submitted.plan.run_dir).jobs)
