@@ -257,8 +257,12 @@ def test_killed_task_fails_with_a_reason_and_resubmission_resumes(
     if row["state"] != "COMPLETED":  # not requeued by itself: the user submits again
         again = runner.invoke(app, ["submit", str(job_env / "killed" / f"{NAME}.yaml")])
         assert again.exit_code == 0, again.output
+        # Slurm may requeue the job after sacct showed it ended: submit then finds it in
+        # progress and submits nothing, and that job (same id, requeued) is the one to await
+        requeued = "nothing submitted" in again.output
         resumed = wait_until(lambda: _status_rows()[job.plan.run_id],
-                             lambda r: r["job_id"] != job.job_id and r["state"] not in LIVE,
+                             lambda r: (requeued or r["job_id"] != job.job_id)
+                             and r["state"] not in LIVE,
                              timeout_s=JOB_BOUND_S, what="the resubmitted job to end",
                              interval_s=1.0)
         assert resumed["state"] == "COMPLETED", resumed
