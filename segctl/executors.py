@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from segctl import local_session
 from segctl.recipe.profile import SiteProfile
 from segctl.recipe.schema import ClusterConfig
 from segctl.status import JobState
@@ -242,6 +243,9 @@ def make_executor(
 
     if kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
+        # the controller gets a session of its own: Ctrl-C at the terminal stops a waiting
+        # `segctl submit --wait`, never the job (see segctl/local_session.py)
+        executor.update_parameters(setup=[local_session.setup_command(str(executor.folder))])
     else:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
     executor.update_parameters(**dict(parameters))
@@ -599,4 +603,6 @@ def _local_controller_alive(job_id: str) -> bool:
     except (OSError, ValueError):
         return False
     zombie = status.rsplit(")", 1)[-1].split()[0] == "Z"
-    return b"submitit.local._local" in cmdline and not zombie
+    # while segctl.local_session starts the controller, its command line names that module
+    names = (local_session.SUBMITIT_CONTROLLER, local_session.MODULE)
+    return any(name.encode() in cmdline for name in names) and not zombie

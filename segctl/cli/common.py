@@ -16,6 +16,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit status for bad input (recipes, arguments, unknown runs).
 EXIT_USAGE = 2
+#: Exit status after Ctrl-C stopped a wait (128 + SIGINT, as a shell reports it); the job runs on.
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):
@@ -252,7 +254,10 @@ def attach_to_running_job(plan, wait: bool) -> bool:
 def finish(submitted) -> None:
     """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
     COMPLETED. The last line is the job's state; for a completed training job with its final
-    iteration and mIoU (``<run>: COMPLETED (iteration 300/300, mIoU 67.44)``).
+    iteration and mIoU (``<run>: COMPLETED (iteration 300/300, mIoU 67.44)``). Ctrl-C stops
+    the waiting only (exit :data:`EXIT_INTERRUPTED`): the job runs on (a local job has a
+    session of its own, see :mod:`segctl.local_session`), and the message says how to follow
+    or cancel it.
 
     The state comes from :func:`segctl.status.wait` (sacct, or a local job's JSON exit
     record and controller pid); nothing of the job is unpickled.
@@ -263,7 +268,15 @@ def finish(submitted) -> None:
     from segctl.status import JobState, wait
 
     reg = registry()
-    state = wait(reg, submitted.row, on_poll=_progress_printer(submitted))
+    try:
+        state = wait(reg, submitted.row, on_poll=_progress_printer(submitted))
+    except KeyboardInterrupt:
+        run = submitted.plan.run_id
+        what = "is still running" if submitted.plan.kind == "train" else \
+            f"is still being evaluated ({submitted.plan.label})"
+        typer.echo(f"\nstopped waiting; {run} {what}: `segctl status {run}`, "
+                   f"`segctl logs {run} --follow`, `segctl cancel {run}`", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     row = reg.job(submitted.row)
     reason = f" ({row.reason})" if row is not None and row.reason else ""
     if submitted.plan.kind == "train" and state == JobState.COMPLETED:
