@@ -234,3 +234,37 @@ def test_checkpoint_from_an_older_segctl_loads_and_says_so_once(
     assert len(notes) == 1 and "iter_0000004.pt" in notes[0].getMessage()
     assert "resumed from" in _messages(caplog) and "cannot be used" not in _messages(caplog)
     _assert_same_weights(run_dir, straight_run)
+
+
+@pytest.mark.slow
+def test_a_resumed_job_never_moves_progress_backwards(cityscapes_frame_root, tracking_uri,
+                                                      tmp_path, monkeypatch):
+    """Every write of ``progress.json`` by a resumed job, in order: the first one already
+    shows the resumed iteration (never ``4 -> 0 -> 6``), and none is older than the one
+    before; a job re-validating a finished run (``segctl submit --rerun``) never shows less
+    than the final iteration."""
+    import trainer.progress
+
+    run_dir = make_run_dir(tmp_path / "run", _recipe(cityscapes_frame_root, tracking_uri))
+    run_training(run_dir, stop_after=4)
+    assert RunDir(run_dir).read_progress()["iteration"] == 4
+
+    written: list[dict] = []
+    write = trainer.progress.atomic_write_json
+
+    def recorded(path, state, *args, **kwargs):  # every write, as the job made it
+        written.append(dict(state))
+        return write(path, state, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.progress, "atomic_write_json", recorded)
+    run_training(run_dir)
+    iterations = [state["iteration"] for state in written]
+    assert iterations[0] == 4, iterations
+    assert iterations == sorted(iterations) and iterations[-1] == MAX_ITERS, iterations
+    assert written[-1]["phase"] == "done"
+
+    written.clear()
+    run_training(run_dir)  # the finished run, re-validated
+    iterations = [state["iteration"] for state in written]
+    assert iterations and set(iterations) == {MAX_ITERS}, iterations
+    assert written[-1]["phase"] == "done"
