@@ -285,5 +285,6 @@ def test_evaluating_again_while_that_evaluation_is_in_progress_attaches_to_it(
         release.join()
     assert attached.exit_code == 0, attached.output
     assert "nothing submitted.\n  waiting for it" in attached.output
-    assert f"{run.run_id}: COMPLETED" in attached.output and "mIoU" in attached.output
+    assert attached.output.rstrip().splitlines()[-1].startswith(
+        f"evaluation {job.label} of {run.run_id}: COMPLETED (mIoU ")
     assert [j.job_id for j in Registry(segctl_home()).jobs() if j.kind == "eval"] == [job.job_id]

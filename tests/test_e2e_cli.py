@@ -7,6 +7,7 @@ MLflow's own client.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -48,6 +49,14 @@ def test_submit_status_mlflow_and_eval(segctl_env, cityscapes_frame_root):
     assert evaluated.exit_code == 0, evaluated.output
     assert "road" in evaluated.output and "bicycle" in evaluated.output
     assert "mIoU" in evaluated.output and "ms_flip" in evaluated.output
+    # it names the checkpoint it scored and where the results are; its last line is its own
+    run_dir = segctl_env / "runs" / run["run_id"]
+    label = re.search(r"^submitted evaluation (\S+) of ", evaluated.output, re.M).group(1)
+    assert f"checkpoint: {run_dir / 'checkpoints' / 'final.pt'}\n" in evaluated.output
+    assert f"table: {run_dir / 'eval' / label}.txt\n" in evaluated.output
+    assert (run_dir / "eval" / f"{label}.txt").is_file()
+    assert evaluated.output.rstrip().splitlines()[-1].startswith(
+        f"evaluation {label} of {run['run_id']}: COMPLETED (mIoU ")
 
     logs = runner.invoke(app, ["logs", run["run_id"]])
     assert logs.exit_code == 0 and "stdout" in logs.output

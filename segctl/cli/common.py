@@ -254,7 +254,8 @@ def attach_to_running_job(plan, wait: bool) -> bool:
 def finish(submitted) -> None:
     """Wait for a submitted job; exit 1 (with the reason and the log's last lines) unless it
     COMPLETED. The last line is the job's state; for a completed training job with its final
-    iteration and mIoU (``<run>: COMPLETED (iteration 300/300, mIoU 67.44)``). Ctrl-C stops
+    iteration and mIoU (``<run>: COMPLETED (iteration 300/300, mIoU 67.44)``); a completed
+    evaluation prints nothing here (``segctl eval`` reports it after its table). Ctrl-C stops
     the waiting only (exit :data:`EXIT_INTERRUPTED`): the job runs on (a local job has a
     session of its own, see :mod:`segctl.local_session`), and the message says how to follow
     or cancel it.
@@ -277,6 +278,8 @@ def finish(submitted) -> None:
         typer.echo(f"\nstopped waiting; {run} {what}: `segctl status {run}`, "
                    f"`segctl logs {run} --follow`, `segctl cancel {run}`", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if submitted.plan.kind == "eval" and state == JobState.COMPLETED:
+        return  # `segctl eval` reports a completed evaluation itself: its table, then its state
     row = reg.job(submitted.row)
     reason = f" ({row.reason})" if row is not None and row.reason else ""
     if submitted.plan.kind == "train" and state == JobState.COMPLETED:

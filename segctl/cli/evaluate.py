@@ -119,15 +119,43 @@ def evaluate(
                    f"{submitted.job_id})")
         if wait:
             finish(submitted)
-    if not wait:
-        return
+    if wait:
+        report_evaluation(plan, recipe, fmt, published)
+
+
+def report_evaluation(plan, recipe, fmt: OutputFormat, published: bool) -> None:
+    """After a completed evaluation job: its table (and, with ``published``, the published
+    figure beside the measured one), the checkpoint it scored and where its results are; the
+    last line is the evaluation's own state, ``evaluation LABEL of RUN: COMPLETED (mIoU X)``.
+    A Cityscapes submission names its zip file instead of a table. URL credentials are never
+    shown."""
+    import json
+
+    from segctl.recipe.rundir import RunDir
+    from segctl.recipe.secrets import redact_url_credentials
+
+    run_dir = RunDir(plan.run_dir)
+    what = f"evaluation {plan.label} of {plan.run_id}: COMPLETED"
     if fmt.value != "metrics":
-        typer.echo(f"submission: {RunDir(run_dir).eval_file(plan.label, f'-{fmt}.zip')}")
+        submission = run_dir.eval_file(plan.label, f"-{fmt}.zip")
+        typer.echo(f"submission: {submission}")
+        typer.echo(f"{what} (labelId PNGs for the evaluation server)")
         return
-    table = RunDir(run_dir).eval_file(plan.label, ".txt")
+    table, result_json = run_dir.eval_file(plan.label, ".txt"), run_dir.eval_file(plan.label, ".json")
     typer.echo(table.read_text() if table.exists() else f"(no table at {table})")
     if published:
-        typer.echo(published_comparison(recipe, RunDir(run_dir).eval_file(plan.label, ".json")))
+        typer.echo(published_comparison(recipe, result_json))
+    try:
+        result = json.loads(result_json.read_text())
+    except (OSError, ValueError):
+        typer.echo(f"{what} (no readable result at {result_json})")
+        return
+    iteration = result.get("iteration")
+    at = f" (iteration {iteration})" if iteration is not None else ""
+    typer.echo(f"checkpoint: {redact_url_credentials(str(result.get('checkpoint')))}{at}")
+    typer.echo(f"table: {table}\nresult: {result_json}")
+    miou = (result.get("metrics") or {}).get("mIoU")
+    typer.echo(f"{what} (mIoU {'n/a' if miou is None else f'{miou:.2f}'})")
 
 
 def _output_format(value: str) -> OutputFormat:
