@@ -35,7 +35,7 @@ from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
 from segctl.recipe.eval_request import EvalRequest, OutputFormat
 from segctl.recipe.profile import SiteProfile
 from segctl.recipe.rundir import RunDir
-from segctl.registry import Registry, RunRecord
+from segctl.registry import JobRecord, Registry, RunRecord
 from segctl.runs import create_private_dir, create_run_dir
 from segctl.status import TERMINAL_STATES, refresh_states
 from segctl.io.weights_cache import default_weights_dir
@@ -172,10 +172,9 @@ def concretise(recipe: Recipe) -> Recipe:
 def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], list[str]]:
     """``(recipe to write, job environment, notes)``: literal secrets of ``recipe``'s storage
     options replaced by references to variables the job gets in its environment, with a note
-    per moved secret and per reference to a variable not set here."""
-    from segctl.recipe.secrets import (
-        externalize_secrets, literal_secrets, references, secret_variable,
-    )
+    per moved secret. References to variables not set here are noted by the plan, which knows
+    the executor and its site profile (:func:`secret_reference_notes`)."""
+    from segctl.recipe.secrets import externalize_secrets, literal_secrets, secret_variable
 
     written, env = externalize_secrets(recipe, rid)
     notes = [
@@ -185,13 +184,64 @@ def keep_secrets_out(recipe: Recipe, rid: str) -> tuple[Recipe, dict[str, str], 
         "secret: ${MY_S3_SECRET})."
         for path, var in ((p, secret_variable(rid, p)) for p in literal_secrets(recipe))
     ]
-    notes += [
-        f"{path} refers to ${var}, which is not set here; the submission is refused unless "
-        "you export it (on Slurm, a setup line of the site profile may set it instead)"
-        for path, var in references(recipe).items()
-        if var not in os.environ
-    ]
     return written, env, notes
+
+
+#: How a note that names something a submit refuses begins (``--dry-run`` lists them all).
+REFUSED = "submit would refuse: "
+
+
+def secret_reference_notes(recipe: Recipe, parameters: ExecutorParams,
+                           job_env: dict[str, str]) -> list[str]:
+    """A note per ``${VAR}`` reference of ``recipe`` whose variable the job's environment will
+    lack (:func:`unset_secret_references`): a submit refuses those."""
+    return [f"{REFUSED}{path} refers to ${var}, which is not set here: export it (on Slurm, a "
+            "setup line of the site profile may set it instead)"
+            for path, var in unset_secret_references(recipe, parameters, job_env)]
+
+
+def unset_secret_references(recipe: Recipe, parameters: ExecutorParams,
+                            job_env: dict[str, str]) -> list[tuple[str, str]]:
+    """``(dotted path, variable)`` of each ``${VAR}`` reference of ``recipe`` (storage options,
+    URL credentials) whose variable the job's environment will lack.
+
+    A local job inherits exactly this environment plus ``job_env``; a Slurm job this one too
+    (``sbatch`` exports it), plus whatever the site profile's ``setup`` lines set, so a
+    variable that a setup line names counts as provided.
+    """
+    from segctl.recipe.secrets import references
+
+    setup = "\n".join(parameters.setup) if isinstance(parameters, executors.SlurmParams) else ""
+    return [(path, var) for path, var in references(recipe).items()
+            if var not in os.environ and var not in job_env
+            and not re.search(rf"\b{re.escape(var)}\b", setup)]
+
+
+def tracking_placement_notes(recipe: Recipe, parameters: ExecutorParams) -> list[str]:
+    """A warning when a Slurm job on several nodes tracks into a local store.
+
+    The default tracking store is an embedded SQLite file on this machine (``sqlite:///``;
+    an MLflow file store, ``file:`` or a plain path, is the same). The ranks of a multi-node
+    job run on other machines: they reach that file only if it lies on storage every node
+    mounts, and SQLite's locking is unreliable on network file systems. An MLflow server is
+    reachable from every node. Training goes on either way (records that cannot be delivered
+    are buffered in the run directory for ``segctl sync``).
+    """
+    if not isinstance(parameters, executors.SlurmParams) or parameters.nodes < 2:
+        return []
+    uri = recipe.tracking.uri or ""
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    if scheme not in ("", "sqlite", "file") or uri.startswith("databricks"):
+        return []
+    store = "an embedded SQLite store" if scheme == "sqlite" else "a local MLflow file store"
+    return [
+        f"tracking.uri is {store} ({uri}) and this Slurm job spans {parameters.nodes} nodes: "
+        "its ranks run on other nodes, which cannot reach a file of this machine (nor lock "
+        "SQLite reliably on shared storage). Run an MLflow server and point the job at it: "
+        "`tracking.uri: http://HOST:5000` in the recipe, or `export "
+        "MLFLOW_TRACKING_URI=http://HOST:5000` before submitting. Until then, what cannot be "
+        "delivered is buffered in the run directory (`segctl sync RUN` delivers it)."
+    ]
 
 
 def local_placement_notes(recipe: Recipe, parameters: executors.LocalParams) -> list[str]:
@@ -232,6 +282,8 @@ def plan_training(
     weights = tuple(recipe_weights(recipe))  # the URLs the job reads, credentials included
     recipe, env, notes = keep_secrets_out(recipe, rid)
     parameters = executors.executor_parameters(kind, recipe.cluster, rid, profile)
+    notes += secret_reference_notes(recipe, parameters, env)
+    notes += tracking_placement_notes(recipe, parameters)
     if kind == "local":
         notes += local_placement_notes(recipe, parameters)
     return SubmitPlan(
@@ -310,6 +362,10 @@ def plan_evaluation(
     )
     kind = executors.choose_executor(recipe.cluster, executor)
     recipe, env, notes = keep_secrets_out(recipe, run_dir.name)
+    parameters = executors.executor_parameters(kind, recipe.cluster, f"eval-{run_dir.name}",
+                                               profile)
+    notes += secret_reference_notes(recipe, parameters, env)
+    notes += tracking_placement_notes(recipe, parameters)
     return SubmitPlan(
         kind="eval",
         run_id=run_dir.name,
@@ -317,9 +373,7 @@ def plan_evaluation(
         recipe=recipe,
         source=source,
         executor=kind,
-        parameters=executors.executor_parameters(
-            kind, recipe.cluster, f"eval-{run_dir.name}", profile
-        ),
+        parameters=parameters,
         args=(request,),
         label=request.label,
         notes=notes,
@@ -335,12 +389,19 @@ def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
     (:func:`trainer.data.inspect.quick_check`), so a misconfigured root fails in seconds here
     rather than minutes into a job.
 
-    Remote (fsspec URL) roots are left to the job. Returns the problems found (empty if none).
+    Remote (fsspec URL) roots are left to the job. A root that cannot be looked at (no
+    permission on a folder above it, a file system that does not answer) is a problem too.
+    Returns the problems found (empty if none).
     """
     root = recipe.data.root
     if is_url(root):
         return []
-    if not Path(root).is_dir():
+    try:
+        is_dir = Path(root).is_dir()
+    except OSError as exc:  # is_dir answers False only for "not there"; EACCES etc. raise
+        return [loaded.issue("data.root", f"dataset folder {root} cannot be reached "
+                             f"({exc.strerror or exc}): check its path and permissions")]
+    if not is_dir:
         return [
             loaded.issue(
                 "data.root",
@@ -364,6 +425,91 @@ def preflight(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
     return [loaded.issue("data.root", problem) for problem in problems]
 
 
+def dataset_key(recipe: Recipe) -> tuple:
+    """What :func:`preflight` checks of a recipe: members of a sweep that share it share the
+    result."""
+    data = recipe.data
+    return (data.dataset, data.root, data.train_split, data.val_split)
+
+
+def refusals(loaded: LoadedRecipe, plan: SubmitPlan, datasets: dict | None = None) -> list[str]:
+    """Everything a submit of the training ``plan`` would refuse, as notes, raising nothing
+    (``--dry-run`` lists them): the dataset checks of :func:`preflight` (each with the recipe
+    file and line), a run directory name segctl cannot use, and a local weights file that
+    does not exist or is not a PyTorch file of tensors (checked without torch; URLs are
+    fetched and checked only by a submit). Unset ``${VAR}`` references are already notes of
+    the plan (:func:`secret_reference_notes`).
+
+    ``datasets`` (:func:`dataset_key` → those notes), where given, keeps the dataset notes
+    of earlier calls, so the members of a sweep check their shared dataset once.
+    """
+    from segctl.io.weights_cache import WeightsError, local_path
+    from segctl.weights import inspect_weights_file
+
+    datasets = {} if datasets is None else datasets
+    key = dataset_key(plan.recipe)
+    if key not in datasets:
+        datasets[key] = [f"{REFUSED}{issue.render()}" for issue in preflight(loaded, plan.recipe)]
+    notes = list(datasets[key])
+    try:
+        _check_run_dir(plan)
+    except SubmitError as exc:
+        notes.append(f"{REFUSED}{exc}")
+    for item in plan.weights:
+        if not item.remote:
+            path = local_path(item.url)
+            try:
+                inspect_weights_file(path, f"{item.field} ({path})")
+            except WeightsError as exc:
+                notes.append(f"{REFUSED}{exc}")
+    return notes
+
+
+def job_in_progress(plan: SubmitPlan,
+                    registry: Registry | None) -> tuple[JobRecord, str] | None:
+    """The newest job of the plan's run and kind (for an evaluation, of the same label) that
+    is in progress, with its refreshed state; None if there is none (or no ``registry``)."""
+    from segctl.status import live_jobs
+
+    if registry is None:
+        return None
+    same = [job for job in registry.jobs(plan.run_id)
+            if job.kind == plan.kind and (plan.kind == "train" or job.label == plan.label)]
+    running = live_jobs(registry, same)
+    return running[-1] if running else None
+
+
+@dataclass(frozen=True)
+class NotSubmitted:
+    """Why a submit of a training plan submits nothing (:func:`why_not_submitted`).
+
+    Attributes:
+        reason: what the run is doing, after its id: ``"has a training job in progress
+            (local job 12, RUNNING)"`` or ``"has finished training (iteration 300/300,
+            mIoU 67.44)"``.
+        job: the job in progress, if that is the reason (None: the run has finished training).
+    """
+
+    reason: str
+    job: JobRecord | None = None
+
+
+def why_not_submitted(plan: SubmitPlan, registry: Registry | None,
+                      rerun: bool) -> NotSubmitted | None:
+    """Why a submit of the training ``plan`` submits nothing, or None if it submits: its run
+    has a training job in progress (:func:`job_in_progress`), or has finished training
+    (:func:`segctl.runs.finished_training`; not with ``rerun``)."""
+    from segctl.runs import finished_training
+
+    running = job_in_progress(plan, registry)
+    if running is not None:
+        job, state = running
+        return NotSubmitted(
+            f"has a training job in progress ({job.executor} job {job.job_id}, {state})", job)
+    finished = None if rerun else finished_training(plan.run_dir)
+    return None if finished is None else NotSubmitted(f"has finished training ({finished})")
+
+
 def apply(plan: SubmitPlan, registry: Registry) -> SubmittedJob:
     """Carry out ``plan``: weights (:func:`fetch_weights`), run directory, registry marker,
     submission (the job gets ``weights_dir``), job id.
@@ -384,9 +530,12 @@ def apply_sweep(plans: list[SubmitPlan], registry: Registry, sweep: str) -> list
     directory and registry row (tagged with ``sweep``) before anything is submitted; the array's
     files live in ``<runs dir>/sweeps/<sweep>``.
 
+    The members to submit are chosen by the caller: ``segctl submit`` leaves out those that
+    have finished training or have a job in progress (:func:`why_not_submitted`).
+
     Raises:
-        SubmitError: a member run already has a training job in progress, or a weights file
-            cannot be fetched or does not load.
+        SubmitError: a member run already has a training job in progress (one started since
+            the caller looked), or a weights file cannot be fetched or does not load.
     """
     return _submit(plans, registry, runs_dir() / "sweeps" / sweep, sweep)
 
@@ -486,20 +635,10 @@ def _check_run_dir(plan: SubmitPlan) -> None:
 
 
 def _check_secret_references(plan: SubmitPlan) -> None:
-    """Refuse a job whose storage options refer to a variable its environment will lack.
-
-    A local job inherits exactly this environment; a Slurm job this one too (``sbatch``
-    exports it), plus whatever the site profile's ``setup`` lines set, so a variable that a
-    setup line names counts as provided. Anything else would fail the job at start, after it
-    waited in the queue.
-    """
-    from segctl.recipe.secrets import references
-
-    parameters = plan.parameters
-    setup = "\n".join(parameters.setup) if isinstance(parameters, executors.SlurmParams) else ""
-    missing = [f"{path} (${var})" for path, var in references(plan.recipe).items()
-               if var not in os.environ and var not in plan.job_env
-               and not re.search(rf"\b{re.escape(var)}\b", setup)]
+    """Refuse a job whose storage options refer to a variable its environment will lack
+    (:func:`unset_secret_references`): it would fail at start, after it waited in the queue."""
+    missing = [f"{path} (${var})" for path, var
+               in unset_secret_references(plan.recipe, plan.parameters, plan.job_env)]
     if missing:
         raise SubmitError(
             f"storage options refer to unset environment variables: {', '.join(missing)}; "

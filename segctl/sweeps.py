@@ -5,6 +5,12 @@ run directory and MLflow run. On Slurm they form one job array; locally each is 
 Members that would share a run id (a repeated value, or a field the run id leaves out, such as
 ``description`` or ``eval.*``) are refused when the sweep is planned
 (:func:`refuse_shared_runs`): they would train at once in one run directory.
+
+Submitting a sweep again treats each member as ``segctl submit`` treats a single run: a member
+that has finished training (unless ``--rerun``) or has a training job in progress is skipped
+and named, and only the others are submitted, as one job array again
+(:func:`segctl.submission.why_not_submitted`). The sweep keeps its id, which covers every
+member, skipped or not.
 """
 
 from __future__ import annotations

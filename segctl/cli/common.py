@@ -229,16 +229,12 @@ def attach_to_running_job(plan, wait: bool) -> bool:
     the same label), say so and submit nothing; with ``wait``, wait for that job as if it had
     just been submitted (:func:`finish`: exit 1 unless it COMPLETED). Returns whether there was
     one."""
-    from segctl.status import live_jobs
-    from segctl.submission import SubmittedJob
+    from segctl.submission import SubmittedJob, job_in_progress
 
-    reg = registry()
-    same = [job for job in reg.jobs(plan.run_id)
-            if job.kind == plan.kind and (plan.kind == "train" or job.label == plan.label)]
-    running = live_jobs(reg, same)
-    if not running:
+    running = job_in_progress(plan, registry())
+    if running is None:
         return False
-    job, state = running[-1]
+    job, state = running
     what = "a training job" if plan.kind == "train" else f"an evaluation ({plan.label})"
     typer.echo(f"{plan.run_id} has {what} in progress ({job.executor} job {job.job_id}, "
                f"{state}); nothing submitted.")

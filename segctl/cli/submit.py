@@ -64,32 +64,35 @@ def submit(
 
     Re-submitting the same recipe finds the same run (same id) and resumes it; a run that has
     finished training is left as it is and nothing is submitted (exit 0) unless --rerun is
-    given (`segctl eval` evaluates it again). On Slurm the job
-    has one task per GPU on each node; --dry-run prints the plan and the sbatch script.
+    given (`segctl eval` evaluates it again); a run whose training job is in progress gets no
+    second job. A sweep skips such members the same way and submits the rest. On Slurm the job
+    has one task per GPU on each node; --dry-run prints the plan and the sbatch script, with
+    notes listing what a submit would warn about or refuse ("submit would refuse: ...": a
+    missing dataset, an unset ${VAR}) and exits 0; a recipe it could never submit as given
+    (invalid, or a reference without weights and without --from-scratch) exits 2.
     Pretrained weights named by URL are fetched into the weights cache first (see `segctl
     weights`); the job reads them from there. A recipe with a reference and no
     model.init_checkpoint is refused unless --from-scratch is given.
     """
     from segctl.recipe import RecipeError, load_recipe
     from segctl.runs import finished_training
-    from segctl.submission import check_pretraining, plan_training, preflight
+    from segctl.submission import plan_training, preflight
 
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     site = load_profile_or_fail(profile)
     if sweeps:
         submit_sweep(recipe, [*(overrides or []), *placement], sweeps, site, dry_run, wait,
-                     from_scratch)
+                     from_scratch, rerun)
         return
     loaded = load_recipe(recipe, [*(overrides or []), *placement])
     plan = plan_training(loaded, profile=site)
-    plan = replace(plan, notes=[*plan.notes, *check_pretraining(plan.recipe, from_scratch)])
-    finished = None if rerun else finished_training(plan.run_dir)
-    if finished is not None:
-        plan = replace(plan, notes=[*plan.notes, f"{plan.run_id} has finished training "
-                                    f"({finished}): nothing would be submitted without --rerun"])
+    plan, refused = _pretraining(plan, from_scratch, dry_run)
     if dry_run:
-        print_plan(plan)
+        _print_dry_run(loaded, plan, rerun)
+        if refused is not None:
+            raise refused
         return
+    finished = None if rerun else finished_training(plan.run_dir)
     if attach_to_running_job(plan, wait):
         return
     if finished is not None:
@@ -107,11 +110,57 @@ def submit(
         finish(submitted)
 
 
+def _pretraining(plan, from_scratch: bool, dry_run: bool):
+    """``(plan with the notes of check_pretraining, refusal or None)``: a submit raises the
+    refusal at once; a dry-run lists it in the plan's notes first and raises it after."""
+    from segctl.submission import REFUSED, SubmitError, check_pretraining
+
+    try:
+        notes = check_pretraining(plan.recipe, from_scratch)
+        return replace(plan, notes=[*plan.notes, *notes]), None
+    except SubmitError as exc:
+        if not dry_run:
+            raise
+        return replace(plan, notes=[*plan.notes, f"{REFUSED}{exc}"]), exc
+
+
+def _existing_registry():
+    """The job registry if there is one yet (a dry-run creates nothing), else None."""
+    from segctl.io.home import segctl_home
+    from segctl.registry import Registry
+
+    home = segctl_home()
+    return Registry(home) if (home / "registry.db").is_file() else None
+
+
+def _dry_run_notes(loaded, plan, why, datasets: dict | None = None) -> list[str]:
+    """The notes a dry-run adds to ``plan``'s: why nothing would be submitted (``why``, from
+    :func:`segctl.submission.why_not_submitted`: a job in progress, a finished run), else
+    everything a submit would refuse (``datasets``: see :func:`segctl.submission.refusals`)."""
+    from segctl.submission import refusals
+
+    if why is None:
+        return refusals(loaded, plan, datasets)
+    hint = "" if why.job is not None else " without --rerun"
+    return [f"{plan.run_id} {why.reason}: nothing would be submitted{hint}"]
+
+
+def _print_dry_run(loaded, plan, rerun: bool) -> None:
+    from segctl.submission import why_not_submitted
+
+    why = why_not_submitted(plan, _existing_registry(), rerun)
+    print_plan(replace(plan, notes=[*plan.notes, *_dry_run_notes(loaded, plan, why)]))
+
+
 def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool,
-                 wait: bool, from_scratch: bool = False) -> None:
-    """Expand the sweep grid, check every member, and submit them as one job array."""
+                 wait: bool, from_scratch: bool = False, rerun: bool = False) -> None:
+    """Expand the sweep grid, check every member, and submit the members that need a job as
+    one job array: a member whose training job is in progress, or that has finished training
+    (unless ``rerun``), is skipped as a single run would be, and said so."""
     from segctl.recipe import RecipeError, load_recipe
-    from segctl.submission import apply_sweep, check_pretraining, plan_training, preflight
+    from segctl.submission import (
+        SubmittedJob, apply_sweep, dataset_key, plan_training, preflight, why_not_submitted,
+    )
     from segctl.sweeps import expand_grid, refuse_shared_runs, sweep_id
 
     issues, plans, loaded_members = [], [], []
@@ -127,34 +176,71 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
     if issues:
         raise RecipeError(issues)
     refuse_shared_runs(grid, [m.recipe for m in loaded_members], [p.run_id for p in plans])
-    plans = [replace(p, notes=[*p.notes, *check_pretraining(p.recipe, from_scratch)])
-             for p in plans]
+    checked = [_pretraining(p, from_scratch, dry_run) for p in plans]
+    plans = [plan for plan, _ in checked]
+    refused = next((exc for _, exc in checked if exc is not None), None)
+    # the sweep's identity is its whole grid, whichever members this submission skips
     sweep = sweep_id(plans[0].recipe.name, [p.run_id for p in plans])
+    reg = _existing_registry()
+    whys = [why_not_submitted(plan, reg, rerun) for plan in plans]
     if dry_run:
-        typer.echo(json.dumps({"sweep": sweep, "runs": [p.to_dict() for p in plans]}, indent=2))
+        datasets: dict = {}  # members usually share their dataset: check it once
+        runs = [p.to_dict() | {"notes": [*p.notes, *_dry_run_notes(m, p, why, datasets)]}
+                for m, p, why in zip(loaded_members, plans, whys)]
+        skipped = [p.run_id for p, why in zip(plans, whys) if why is not None]
+        typer.echo(json.dumps({"sweep": sweep, "runs": runs, "skipped": skipped}, indent=2))
+        if refused is not None:
+            raise refused
         return
-    checked = set()
-    for loaded, plan in zip(loaded_members, plans):
-        data = plan.recipe.data
-        key = (data.dataset, data.root, data.train_split, data.val_split)
-        if key not in checked:  # members usually share their dataset: check it once
-            checked.add(key)
+    members, attached, finished = [], [], 0
+    for loaded, plan, why in zip(loaded_members, plans, whys):
+        if why is None:
+            members.append((loaded, plan))
+            continue
+        typer.echo(f"{plan.run_id} {why.reason}; skipped.")
+        if why.job is None:
+            finished += 1
+        else:  # like a single run: with --wait, wait for that job
+            attached.append(SubmittedJob(row=why.job.id, job_id=why.job.job_id, plan=plan,
+                                         handle=None))
+    if finished:
+        typer.echo("  --rerun submits the finished members again (re-validating their final "
+                   "weights); `segctl eval RUN` evaluates one again.")
+    if not members:
+        typer.echo(f"nothing submitted: every member of sweep {sweep} has finished training "
+                   "or has a training job in progress.")
+        if wait and attached:
+            typer.echo("  waiting for the jobs in progress")
+        _wait_for_all(attached if wait else [])
+        return
+    checked_data = set()
+    for loaded, plan in members:
+        key = dataset_key(plan.recipe)
+        if key not in checked_data:  # members usually share their dataset: check it once
+            checked_data.add(key)
             issues.extend(preflight(loaded, plan.recipe))
     if issues:
         raise RecipeError(issues)
-    for plan in plans:
+    to_submit = [plan for _, plan in members]
+    for plan in to_submit:
         print_notes(plan)
-    submitted = apply_sweep(plans, registry(), sweep)
+    submitted = apply_sweep(to_submit, registry(), sweep)
     print_weights([line for job in submitted for line in job.weights])
-    typer.echo(f"submitted sweep {sweep}: {len(submitted)} runs ({plans[0].executor})")
+    skipped = len(plans) - len(submitted)
+    typer.echo(f"submitted sweep {sweep}: {len(submitted)} runs ({to_submit[0].executor})"
+               + (f", {skipped} skipped" if skipped else ""))
     for job in submitted:
         typer.echo(f"  {job.plan.run_id}  job {job.job_id}")
-    if wait:
-        failed = 0
-        for job in submitted:
-            try:
-                finish(job)
-            except typer.Exit:
-                failed += 1
-        if failed:
-            raise typer.Exit(1)
+    _wait_for_all([*submitted, *attached] if wait else [])
+
+
+def _wait_for_all(jobs) -> None:
+    """Wait for each job (:func:`finish`); exit 1 if any did not complete."""
+    failed = 0
+    for job in jobs:
+        try:
+            finish(job)
+        except typer.Exit:
+            failed += 1
+    if failed:
+        raise typer.Exit(1)
