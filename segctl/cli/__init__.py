@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from segctl.cli import data, recipes, report, stage, sync, weights
+from segctl.cli.bench import bench
 from segctl.cli.evaluate import evaluate
 from segctl.cli.status import cancel, forget, logs, status
 from segctl.cli.submit import submit
@@ -28,6 +29,7 @@ app.command("forget")(forget)
 app.command("stage")(stage.stage)
 app.command("sync")(sync.sync)
 app.command("report")(report.report)
+app.command("bench")(bench)
 
 
 def main() -> None:
