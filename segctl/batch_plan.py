@@ -147,13 +147,20 @@ def plan_batch(*, processes: int, published_processes: int, batch_size: int,
             f"{per_step * grad_accum_steps} and a learning rate scaled to it"
         )
     accumulation = published_global // per_step
-    notes.append(f"gradient accumulation {accumulation}: {processes} processes x {batch_size} "
-                 f"images x {accumulation} = the published global batch {published_global}")
+    notes.append(f"gradient accumulation {accumulation}: {_count(processes, 'process')} x "
+                 f"{_count(batch_size, 'image')} x {accumulation} = the published global batch "
+                 f"{published_global}")
     if has_batchnorm:
         notes.append("BatchNorm statistics are computed per micro-batch of "
-                     f"{batch_size} image(s) on each process (SyncBN: over {processes} "
-                     f"processes instead of {published_processes}); accumulation reproduces "
+                     f"{_count(batch_size, 'image')} on each process (SyncBN: over "
+                     f"{_count(processes, 'process')} instead of {published_processes}); "
+                     "accumulation reproduces "
                      "the gradient of the published batch, not its normalisation statistics")
     return BatchPlan(grad_accum_steps=accumulation, lr=lr, warmup_iters=warmup_iters,
                      notes=tuple(notes), **common)
 
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 process``, ``8 processes``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"

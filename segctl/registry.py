@@ -8,6 +8,7 @@ stored as text, in the vocabulary of :mod:`segctl.status` (:class:`~segctl.statu
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir     TEXT NOT NULL,
     source      TEXT NOT NULL,
     created_at  REAL NOT NULL,
-    sweep       TEXT
+    sweep       TEXT,
+    overrides   TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -47,7 +49,12 @@ CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run_id, id);
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A row of ``runs``."""
+    """A row of ``runs``.
+
+    ``overrides``: what makes the run differ from its recipe file (``--set``, ``--sweep``), as
+    ``a.b=value`` items with secrets hidden (:func:`segctl.recipe.overrides.run_overrides`);
+    empty for a run of the file as it is, and for runs registered by older segctl versions.
+    """
 
     run_id: str
     name: str
@@ -56,6 +63,7 @@ class RunRecord:
     source: str
     created_at: float
     sweep: str | None = None
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,32 +113,50 @@ class Registry:
     # runs -------------------------------------------------------------------------------------
 
     def add_run(self, run: RunRecord) -> None:
-        """Insert a run; an existing row with the same id is kept as it is."""
+        """Insert a run; an existing row with the same id is kept as it is (only overrides it
+        lacks, as a row written by an older segctl does, are filled in)."""
         with self._connect() as db:
             db.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET overrides = excluded.overrides "
+                "WHERE runs.overrides IS NULL",
                 (run.run_id, run.name, run.recipe_hash, run.run_dir, run.source, run.created_at,
-                 run.sweep),
+                 run.sweep, json.dumps(list(run.overrides)) if run.overrides else None),
             )
 
     def runs(self) -> list[RunRecord]:
         """All runs, oldest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
-        return [RunRecord(*row) for row in rows]
+            rows = db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at, run_id").fetchall()
+        return [_run(row) for row in rows]
 
     def find_runs(self, key: str) -> list[RunRecord]:
-        """Runs whose id equals ``key``, else whose id starts with it, else whose name equals it."""
+        """Runs whose id equals ``key``, else whose name equals it (oldest first), else whose
+        id starts with it. A recipe name comes before a prefix: ``quickstart`` names the runs
+        of the recipe ``quickstart``, not those of ``quickstart-big`` too."""
         with self._connect() as db:
-            for query, arg in (
-                ("SELECT * FROM runs WHERE run_id = ?", key),
-                ("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\'", _like_prefix(key)),
-                ("SELECT * FROM runs WHERE name = ? ORDER BY created_at", key),
+            for where, arg in (
+                ("run_id = ?", key),
+                ("name = ?", key),
+                ("run_id LIKE ? ESCAPE '\\'", _like_prefix(key)),
             ):
-                rows = db.execute(query, (arg,)).fetchall()
+                rows = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {where} "
+                                  "ORDER BY created_at, run_id", (arg,)).fetchall()
                 if rows:
-                    return [RunRecord(*row) for row in rows]
+                    return [_run(row) for row in rows]
         return []
+
+    def last_activity(self, run_ids: list[str]) -> dict[str, float]:
+        """Run id -> when it was last active: its latest job's submission time, else its
+        registration time (seconds since the epoch); runs not registered are left out."""
+        marks = ", ".join("?" * len(run_ids))
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT runs.run_id, MAX(runs.created_at, COALESCE(MAX(jobs.submitted_at), 0)) "
+                f"FROM runs LEFT JOIN jobs ON jobs.run_id = runs.run_id "
+                f"WHERE runs.run_id IN ({marks}) GROUP BY runs.run_id", run_ids).fetchall()
+        return {run_id: float(when) for run_id, when in rows}
 
     # jobs -------------------------------------------------------------------------------------
 
@@ -217,13 +243,24 @@ class Registry:
         return [JobRecord(*row) for row in rows]
 
 
+#: The columns of ``runs`` in :class:`RunRecord`'s order (a registry migrated by
+#: :func:`_add_missing_columns` holds them in another order).
+_RUN_COLUMNS = "run_id, name, recipe_hash, run_dir, source, created_at, sweep, overrides"
+
+
+def _run(row: tuple) -> RunRecord:
+    """A :class:`RunRecord` from a row of :data:`_RUN_COLUMNS`."""
+    *fields, overrides = row
+    return RunRecord(*fields, overrides=tuple(json.loads(overrides)) if overrides else ())
+
+
 def _like_prefix(key: str) -> str:
     escaped = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
 
 
 _ADDED_COLUMNS = {
-    "runs": {"sweep": "TEXT"},
+    "runs": {"sweep": "TEXT", "overrides": "TEXT"},
     "jobs": {"nodes": "TEXT", "requeues": "INTEGER NOT NULL DEFAULT 0", "reason": "TEXT"},
 }
 

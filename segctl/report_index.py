@@ -4,9 +4,10 @@ report over thousands of runs answers without reading them all from MLflow.
 ``$SEGCTL_HOME/report-index.db`` holds, per tracking URI:
 
 - ``runs``: one row per MLflow run tagged ``segctl.recipe_hash``: experiment, run id and name,
-  start time (ms), recipe hash, and the params and metrics the report reads, as JSON;
+  start time (ms), recipe hash, and the params, metrics and other tags the report reads, as
+  JSON (an index written before tags were kept gains the column, and is read whole again);
 - ``stores``: when the URI was last read from MLflow (ms, the reader's clock), the experiments
-  seen then (id -> creation time), which params and metrics the rows hold, and, for an
+  seen then (id -> creation time), which params, metrics and tags the rows hold, and, for an
   embedded SQLite store, the stamp of its files (:func:`store_stamp`);
 - ``stale``: runs that ``segctl sync`` changed, read again by the next report.
 
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     dataset TEXT,
     params TEXT NOT NULL,
     metrics TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (uri, run_id)
 );
 CREATE TABLE IF NOT EXISTS stale (
@@ -73,7 +75,8 @@ class IndexedRun:
         run_id, experiment_id, run_name: MLflow's.
         start_ms: the run's start time, ms since the epoch (None if unknown).
         recipe_hash: the ``segctl.recipe_hash`` tag.
-        params: the params kept (strings); metrics: the latest value of each metric kept.
+        params: the params kept (strings); metrics: the latest value of each metric kept;
+        kept_tags: the other tags kept (strings).
     """
 
     run_id: str
@@ -83,6 +86,7 @@ class IndexedRun:
     recipe_hash: str
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    kept_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def info(self) -> IndexedRun:
@@ -94,12 +98,13 @@ class IndexedRun:
 
     @property
     def tags(self) -> dict[str, str]:
-        return {RECIPE_HASH: self.recipe_hash}
+        return {**self.kept_tags, RECIPE_HASH: self.recipe_hash}
 
     @classmethod
-    def from_mlflow(cls, run, params: Iterable[str], metrics: Iterable[str]) -> IndexedRun:
-        """The indexed form of an ``mlflow.entities.Run``, keeping only ``params`` and
-        ``metrics`` (names)."""
+    def from_mlflow(cls, run, params: Iterable[str], metrics: Iterable[str],
+                    tags: Iterable[str] = ()) -> IndexedRun:
+        """The indexed form of an ``mlflow.entities.Run``, keeping only ``params``,
+        ``metrics`` and ``tags`` (names)."""
         return cls(
             run_id=run.info.run_id,
             experiment_id=run.info.experiment_id,
@@ -108,6 +113,7 @@ class IndexedRun:
             recipe_hash=run.data.tags[RECIPE_HASH],
             params={k: run.data.params[k] for k in params if k in run.data.params},
             metrics={k: run.data.metrics[k] for k in metrics if k in run.data.metrics},
+            kept_tags={k: run.data.tags[k] for k in tags if k in run.data.tags},
         )
 
 
@@ -150,6 +156,13 @@ class ReportIndex:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "tags" not in columns:  # an index written before tags were kept
+            try:
+                self._db.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '{}'")
+            except sqlite3.OperationalError as exc:  # another report added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
     @classmethod
     def default_path(cls) -> Path:
@@ -196,14 +209,15 @@ class ReportIndex:
     def runs(self, uri: str, dataset: str | None = None) -> list[IndexedRun]:
         """The indexed runs of ``uri`` (only those whose ``data.dataset`` param is ``dataset``
         when given), by experiment, latest start first."""
-        query = ("SELECT run_id, experiment_id, run_name, start_ms, recipe_hash, params, metrics "
-                 "FROM runs WHERE uri = ?")
+        query = ("SELECT run_id, experiment_id, run_name, start_ms, recipe_hash, params, metrics, "
+                 "tags FROM runs WHERE uri = ?")
         args: tuple = (_key(uri),)
         if dataset is not None:
             query += " AND dataset = ?"
             args += (dataset,)
         query += " ORDER BY experiment_id, start_ms DESC, run_id"
-        return [IndexedRun(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]))
+        return [IndexedRun(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]),
+                           json.loads(r[7]))
                 for r in self._db.execute(query, args)]
 
     def stale(self, uri: str) -> list[str]:
@@ -239,9 +253,11 @@ class ReportIndex:
                                  [(uri, eid) for eid in experiments_gone])
             self._db.executemany(
                 "INSERT OR REPLACE INTO runs (uri, run_id, experiment_id, run_name, start_ms, "
-                "recipe_hash, dataset, params, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "recipe_hash, dataset, params, metrics, tags) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(uri, r.run_id, r.experiment_id, r.run_name, r.start_ms, r.recipe_hash,
-                  r.params.get(DATASET), json.dumps(r.params), json.dumps(r.metrics))
+                  r.params.get(DATASET), json.dumps(r.params), json.dumps(r.metrics),
+                  json.dumps(r.kept_tags))
                  for r in runs],
             )
             if replace:
@@ -267,9 +283,11 @@ def _connect(target: str) -> sqlite3.Connection:
     return connection
 
 
-def fields_key(params: Iterable[str], metrics: Iterable[str]) -> str:
-    """A key naming which params and metrics rows hold (a change asks for a full read)."""
-    return json.dumps([sorted(params), sorted(metrics)], separators=(",", ":"))
+def fields_key(params: Iterable[str], metrics: Iterable[str], tags: Iterable[str] = ()) -> str:
+    """A key naming which params, metrics and tags rows hold (a change asks for a full
+    read)."""
+    fields = [sorted(params), sorted(metrics)] + ([sorted(tags)] if tags else [])
+    return json.dumps(fields, separators=(",", ":"))
 
 
 def experiments_map(experiments: Iterable) -> dict[str, int | None]:

@@ -157,7 +157,9 @@ def summaries(registry: Registry, runs: list[RunRecord]) -> list[dict[str, Any]]
 
 
 def run_summary(run: RunRecord, job: JobRecord | None) -> dict[str, Any]:
-    """Status fields of one run from its latest (training) job and ``progress.json``."""
+    """Status fields of one run from its latest (training) job and ``progress.json``;
+    ``overrides`` are how the run differs from its recipe file (``a.b=value`` items, secrets
+    hidden: :mod:`segctl.recipe.overrides`), ``[]`` for none."""
     from segctl.recipe.rundir import RunDir
 
     progress = RunDir(run.run_dir).read_progress()
@@ -172,6 +174,7 @@ def run_summary(run: RunRecord, job: JobRecord | None) -> dict[str, Any]:
         "run_id": run.run_id,
         "recipe": run.source,
         "sweep": run.sweep,
+        "overrides": list(run.overrides),
         "state": job.state if job else JobState.NO_JOB,
         "job_id": job.job_id if job else None,
         "executor": job.executor if job else None,

@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from segctl import executors
+from segctl.batch_plan import BatchPlan, ScaleLr
 from segctl.executors import ExecutorParams
 from segctl.paths import default_tracking_uri, is_url, runs_dir
 from segctl.recipe import LoadedRecipe, Recipe, RecipeIssue, recipe_hash, run_id
 from segctl.recipe.eval_request import EvalRequest, OutputFormat
 from segctl.recipe.profile import SiteProfile
+from segctl.recipe.schema import ClusterConfig
 from segctl.recipe.rundir import RunDir
 from segctl.registry import JobRecord, Registry, RunRecord
 from segctl.runs import create_private_dir, create_run_dir
@@ -67,6 +69,12 @@ class SubmitPlan:
             of the recipe); never printed, never written.
         weights: the weights files the job reads (URLs are fetched into the cache by apply).
         weights_dir: the weights cache folder the job reads them from.
+        batch: a training run's batch on its processes beside the published one
+            (:class:`segctl.batch_plan.BatchPlan`).
+        estimate: a training run's expected step time, wall time and GPU-hours
+            (:func:`segctl.reproduction.estimate_summary`), None without a basis.
+        published_curve: the published training log the run will be compared with
+            (:func:`segctl.reproduction.curve_summary`), None where the recipe names none.
     """
 
     kind: str
@@ -82,6 +90,9 @@ class SubmitPlan:
     job_env: dict[str, str] = field(default_factory=dict, repr=False)
     weights: tuple[WeightsFile, ...] = ()
     weights_dir: Path = field(default_factory=default_weights_dir)
+    batch: BatchPlan | None = None
+    estimate: dict[str, Any] | None = None
+    published_curve: dict[str, Any] | None = None
 
     def sbatch_script(self) -> str | None:
         """The sbatch script of a Slurm plan (None for local jobs), as shown: credentials of
@@ -112,6 +123,11 @@ class SubmitPlan:
             "tracking_uri": self.recipe.tracking.uri,
             "weights_dir": str(self.weights_dir),
             "weights": self.weights_summary(probe_sizes),
+            **({"batch": [{"": name, "this run": ours, "published": published}
+                          for name, ours, published in self.batch.table()]}
+               if self.batch is not None else {}),
+            **({"estimate": self.estimate} if self.kind == "train" else {}),
+            **({"published_curve": self.published_curve} if self.published_curve else {}),
             "notes": self.notes,
         })
 
@@ -244,24 +260,29 @@ def tracking_placement_notes(recipe: Recipe, parameters: ExecutorParams) -> list
     ]
 
 
-def local_placement_notes(recipe: Recipe, parameters: executors.LocalParams) -> list[str]:
-    """A warning when a recipe that asks for several processes trains on the local executor.
-
-    The local executor runs one process on this machine (``parameters`` are its submitit
-    parameters), and ``train.batch_size`` is per process, so the global batch shrinks to one
-    process's share and the run no longer matches the recipe's published schedule.
+def local_placement_notes(published: ClusterConfig, parameters: executors.LocalParams,
+                          batch: BatchPlan) -> list[str]:
+    """A note when a recipe published on several processes trains on the local executor,
+    which runs one process on this machine (``parameters`` are its submitit parameters):
+    the recipe's placement (``published``), and what keeps (accumulation) or changes
+    (``--scale-lr linear``) the global batch, from ``batch``.
     """
-    cluster = recipe.cluster
-    processes = cluster.nodes * (cluster.gpus_per_node or cluster.cpu_processes_per_node)
+    from segctl.reproduction import published_processes
+
+    processes = published_processes(published)
     if processes <= 1:
         return []
-    batch = recipe.train.batch_size
+    how = (f"gradient accumulation {batch.grad_accum_steps} keeps its global batch of "
+           f"{batch.published_global_batch}, each iteration taking about "
+           f"{batch.grad_accum_steps} micro-batch steps" if batch.global_batch ==
+           batch.published_global_batch else
+           f"the global batch is {batch.global_batch} instead of "
+           f"{batch.published_global_batch}")
     return [
-        f"the recipe asks for {cluster.nodes} node(s) x {cluster.gpus_per_node} GPU(s), "
-        f"{processes} processes with a global batch of {processes * batch}; the local executor "
-        f"runs 1 process ({parameters.gpus_per_node} GPU(s) here), so the global batch is "
-        f"{batch} and the result will differ from the published one. Submit to Slurm "
-        "(--cluster slurm, --profile NAME) for the recipe's placement."
+        f"the recipe was published on {published.nodes} node(s) x {published.gpus_per_node} "
+        f"GPU(s), {processes} processes; the local executor runs 1 process "
+        f"({parameters.gpus_per_node} GPU(s) here): {how}. Submit to Slurm (--cluster slurm, "
+        "--profile NAME) for the recipe's placement."
     ]
 
 
@@ -273,19 +294,48 @@ def with_placement(recipe: Recipe, placement: list[str], source: str) -> Recipe:
 
 
 def plan_training(
-    loaded: LoadedRecipe, executor: str | None = None, profile: SiteProfile | None = None
+    loaded: LoadedRecipe, executor: str | None = None, profile: SiteProfile | None = None,
+    *, published_cluster: ClusterConfig | None = None, scale_lr: ScaleLr = "none",
 ) -> SubmitPlan:
-    """The plan for training ``loaded`` (no side effects)."""
+    """The plan for training ``loaded`` (no side effects).
+
+    ``published_cluster`` is the recipe's own placement (default: its ``cluster`` section as
+    loaded, placement options included). On fewer processes than that, the plan keeps the
+    published global batch by gradient accumulation, or with ``scale_lr="linear"`` scales the
+    learning rate (:func:`segctl.reproduction.adapt_batch`), which the run id reflects; the
+    plan also estimates the cost and names the published curve (:mod:`segctl.reproduction`).
+
+    Raises:
+        SubmitError: the published global batch cannot be kept on these processes (the
+            message lists the choices).
+    """
+    from segctl import reproduction
+    from segctl.batch_plan import BatchPlanError
+    from segctl.io.home import segctl_home
+
     recipe = concretise(loaded.recipe)
-    rid = run_id(recipe)
     kind = executors.choose_executor(recipe.cluster, executor)
+    parameters = executors.executor_parameters(kind, recipe.cluster, recipe.name, profile)
+    try:
+        recipe, batch = reproduction.adapt_batch(recipe, parameters,
+                                                 published_cluster or recipe.cluster, scale_lr)
+    except BatchPlanError as exc:
+        raise SubmitError(str(exc)) from None
+    rid = run_id(recipe)
     weights = tuple(recipe_weights(recipe))  # the URLs the job reads, credentials included
     recipe, env, notes = keep_secrets_out(recipe, rid)
     parameters = executors.executor_parameters(kind, recipe.cluster, rid, profile)
+    notes += list(batch.notes)
+    cache = weights_dir(profile)
+    curve = reproduction.cached_curve(recipe, cache)
+    estimate = reproduction.estimate_cost(recipe, parameters, batch, curve, segctl_home())
+    if estimate is not None:
+        notes += list(estimate.warnings)
     notes += secret_reference_notes(recipe, parameters, env)
     notes += tracking_placement_notes(recipe, parameters)
     if kind == "local":
-        notes += local_placement_notes(recipe, parameters)
+        notes += local_placement_notes(published_cluster or loaded.recipe.cluster,
+                                       parameters, batch)
     return SubmitPlan(
         kind="train",
         run_id=rid,
@@ -297,7 +347,10 @@ def plan_training(
         notes=notes,
         job_env=env,
         weights=weights,
-        weights_dir=weights_dir(profile),
+        weights_dir=cache,
+        batch=batch,
+        estimate=reproduction.estimate_summary(estimate),
+        published_curve=reproduction.curve_summary(recipe, curve),
     )
 
 
@@ -599,6 +652,10 @@ def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
     files are checked without torch (exist, readable, a PyTorch file of tensors:
     :func:`segctl.weights.inspect_weights_file`, milliseconds) and loaded by the job.
 
+    A training run's published log (``reference.log``) is fetched too, for the job's
+    comparison with it (:mod:`trainer.published_guard`); a log that cannot be fetched is
+    said in the returned lines, never refused.
+
     Returns:
         One line per file for the user (file, size, SHA-256, what loaded).
 
@@ -607,14 +664,24 @@ def fetch_weights(plan: SubmitPlan, progress: bool = True) -> list[str]:
             PyTorch file of tensors; the message names the field and the file.
     """
     from segctl.io.weights_cache import WeightsError
+    from segctl.reproduction import fetch_published_log
     from segctl.weights import fetch_and_check
 
-    if not plan.weights:
-        return []
-    try:
-        return fetch_and_check(plan.weights, plan.recipe, plan.weights_dir, progress=progress)
-    except WeightsError as exc:
-        raise SubmitError(str(exc)) from None
+    lines = []
+    if plan.weights:
+        try:
+            lines = fetch_and_check(plan.weights, plan.recipe, plan.weights_dir,
+                                    progress=progress)
+        except WeightsError as exc:
+            raise SubmitError(str(exc)) from None
+    if plan.kind == "train":  # the published curve is a comparison, never a reason to refuse
+        try:
+            line = fetch_published_log(plan.recipe, plan.weights_dir, progress=progress)
+        except WeightsError as exc:
+            line = (f"reference.log not fetched ({exc}): the run trains without the "
+                    "comparison with its published curve")
+        lines += [line] if line else []
+    return lines
 
 
 def _ensure_tracking_store(plan: SubmitPlan) -> None:
@@ -658,6 +725,13 @@ def _refuse_if_active(plan: SubmitPlan, registry: Registry) -> None:
 
 
 def _register_run(plan: SubmitPlan, registry: Registry, sweep: str | None = None) -> None:
+    """Record the run (a registered run keeps its row) with its overrides, which also go to
+    ``RUN_DIR/overrides.json`` for the job to tag in MLflow (:mod:`segctl.recipe.overrides`)."""
+    from segctl.recipe.overrides import run_overrides, write_overrides
+
+    overrides = run_overrides(plan.source, plan.recipe)
+    if overrides is not None:
+        write_overrides(plan.run_dir, overrides)
     registry.add_run(
         RunRecord(
             run_id=plan.run_id,
@@ -667,5 +741,6 @@ def _register_run(plan: SubmitPlan, registry: Registry, sweep: str | None = None
             source=plan.source,
             created_at=time.time(),
             sweep=sweep,
+            overrides=tuple(overrides or ()),
         )
     )

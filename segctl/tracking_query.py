@@ -2,8 +2,8 @@
 ``segctl sync``. The CLI (:mod:`segctl.cli.report`, :mod:`segctl.cli.sync`) only renders.
 
 The names of tags, params and metrics are those the trainer writes
-(:mod:`segctl.recipe.tracking_names`); :data:`REPORT_PARAMS` and :data:`REPORT_METRICS` are
-the ones the report reads.
+(:mod:`segctl.recipe.tracking_names`); :data:`REPORT_PARAMS`, :data:`REPORT_METRICS` and
+:data:`REPORT_TAGS` are the ones the report reads.
 
 The report answers from an index it keeps (:mod:`segctl.report_index`,
 ``$SEGCTL_HOME/report-index.db``) and reads MLflow only for what the index lacks
@@ -37,7 +37,9 @@ REPORT_PARAMS = (names.NAME, names.DATASET, names.MODEL, names.EVAL_MS_FLIP, nam
 REPORT_METRICS = (names.LOSS, names.MIOU, names.eval_miou("ss"), names.eval_miou("ms_flip"),
                   names.eval_miou("ss", published=True),
                   names.eval_miou("ms_flip", published=True),
-                  names.ITERATIONS_DONE, names.GPU_HOURS)
+                  names.ITERATIONS_DONE, names.GPU_HOURS, names.CORE_HOURS)
+#: The tags of a run that the report reads besides ``segctl.recipe_hash``.
+REPORT_TAGS = (names.RUN_ID, names.OVERRIDES, names.GPUS)
 #: Metrics only a run that trained (or evaluated segctl's own weights) has.
 TRAINED_METRICS = (names.LOSS, names.MIOU, names.eval_miou("ss"), names.eval_miou("ms_flip"))
 #: Runs that ended this long (ms) before the previous refresh are read again: the end times
@@ -49,12 +51,22 @@ SEGCTL_RUNS = f"tags.`{names.RECIPE_HASH}` LIKE '%'"
 
 @dataclass
 class ReportRow:
-    """One recipe (one ``segctl.recipe_hash``) and kind of weights: the published mIoU beside
-    the best one measured. ``kind`` is :data:`REPRODUCED` or :data:`PUBLISHED`; deltas are None
-    where the published figure is a test-server score (``reference_split`` ``test``)."""
+    """One segctl run (one ``segctl.run_id``: a recipe, or one of its ``--set`` variants) and
+    kind of weights: the published mIoU beside the best one measured. ``kind`` is
+    :data:`REPRODUCED` or :data:`PUBLISHED`; deltas are None where the published figure is a
+    test-server score (``reference_split`` ``test``).
+
+    ``run_id`` is segctl's run id (None for MLflow runs logged without one), ``overrides`` how
+    the run differs from its recipe file (the ``segctl.overrides`` tag: ``a.b=value`` items
+    separated by spaces, ``""`` for none). ``gpu_hours`` is set where the run's jobs computed
+    on GPUs (``segctl.gpus`` above 0), ``core_hours`` (CPU cores x hours) where they computed
+    on CPUs only; the other is None, and both are None for a published checkpoint (nothing
+    trained). ``runs`` counts the MLflow runs of the segctl run (normally 1)."""
 
     dataset: str
     recipe: str
+    run_id: str | None
+    overrides: str
     kind: str
     model: str
     recipe_hash: str
@@ -66,7 +78,8 @@ class ReportRow:
     delta_ms_flip: float | None
     iterations_done: int | None
     iterations_planned: int | None
-    gpu_hours: float
+    gpu_hours: float | None
+    core_hours: float | None
     runs: int
     mlflow_run_id: str
     link: str
@@ -146,19 +159,29 @@ def collect(uri: str, dataset: str | None = None, *, index_path: str | Path | No
 
 def rows_of(uri: str, runs: list) -> list[ReportRow]:
     """The report rows of ``runs`` (MLflow runs, or :class:`segctl.report_index.IndexedRun`)
-    of the store at ``uri``, grouped by recipe hash, sorted by dataset, model, recipe, kind."""
+    of the store at ``uri``, one per segctl run id (recipe hash where a run has none) and kind
+    of weights, sorted by dataset, then best first (:func:`best_first`)."""
     groups: dict[str, list] = {}
     for run in runs:
-        groups.setdefault(run.data.tags[names.RECIPE_HASH], []).append(run)
+        tags = run.data.tags
+        groups.setdefault(tags.get(names.RUN_ID) or tags[names.RECIPE_HASH], []).append(run)
     rows = []
-    for recipe_hash, members in groups.items():
+    for members in groups.values():
         published = any(_reproduced(r, m, PUBLISHED) is not None
                         for r in members for m in names.MODES)
         if not published or any(_trained(r) for r in members):
-            rows.append(_row(uri, recipe_hash, members, REPRODUCED))
+            rows.append(_row(uri, members, REPRODUCED))
         if published:
-            rows.append(_row(uri, recipe_hash, members, PUBLISHED))
-    return sorted(rows, key=lambda r: (r.dataset, r.model, r.recipe, r.kind != REPRODUCED))
+            rows.append(_row(uri, members, PUBLISHED))
+    return sorted(rows, key=lambda r: (r.dataset, *best_first(r)))
+
+
+def best_first(row: ReportRow) -> tuple:
+    """A sort key putting the best ``row`` first: by single-scale mIoU, then multi-scale +
+    flip mIoU, descending; rows without a score last; then by run id and kind."""
+    ss, ms = row.reproduced_ss, row.reproduced_ms_flip
+    return (ss is None, -(ss or 0.0), ms is None, -(ms or 0.0), row.run_id or row.recipe,
+            row.kind != REPRODUCED)
 
 
 def refresh(index, uri: str, *, rebuild: bool = False) -> str:
@@ -178,7 +201,7 @@ def refresh(index, uri: str, *, rebuild: bool = False) -> str:
 
     stamp = store_stamp(uri)
     state = index.store(uri)
-    fields = fields_key(REPORT_PARAMS, REPORT_METRICS)
+    fields = fields_key(REPORT_PARAMS, REPORT_METRICS, REPORT_TAGS)
     stale = index.stale(uri)
     if (not rebuild and state is not None and stamp is not None and stamp == state.stamp
             and state.fields == fields and not stale):
@@ -193,7 +216,8 @@ def refresh(index, uri: str, *, rebuild: bool = False) -> str:
     experiments = experiments_map(all_pages(client.search_experiments))
 
     def indexed(runs) -> list[IndexedRun]:
-        return [IndexedRun.from_mlflow(r, REPORT_PARAMS, REPORT_METRICS) for r in runs]
+        return [IndexedRun.from_mlflow(r, REPORT_PARAMS, REPORT_METRICS, REPORT_TAGS)
+                for r in runs]
 
     def search(experiment_ids: list[str], extra: str = "", view=ViewType.ACTIVE_ONLY) -> list:
         if not experiment_ids:
@@ -251,11 +275,28 @@ def _trained(run) -> bool:
     return any(key in metrics for key in TRAINED_METRICS)
 
 
-def _row(uri: str, recipe_hash: str, runs: list, kind: str) -> ReportRow:
-    """The :class:`ReportRow` of one recipe's runs for one kind of weights."""
+def _on_gpus(run) -> bool:
+    """Whether a run's jobs computed on GPUs: its ``segctl.gpus`` tag is above 0 (a run
+    logged without the tag: whether it has GPU-hours)."""
+    gpus = _number(run.data.tags.get(names.GPUS))
+    if gpus is None:
+        return bool(run.data.metrics.get(names.GPU_HOURS))
+    return gpus > 0
+
+
+def _hours(runs: list, key: str) -> float | None:
+    """The sum of the metric ``key`` over ``runs`` (3 decimals); None where none has it."""
+    values = [r.data.metrics[key] for r in runs if key in r.data.metrics]
+    return round(sum(values), 3) if values else None
+
+
+def _row(uri: str, runs: list, kind: str) -> ReportRow:
+    """The :class:`ReportRow` of one segctl run's MLflow runs for one kind of weights."""
     best = max(runs, key=lambda r: (_reproduced(r, "ss", kind) or -1,
                                     _reproduced(r, "ms_flip", kind) or -1))
-    params = best.data.params
+    params, tags = best.data.params, best.data.tags
+    on_gpus = any(_on_gpus(r) for r in runs)
+    trained = kind != PUBLISHED
     ss = _best([_reproduced(r, "ss", kind) for r in runs])
     ms = _best([_reproduced(r, "ms_flip", kind) for r in runs])
     pub_ss = _number(params.get(names.REFERENCE_MIOU_SS))
@@ -267,9 +308,11 @@ def _row(uri: str, recipe_hash: str, runs: list, kind: str) -> ReportRow:
     return ReportRow(
         dataset=params.get(names.DATASET, "?"),
         recipe=params.get(names.NAME, best.info.run_name or "?"),
+        run_id=tags.get(names.RUN_ID),
+        overrides=tags.get(names.OVERRIDES, ""),
         kind=kind,
         model=params.get(names.MODEL, "?"),
-        recipe_hash=recipe_hash,
+        recipe_hash=tags[names.RECIPE_HASH],
         published_ss=pub_ss,
         reproduced_ss=ss,
         delta_ss=None if ss is None or pub_ss is None or not comparable else round(ss - pub_ss, 2),
@@ -279,8 +322,9 @@ def _row(uri: str, recipe_hash: str, runs: list, kind: str) -> ReportRow:
                        else round(ms - pub_ms, 2)),
         iterations_done=None if done is None or kind == PUBLISHED else int(done),
         iterations_planned=None if planned is None else int(planned),
-        gpu_hours=(0.0 if kind == PUBLISHED
-                   else round(sum(r.data.metrics.get(names.GPU_HOURS, 0.0) for r in runs), 3)),
+        gpu_hours=(round(sum(r.data.metrics.get(names.GPU_HOURS, 0.0) for r in runs), 3)
+                   if trained and on_gpus else None),
+        core_hours=_hours(runs, names.CORE_HOURS) if trained and not on_gpus else None,
         runs=len(runs),
         mlflow_run_id=best.info.run_id,
         link=run_link(uri, best.info.experiment_id, best.info.run_id),

@@ -22,7 +22,7 @@ def test_fewer_processes_keep_the_global_batch_by_accumulation():
     assert plan.global_batch == plan.published_global_batch == 16
     assert plan.lr == 2e-5 and plan.warmup_iters == 1500
     assert plan.overrides == ["train.grad_accum_steps=2"]
-    assert "8 processes x 1 images x 2 = the published global batch 16" in plan.notes[0]
+    assert "8 processes x 1 image x 2 = the published global batch 16" in plan.notes[0]
     assert "BatchNorm statistics are computed per micro-batch" in plan.notes[1]
     rows = dict((name, (ours, published)) for name, ours, published in plan.table())
     assert rows["gradient accumulation"] == ("2", "1")

@@ -109,18 +109,35 @@ def _listing(runs) -> str:
     return "\n".join(f"  {run.run_id}  {run.run_dir}" for run in runs)
 
 
-def find_run(key: str):
-    """The one registered run matching ``key`` (id, id prefix, or name; matched literally).
+def find_run(key: str, *, latest: bool = False):
+    """The one registered run matching ``key`` (id, recipe name, or id prefix; matched
+    literally, see :meth:`segctl.registry.Registry.find_runs`).
+
+    With ``latest`` (commands that read one run: ``logs``, ``eval``), a recipe name shared by
+    several runs (a recipe and its ``--set`` variants) names the one active last (latest job,
+    else latest registration: :meth:`segctl.registry.Registry.last_activity`), and stderr
+    says which and lists the others. An id prefix is not a name: one matching several runs is
+    refused either way.
 
     Raises:
-        UserError: the key is empty, whitespace or too long, or no run or several runs match
-            (listed).
+        UserError: the key is empty, whitespace or too long, or no run matches, or several
+            runs match (listed) a prefix, or a name without ``latest``.
     """
     matches = matching_runs(key)
-    if len(matches) > 1:
-        raise UserError(f"{shown(key)} matches {len(matches)} runs:\n{_listing(matches)}\n"
-                        "give the full run id")
-    return matches[0]
+    if len(matches) == 1:
+        return matches[0]
+    if latest and all(run.name == key for run in matches):
+        when = registry().last_activity([run.run_id for run in matches])
+        ordered = sorted(matches, key=lambda run: (when.get(run.run_id, run.created_at),
+                                                   run.created_at, run.run_id), reverse=True)
+        others = [run.run_id for run in ordered[1:]]
+        more = f", and {len(others) - 5} more" if len(others) > 5 else ""
+        typer.echo(f"{key} matches {len(matches)} runs; using the latest, {ordered[0].run_id} "
+                   f"(others: {', '.join(others[:5])}{more})", err=True)
+        return ordered[0]
+    hint = ("give the full run id" if latest or not all(run.name == key for run in matches)
+            else "give the full run id (this command does not pick the latest run of a name)")
+    raise UserError(f"{shown(key)} matches {len(matches)} runs:\n{_listing(matches)}\n{hint}")
 
 
 def select_runs(keys: Sequence[str], all_matches: bool, action: str) -> list:

@@ -34,7 +34,9 @@ if TYPE_CHECKING:  # segctl.recipe loads pydantic: kept out of `segctl --help`
 
 @user_errors
 def evaluate(
-    target: Annotated[str, typer.Argument(help="Run id (or prefix, or name), or a recipe file.")],
+    target: Annotated[
+        str, typer.Argument(help="Run id (or prefix, or name: its latest run), or a recipe file.")
+    ],
     checkpoint: Annotated[
         str | None,
         typer.Option("--checkpoint", help="Weights to score: a path or fsspec URL (default: the run's final)."),
@@ -89,7 +91,7 @@ def evaluate(
     else:
         if overrides:
             raise UserError("--set applies to recipe targets only; a run's recipe is fixed")
-        record = find_run(target)
+        record = find_run(target, latest=True)  # a shared recipe name: its latest run
         run_dir, source = Path(record.run_dir), record.source
         try:
             stored = read_recipe(run_dir)

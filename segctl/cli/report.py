@@ -1,7 +1,13 @@
-"""``segctl report``: published against reproduced mIoU, per recipe, from what MLflow holds.
+"""``segctl report``: published against reproduced mIoU, per run, from what MLflow holds.
 
 The rows come from :mod:`segctl.tracking_query` (which reads MLflow through the report index,
-as little as it can); this module renders them as Markdown tables, CSV or JSON.
+as little as it can): one per segctl run (a recipe and each of its ``--set`` variants) and
+kind of weights, best first. This module renders them as Markdown tables, CSV or JSON.
+
+Compute is GPU-hours for runs whose jobs computed on GPUs and CPU core-hours for runs that
+computed on CPUs only: one Markdown column, ``Compute``, whose cells carry the unit
+(``1.25 GPU×h``, ``0.042 core×h``); CSV and JSON have the numbers in ``gpu_hours`` and
+``core_hours``, the one that does not apply empty (null).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from segctl.cli.common import UserError, user_errors
 if TYPE_CHECKING:  # the query module loads the recipe package: only when a report is made
     from segctl.tracking_query import ReportRow
 
+#: The Markdown columns (key, title); ``overrides`` is shown only in a table where some run
+#: has overrides. The dataset heads each table.
 COLUMNS = (
-    ("dataset", "Dataset"),
-    ("recipe", "Recipe"),
+    ("run_id", "Run"),
+    ("overrides", "Overrides"),
     ("kind", "Weights"),
     ("model", "Model"),
     ("published_ss", "mIoU ss (published)"),
@@ -31,16 +39,32 @@ COLUMNS = (
     ("reproduced_ms_flip", "mIoU ms+flip (best reproduced)"),
     ("delta_ms_flip", "Δ ms+flip"),
     ("schedule", "Iterations done/planned"),
-    ("gpu_hours", "GPU×hours"),
-    ("runs", "Runs"),
-    ("link", "Best run"),
+    ("compute", "Compute"),
+    ("link", "MLflow run"),
 )
+#: How many characters of a run's overrides a Markdown cell shows.
+OVERRIDES_CHARS = 80
+
+
+def _hours(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.1f}"
+
+
+def _compute(row: ReportRow) -> str | None:
+    if row.gpu_hours is not None:
+        return f"{_hours(row.gpu_hours)} GPU×h"
+    if row.core_hours is not None:
+        return f"{_hours(row.core_hours)} core×h"
+    return None
 
 
 def _cell(row: ReportRow, key: str) -> str:
-    value: Any = row.schedule if key == "schedule" else getattr(row, key)
-    if value is None:
+    value: Any = (row.schedule if key == "schedule" else _compute(row) if key == "compute"
+                  else row.run_id or row.recipe if key == "run_id" else getattr(row, key))
+    if value is None or value == "":
         return "–"
+    if key == "overrides" and len(value) > OVERRIDES_CHARS:
+        return value[:OVERRIDES_CHARS - 1] + "…"
     if key.startswith("published_") and row.reference_split != "val":
         return f"{value:.2f} ({row.reference_split} server)"
     if isinstance(value, float):
@@ -49,22 +73,30 @@ def _cell(row: ReportRow, key: str) -> str:
 
 
 def render_markdown(rows: list[ReportRow]) -> str:
-    """One table per dataset, shaped like the published tables."""
+    """One table per dataset, shaped like the published tables, one row per run (best
+    first, as :func:`segctl.tracking_query.rows_of` orders them)."""
     out = []
     for dataset in sorted({r.dataset for r in rows}):
+        members = [r for r in rows if r.dataset == dataset]
         out.append(f"## {dataset}\n")
-        keys = [k for k, _ in COLUMNS if k != "dataset"]
-        out.append("| " + " | ".join(t for k, t in COLUMNS if k != "dataset") + " |")
-        out.append("|" + "|".join("---" for _ in keys) + "|")
-        for row in (r for r in rows if r.dataset == dataset):
-            out.append("| " + " | ".join(_cell(row, k).replace("|", "\\|") for k in keys) + " |")
+        columns = [(k, t) for k, t in COLUMNS
+                   if k != "overrides" or any(r.overrides for r in members)]
+        out.append("| " + " | ".join(t for _, t in columns) + " |")
+        out.append("|" + "|".join("---" for _ in columns) + "|")
+        for row in members:
+            out.append("| " + " | ".join(_cell(row, k).replace("|", "\\|") for k, _ in columns)
+                       + " |")
         out.append("")
     return "\n".join(out)
 
 
 def render_csv(rows: list[ReportRow]) -> str:
     buffer = io.StringIO()
-    fields = list(asdict(rows[0]) if rows else [k for k, _ in COLUMNS])
+    from dataclasses import fields as dataclass_fields
+
+    from segctl.tracking_query import ReportRow
+
+    fields = [f.name for f in dataclass_fields(ReportRow)]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -88,10 +120,12 @@ def report(
                      help="Read every run from MLflow again, not only new and changed ones."),
     ] = False,
 ) -> None:
-    """Published against best reproduced mIoU per recipe, grouped by dataset.
+    """Published against reproduced mIoU per run (a recipe and each of its --set variants,
+    with their overrides), best first, grouped by dataset.
 
-    Single scale and multi-scale + flip, the difference, the schedule trained, GPU×hours and a
-    link to the best run, from the runs segctl logged to MLflow (through an index kept in
+    Single scale and multi-scale + flip, the difference, the schedule trained, the compute
+    used (GPU×hours, or CPU core×hours for runs without GPUs) and a link to the MLflow run,
+    from the runs segctl logged to MLflow (through an index kept in
     $SEGCTL_HOME/report-index.db: only new and changed runs are read from MLflow).
     """
     from segctl.paths import default_tracking_uri

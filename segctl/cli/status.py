@@ -19,12 +19,21 @@ import typer
 from segctl.cli.common import (
     UserError,
     find_run,
+    matching_runs,
     print_table,
     registry,
     select_runs,
+    shown,
     user_errors,
 )
-from segctl.status import ACTIVE_STATES, JobState, live_jobs, refresh_state, summaries
+from segctl.status import (
+    ACTIVE_STATES,
+    JobState,
+    live_jobs,
+    refresh_state,
+    refresh_states,
+    summaries,
+)
 
 
 def _duration(seconds: float | None) -> str:
@@ -40,6 +49,8 @@ def _number(value, fmt: str) -> str:
 
 
 def _render(rows: list[dict]) -> None:
+    from segctl.recipe.overrides import shortened
+
     if not rows:
         typer.echo("no runs yet: `segctl submit RECIPE` starts one")
         return
@@ -57,6 +68,9 @@ def _render(rows: list[dict]) -> None:
             )
         )
     headers = ("SWEEP", "RUN", "STATE", "ITER", "LOSS", "mIoU", "REQUEUES", "NODES", "ELAPSED")
+    if any(s["overrides"] for s in rows):  # a column only where some run is a variant
+        headers += ("OVERRIDES",)
+        table = [(*row, shortened(s["overrides"]) or "-") for row, s in zip(table, rows)]
     if not any(s["sweep"] for s in rows):
         headers, table = headers[1:], [row[1:] for row in table]
     print_table(headers, table)
@@ -70,12 +84,17 @@ def status(
         float | None, typer.Option("--watch", help="Redraw every this many seconds until Ctrl-C.")
     ] = None,
 ) -> None:
-    """Show runs: state, iteration, loss, latest mIoU, requeues, nodes, elapsed time."""
+    """Show runs: state, iteration, loss, latest mIoU, requeues, nodes, elapsed time, and how
+    each differs from its recipe file (OVERRIDES, where any does).
+
+    A recipe name shows every run of that name (the recipe and its --set variants); an id
+    prefix every run it starts.
+    """
     from segctl.recipe.secrets import redact_secrets
 
     reg = registry()
     while True:
-        selected = [find_run(key) for key in runs] if runs else reg.runs()
+        selected = _every_match(runs) if runs else reg.runs()
         # reasons and paths as shown anywhere: credentials of URLs hidden
         rows = [redact_secrets(row) for row in summaries(reg, selected)]
         if as_json:
@@ -89,22 +108,90 @@ def status(
         time.sleep(watch)
 
 
+def _every_match(keys: list[str]) -> list:
+    """Every run each key names (all runs of a name, all runs an id prefix starts), each once,
+    in the order of the keys."""
+    selected: dict[str, object] = {}
+    for key in keys:
+        selected.update((run.run_id, run) for run in matching_runs(key))
+    return list(selected.values())
+
+
+#: How many runs ``segctl logs`` without a run lists.
+RECENT_RUNS = 20
+
+
+def _when(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "-"
+
+
+def _recent_runs() -> None:
+    """The runs active last (latest job first): id, name, state and kind and submission time
+    of the latest job, then how to pick one."""
+    reg = registry()
+    runs = reg.runs()
+    if not runs:
+        typer.echo("no runs yet: `segctl submit RECIPE` starts one")
+        return
+    latest: dict[str, object] = {}
+    for job in reg.jobs():  # oldest first: the last one seen wins
+        latest[job.run_id] = job
+    when = reg.last_activity([run.run_id for run in runs])
+    runs = sorted(runs, key=lambda r: (when.get(r.run_id, r.created_at), r.run_id),
+                  reverse=True)[:RECENT_RUNS]
+    states = refresh_states(reg, [latest[r.run_id] for r in runs if r.run_id in latest])
+    table = []
+    for run in runs:
+        job = latest.get(run.run_id)
+        state = states.get(job.id, job.state) if job else JobState.NO_JOB
+        table.append((run.run_id, run.name, state, job.kind if job else "-",
+                      _when(job.submitted_at) if job else "-"))
+    print_table(("RUN", "NAME", "STATE", "LATEST JOB", "SUBMITTED"), table)
+    total = len(reg.runs())
+    if total > len(runs):
+        typer.echo(f"({len(runs)} of {total} runs, latest first; `segctl status` lists all)")
+    typer.echo("`segctl logs RUN` prints the latest job of RUN (a run id, a unique prefix, or a "
+               "recipe name for its latest run); --kind train|eval picks the kind of job.")
+
+
 @user_errors
 def logs(
-    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.")],
-    kind: Annotated[str, typer.Option("--kind", help="train or eval.")] = "train",
+    run: Annotated[
+        str | None, typer.Argument(help="Run id, id prefix or name (its latest run); none "
+                                   "lists recent runs.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="train or eval (default: whichever job of the "
+                                 "run was submitted last).")
+    ] = None,
     rank: Annotated[int, typer.Option("--rank", help="Task (rank) whose log to print.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
-    """Print the stdout and stderr of a run's latest job (one rank's)."""
+    """Print the stdout and stderr of a run's latest job (one rank's): training or evaluation,
+    whichever was submitted last, or the latest of --kind. Without RUN, list recent runs.
+
+    A recipe name shared by several runs (a recipe and its --set variants) means the one
+    active last; stderr says which.
+    """
     from segctl.executors import job_log_paths
 
-    record = find_run(run)
+    if kind not in (None, "train", "eval"):
+        raise UserError(f"--kind must be train or eval, got {shown(kind)}")
+    if run is None:
+        _recent_runs()
+        return
+    record = find_run(run, latest=True)
     reg = registry()
-    jobs = [j for j in reg.jobs(record.run_id) if j.kind == kind and j.job_id]
+    jobs = [j for j in reg.jobs(record.run_id) if (kind is None or j.kind == kind) and j.job_id]
     if not jobs:
-        raise UserError(f"run {record.run_id} has no {kind} job")
+        raise UserError(f"run {record.run_id} has no {kind + ' ' if kind else ''}job")
     job = jobs[-1]
+    what = "training" if job.kind == "train" else f"evaluation ({job.label})" if job.label \
+        else "evaluation"
+    other = "eval" if job.kind == "train" else "train"
+    typer.echo(f"{record.run_id}: {what} job {job.job_id}, submitted {_when(job.submitted_at)}"
+               + ("" if kind else f" (the latest; --kind {other} for the latest {other} job)"),
+               err=True)
     stdout, stderr = job_log_paths(job.folder, job.job_id, rank)
     if not follow:
         for label, path in (("stdout", stdout), ("stderr", stderr)):

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from segctl.cli.common import (
+    UserError,
     attach_to_running_job,
     finish,
     print_notes,
@@ -59,6 +60,12 @@ def submit(
         typer.Option("--rerun", help="Submit a job for a run that has finished training: it "
                      "loads the final checkpoint and validates it again."),
     ] = False,
+    scale_lr: Annotated[
+        str,
+        typer.Option("--scale-lr", help="On fewer GPUs than the recipe's cluster: none (keep "
+                     "the published global batch by gradient accumulation) or linear (keep "
+                     "accumulation, scale the learning rate and warm-up by the batch ratio)."),
+    ] = "none",
 ) -> None:
     """Validate RECIPE, create its run directory and submit its training job.
 
@@ -78,14 +85,18 @@ def submit(
     from segctl.runs import finished_training
     from segctl.submission import plan_training, preflight
 
+    if scale_lr not in ("none", "linear"):
+        raise UserError(f"--scale-lr must be none or linear, got {scale_lr!r}")
     placement = placement_overrides(nodes, gpus_per_node, partition, time_min, cluster)
     site = load_profile_or_fail(profile)
+    # the recipe's own placement: the published global batch is kept on the processes given
+    published = load_recipe(recipe, overrides or []).recipe.cluster if placement else None
     if sweeps:
         submit_sweep(recipe, [*(overrides or []), *placement], sweeps, site, dry_run, wait,
-                     from_scratch, rerun)
+                     from_scratch, rerun, published=published, scale_lr=scale_lr)
         return
     loaded = load_recipe(recipe, [*(overrides or []), *placement])
-    plan = plan_training(loaded, profile=site)
+    plan = plan_training(loaded, profile=site, published_cluster=published, scale_lr=scale_lr)
     plan, refused = _pretraining(plan, from_scratch, dry_run)
     if dry_run:
         _print_dry_run(loaded, plan, rerun)
@@ -153,10 +164,12 @@ def _print_dry_run(loaded, plan, rerun: bool) -> None:
 
 
 def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dry_run: bool,
-                 wait: bool, from_scratch: bool = False, rerun: bool = False) -> None:
+                 wait: bool, from_scratch: bool = False, rerun: bool = False, *,
+                 published=None, scale_lr: str = "none") -> None:
     """Expand the sweep grid, check every member, and submit the members that need a job as
     one job array: a member whose training job is in progress, or that has finished training
-    (unless ``rerun``), is skipped as a single run would be, and said so."""
+    (unless ``rerun``), is skipped as a single run would be, and said so. ``published`` and
+    ``scale_lr``: see :func:`segctl.submission.plan_training`."""
     from segctl.recipe import RecipeError, load_recipe
     from segctl.submission import (
         SubmittedJob, apply_sweep, dataset_key, plan_training, preflight, why_not_submitted,
@@ -172,7 +185,8 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
             issues.extend(exc.issues)
             continue
         loaded_members.append(loaded)
-        plans.append(plan_training(loaded, profile=site))
+        plans.append(plan_training(loaded, profile=site, published_cluster=published,
+                                   scale_lr=scale_lr))
     if issues:
         raise RecipeError(issues)
     refuse_shared_runs(grid, [m.recipe for m in loaded_members], [p.run_id for p in plans])

@@ -27,8 +27,9 @@ app = typer.Typer(
 def fetch(
     sources: Annotated[
         list[str],
-        typer.Argument(help="Recipe files (their model.init_checkpoint and reference.checkpoint) "
-                       "or weights URLs (https://, s3://, any fsspec URL)."),
+        typer.Argument(help="Recipe files (their model.init_checkpoint, reference.checkpoint "
+                       "and reference.log, the published training log) or weights URLs "
+                       "(https://, s3://, any fsspec URL)."),
     ],
     profile: Profile = None,
     storage_option: Annotated[
@@ -75,12 +76,15 @@ def _fetch_recipe(path: Path, cache: Path, options: dict[str, str], quiet: bool)
     from segctl.recipe import load_recipe
     from segctl.weights import fetch_and_check, recipe_weights
 
+    from segctl.reproduction import fetch_published_log
+
     recipe = load_recipe(path).recipe
     files = recipe_weights(recipe, published=True)
-    if not files:
-        return ["names no weights (model.init_checkpoint, reference.checkpoint): nothing to fetch"]
-    return fetch_and_check(files, recipe, cache, check_local=True, progress=not quiet,
-                           storage_options=options)
+    lines = (fetch_and_check(files, recipe, cache, check_local=True, progress=not quiet,
+                             storage_options=options) if files else
+             ["names no weights (model.init_checkpoint, reference.checkpoint): nothing to fetch"])
+    log_line = fetch_published_log(recipe, cache, storage_options=options, progress=not quiet)
+    return lines + ([log_line] if log_line else [])
 
 
 @app.command("list")

@@ -18,6 +18,9 @@ Layout of ``<runs dir>/<run id>/``::
     tracking-buffer.jsonl       what a tracking outage held back (images under
                                 tracking-buffer/), replayed by the job or ``segctl sync``
     tracking-journal.jsonl      every record logged, kept to rebuild a lost MLflow run
+    overrides.json              how the run differs from its recipe file (``--set``,
+                                ``--sweep``), secrets hidden: written once at registration,
+                                tagged in MLflow by the job (absent for older runs)
 
 Both planes import this module; it imports nothing beyond the standard library.
 """
@@ -71,6 +74,7 @@ class RunDir:
     TRACKING_BUFFER = "tracking-buffer.jsonl"
     TRACKING_BUFFER_DIR = "tracking-buffer"
     TRACKING_JOURNAL = "tracking-journal.jsonl"
+    OVERRIDES = "overrides.json"
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
@@ -146,6 +150,12 @@ class RunDir:
     def tracking_journal(self) -> Path:
         """``tracking-journal.jsonl``: every record logged, for rebuilding a lost MLflow run."""
         return self.path / self.TRACKING_JOURNAL
+
+    @property
+    def overrides(self) -> Path:
+        """``overrides.json``: how the run differs from its recipe file (``--set``,
+        ``--sweep``), secrets hidden; see :mod:`segctl.recipe.overrides`."""
+        return self.path / self.OVERRIDES
 
     def read_progress(self) -> dict[str, Any]:
         """``progress.json`` as a dict; ``{}`` when it is missing, unreadable or being
