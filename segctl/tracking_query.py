@@ -37,9 +37,10 @@ REPORT_PARAMS = (names.NAME, names.DATASET, names.MODEL, names.EVAL_MS_FLIP, nam
 REPORT_METRICS = (names.LOSS, names.MIOU, names.eval_miou("ss"), names.eval_miou("ms_flip"),
                   names.eval_miou("ss", published=True),
                   names.eval_miou("ms_flip", published=True),
-                  names.ITERATIONS_DONE, names.GPU_HOURS, names.CORE_HOURS)
+                  names.ITERATIONS_DONE, names.GPU_HOURS, names.CORE_HOURS,
+                  names.PUBLISHED_CURVE_MIOU)
 #: The tags of a run that the report reads besides ``segctl.recipe_hash``.
-REPORT_TAGS = (names.RUN_ID, names.OVERRIDES, names.GPUS)
+REPORT_TAGS = (names.RUN_ID, names.OVERRIDES, names.GPUS, names.BEHIND_PUBLISHED)
 #: Metrics only a run that trained (or evaluated segctl's own weights) has.
 TRAINED_METRICS = (names.LOSS, names.MIOU, names.eval_miou("ss"), names.eval_miou("ms_flip"))
 #: Runs that ended this long (ms) before the previous refresh are read again: the end times
@@ -61,7 +62,11 @@ class ReportRow:
     separated by spaces, ``""`` for none). ``gpu_hours`` is set where the run's jobs computed
     on GPUs (``segctl.gpus`` above 0), ``core_hours`` (CPU cores x hours) where they computed
     on CPUs only; the other is None, and both are None for a published checkpoint (nothing
-    trained). ``runs`` counts the MLflow runs of the segctl run (normally 1)."""
+    trained). ``runs`` counts the MLflow runs of the segctl run (normally 1).
+
+    ``curve_miou`` is the final mIoU of the published training curve the run was compared
+    with while it trained (``reference.log``), ``fell_behind`` whether it ever fell behind
+    that curve (:mod:`trainer.published_guard`); both None without a comparison."""
 
     dataset: str
     recipe: str
@@ -85,6 +90,8 @@ class ReportRow:
     link: str
     source: str | None
     reference_split: str = "val"
+    curve_miou: float | None = None
+    fell_behind: bool | None = None
 
     @property
     def schedule(self) -> str:
@@ -330,6 +337,9 @@ def _row(uri: str, runs: list, kind: str) -> ReportRow:
         link=run_link(uri, best.info.experiment_id, best.info.run_id),
         source=_source(params),
         reference_split=split,
+        curve_miou=best.data.metrics.get(names.PUBLISHED_CURVE_MIOU) if trained else None,
+        fell_behind=({"true": True, "false": False}.get(tags.get(names.BEHIND_PUBLISHED, ""))
+                     if trained else None),
     )
 
 
@@ -373,7 +383,8 @@ class SyncOutcome:
 
 def sync_run(run_dir: str | Path) -> SyncOutcome:
     """Deliver ``RUN_DIR/tracking-buffer.jsonl`` to the run's MLflow run (records keep their
-    steps and timestamps; delivered ones leave the buffer), or rebuild the run from
+    steps and timestamps; delivered ones leave the buffer, delivered images leave
+    ``RUN_DIR/tracking-buffer/``), or rebuild the run from
     ``RUN_DIR/tracking-journal.jsonl`` into a new MLflow run when its store lost it; then mark
     the runs changed in the report index, so the next report reads them again.
 

@@ -224,3 +224,85 @@ def test_jobs_racing_to_create_the_experiment_share_it(tmp_path):
     assert len(experiments) == 1
     first.close()
     late.close()
+
+
+# --- images wait in RUN_DIR/tracking-buffer/ only until they are delivered --------------------
+
+def _store_away(tmp_path: Path) -> tuple[str, Path]:
+    """An embedded store that cannot be opened (a file stands where its folder should be, as
+    where a shared file system is not mounted): its URI, and the file to remove to end the
+    outage."""
+    blocker = tmp_path / "store"
+    blocker.write_text("not a folder")
+    return f"sqlite:///{blocker / 'mlflow.db'}", blocker
+
+
+def _waiting_images(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / "tracking-buffer").rglob("*") if p.is_file())
+
+
+def _chart(value: float) -> bytes:
+    from trainer.visuals import per_class_iou_chart
+
+    return per_class_iou_chart({"road": value, "sky": 50.0}, f"chart {value}")
+
+
+def _delivered(uri: str, run_id: str, artifact: str, tmp_path: Path) -> bytes:
+    return Path(MlflowClient(uri).download_artifacts(run_id, artifact, str(tmp_path))).read_bytes()
+
+
+@pytest.mark.slow
+def test_images_leave_the_buffer_folder_once_the_job_delivers_them(tmp_path):
+    """An image logged while the store is away waits in tracking-buffer/; the job's next call
+    after the store is back replays it, and its file goes; an image delivered at once never
+    stays."""
+    uri, blocker = _store_away(tmp_path)
+    run_dir = tmp_path / "run"
+    tracker = Tracker(run_dir, uri=uri, experiment="x", cooldown_s=0.0)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    first, second = _chart(10.0), _chart(20.0)
+    tracker.log_image(first, "plots/first.png")
+    assert tracker.run_id is None and tracker.pending() == 2
+    assert [p.read_bytes() for p in _waiting_images(run_dir)] == [first]
+    blocker.unlink()  # the store is back
+    tracker.log_image(second, "plots/second.png")  # replays the buffer, then delivers this
+    assert tracker.run_id is not None and tracker.pending() == 0
+    assert _waiting_images(run_dir) == []
+    assert not any((run_dir / "tracking-buffer").iterdir())  # no empty folders left either
+    # the delivered images are kept with the journal, for a rebuild of a lost run
+    kept = sorted(p.read_bytes() for p in (run_dir / "tracking-journal").rglob("*.png"))
+    assert kept == sorted([first, second])
+    tracker.close()
+    assert _delivered(uri, tracker.run_id, "plots/first.png", tmp_path / "a") == first
+    assert _delivered(uri, tracker.run_id, "plots/second.png", tmp_path / "b") == second
+
+
+@pytest.mark.slow
+def test_segctl_sync_empties_the_buffer_folder(segctl_env, tmp_path):
+    """A job whose store was away for its whole life leaves its images in tracking-buffer/;
+    ``segctl sync`` delivers them and removes their files."""
+    from typer.testing import CliRunner
+
+    from segctl.cli import app
+
+    uri, blocker = _store_away(tmp_path)
+    recipe = small_recipe(tmp_path / "data", uri, tracking={"system_metrics": False})
+    run_dir = make_run_dir(tmp_path / "run", recipe)
+    job = Tracker.for_recipe(run_dir, recipe, cooldown_s=0.0)
+    job.log_metrics({"loss": 1.0}, step=1)
+    charts = {f"plots/chart_{k}.png": _chart(10.0 * k) for k in (1, 2, 3)}
+    for artifact, png in charts.items():
+        job.log_image(png, artifact)
+    job.close("FINISHED")
+    assert len(_waiting_images(run_dir)) == 3
+    blocker.unlink()
+
+    synced = CliRunner().invoke(app, ["sync", str(run_dir)])
+    assert synced.exit_code == 0, synced.output
+    assert "delivered" in synced.output
+    assert not (run_dir / BUFFER_FILE).exists()
+    assert _waiting_images(run_dir) == []
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    for k, (artifact, png) in enumerate(charts.items()):
+        assert _delivered(uri, run_id, artifact, tmp_path / str(k)) == png
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"

@@ -32,6 +32,7 @@ from typing import Any
 from segctl.io.atomic import atomic_write, atomic_write_json
 from segctl.io.weights_cache import cached_path, default_weights_dir, is_remote
 from segctl.recipe import Recipe, parse_json_recipe, tracking_names
+from segctl.recipe import run_id as recipe_run_id
 from segctl.recipe.dataset_spec import DatasetSpec
 from segctl.recipe.eval_request import EvalRequest, OutputFormat
 from segctl.recipe.rundir import RunDir
@@ -54,7 +55,13 @@ from trainer.models.converters.pretrained import load_pretrained
 from trainer import cityscapes_export
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
-from trainer.tracking import Tracker, metrics_in_percent, recipe_params, run_tags
+from trainer.tracking import (
+    Tracker,
+    devices_in_use,
+    metrics_in_percent,
+    recipe_params,
+    run_tags,
+)
 from trainer.visuals import learning_curve_png, prediction_overlays
 from trainer.checkpoint_sync import checkpoint_uploader, mirror_job_checkpoints
 from trainer.stage_in import stage_job_inputs, with_cached_weights
@@ -128,13 +135,15 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
     accelerator = build_accelerator(recipe.train.precision, recipe.train.tf32)
     main = accelerator.is_main_process
     progress = Progress(run_dir, recipe.schedule.max_iters or 0, enabled=main)
-    tracker = Tracker.for_recipe(run_dir, recipe, enabled=main)
+    devices = devices_in_use(accelerator)  # (GPUs, CPU cores): 0 GPUs on CPUs
+    tracker = Tracker.for_recipe(run_dir, recipe, enabled=main, devices=devices)
     status = "FAILED"
     uploader = None
     try:
         progress.write()
         info = job_info()
-        tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
+        tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id,
+                                  gpus=devices[0], run_dir=run_dir))
         # init_checkpoint URL -> its cached file (for this process; MLflow params keep the URL)
         init_weights = with_cached_weights(
             recipe, weights_dir or default_weights_dir()).model.init_checkpoint
@@ -160,7 +169,8 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
             uploader.close()
         mirror_job_checkpoints(recipe, run_dir, enabled=main)
         tracker.close(status, images={
-            tracking_names.LEARNING_CURVE_ARTIFACT: learning_curve_png(tracker.history)})
+            tracking_names.LEARNING_CURVE_ARTIFACT: learning_curve_png(
+                tracker.history, recipe_run_id(recipe))})
         teardown(accelerator, wait=status != "FAILED")
     if stop_signal.stopped:
         _requeue(stop_signal, progress, tracker, recipe.cluster.max_requeues)
@@ -385,10 +395,13 @@ def run_evaluation(
                          lambda h: h.write((table + "\n").encode("utf-8")))
             print(table, flush=True)
             untracked = not RunDir(run_dir).mlflow_run_id.exists()  # no training run logged here
-            tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False)  # no job to watch
+            devices = devices_in_use(accelerator)  # (GPUs, CPU cores): 0 GPUs on CPUs
+            tracker = Tracker.for_recipe(run_dir, recipe, system_metrics=False,  # no job to watch
+                                         devices=devices)
             if untracked:  # e.g. eval --published before any training: name the MLflow run
                 info = job_info()
-                tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id))
+                tracker.set_tags(run_tags(recipe, executor=info.executor, job_id=info.job_id,
+                                          gpus=devices[0], run_dir=run_dir))
                 tracker.log_params(recipe_params(recipe))
             tracker.log_metrics(
                 metrics_in_percent(
@@ -402,8 +415,8 @@ def run_evaluation(
                 model, val_set, recipe, InferenceSettings.from_recipe(recipe, ms_flip=False),
                 accelerator.device,
             )
-            for k, png in enumerate(overlays):
-                tracker.log_image(png, tracking_names.overlay_artifact(step, k))
+            for k, overlay in enumerate(overlays):  # filed under the evaluation's label
+                tracker.log_image(overlay.png, tracking_names.eval_overlay_artifact(name, k))
         failed = False
         return result
     finally:

@@ -7,7 +7,8 @@ training.
 
 Outages lose nothing: what cannot be delivered (params, metrics with their original step and
 timestamp, tags, text and image artifacts, the final status) is appended to
-``RUN_DIR/tracking-buffer.jsonl`` (images under ``RUN_DIR/tracking-buffer/``). After a failure
+``RUN_DIR/tracking-buffer.jsonl`` (images under ``RUN_DIR/tracking-buffer/``, which holds only
+what is not delivered yet: an image's file is removed once it is delivered). After a failure
 the tracker waits ``cooldown_s`` seconds before it talks to the server again (calls in between
 only append to the buffer), so an unreachable server costs one blocked call per cool-down; the
 next call that gets through first replays the buffer in order. :meth:`Tracker.close` always
@@ -21,8 +22,9 @@ A lost store loses nothing either: every record, delivered or not, is also appen
 job and evaluation jobs append to it). When the tracker starts and the MLflow run named in
 ``mlflow_run_id`` no longer exists (an embedded store deleted or replaced, a server's database
 reset), it creates a new run and replays the journal into it: params, tags, every metric point
-with its step and timestamp, text artifacts, images while their files are kept under
-``RUN_DIR/tracking-buffer/``, and the run's statuses; the new run is tagged
+with its step and timestamp, text artifacts, images (a delivered image leaves
+``tracking-buffer/`` for ``tracking-journal/``, so the buffer folder holds only what is still
+to be delivered and a rebuild has every image), and the run's statuses; the new run is tagged
 ``segctl.rebuilt_from_journal`` (the lost run's id) and ``segctl.journal_complete``. A job that
 is requeued does this at its start; ``segctl sync RUN`` does it for a run whose job has ended.
 The journal is bounded by ``journal_max_bytes`` (:data:`JOURNAL_MAX_BYTES`, 64 MiB: a
@@ -37,7 +39,8 @@ and of any other ``storage_options`` redacted, the secrets of credentials inside
 rule of :mod:`segctl.recipe.secrets`), and ``segctl.from_scratch``: whether training starts
 without pretrained weights), metrics with the iteration as step, per-class
 IoU as metrics, text tables and a bar chart (``plots/per_class_iou_iter_*.png``) at each
-evaluation, prediction overlays, and at :meth:`Tracker.close` the resolved recipe (redacted,
+evaluation, captioned prediction overlays of each evaluation job (``overlays/<label>/``), and
+at :meth:`Tracker.close` the resolved recipe (redacted,
 ``recipe.json``), a learning-curve plot (``plots/learning_curve.png``), the final checkpoint's
 location (tag ``segctl.final_checkpoint``), ``iterations_done`` and ``gpu_hours``. The names
 are those of :mod:`segctl.recipe.tracking_names`, which the control plane reads back. Pictures
@@ -298,6 +301,9 @@ class Tracker:
             seam for other MLflow-compatible clients.
         recipe: the resolved recipe, for the end-of-run record (:meth:`close`): the redacted
             recipe artifact, GPU count and the final checkpoint's location.
+        devices: ``(GPUs, CPU cores)`` the job computes on (:func:`devices_in_use`), for
+            ``gpu_hours`` and, on CPUs (no GPU), ``core_hours``; None: the recipe's
+            ``cluster.nodes * cluster.gpus_per_node`` GPUs.
         reopen: mark a finished MLflow run ``RUNNING`` again when continuing it (False for
             ``segctl sync``, which only delivers what a job left behind).
         system_metrics: run MLflow's system metrics monitor on this run while the tracker is
@@ -325,8 +331,10 @@ class Tracker:
         system_metrics: bool = False,
         system_metrics_interval_s: float = 10.0,
         journal_max_bytes: int = JOURNAL_MAX_BYTES,
+        devices: tuple[int, int] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.devices = devices
         self.reopen = reopen
         self.uri = uri
         self.experiment = experiment
@@ -346,8 +354,10 @@ class Tracker:
         self._quiet_until = 0.0
         self._started = time.monotonic()
         self._max_step = 0
-        self._history: dict[str, list[tuple[int, float]]] = {names.LOSS: [], names.MIOU: []}
-        self._previous = {names.GPU_HOURS: 0.0, names.ITERATIONS_DONE: 0.0}
+        self._history: dict[str, list[tuple[int, float]]] = {
+            names.LOSS: [], names.LR: [], names.MIOU: []}
+        self._previous = {names.GPU_HOURS: 0.0, names.CORE_HOURS: 0.0,
+                          names.ITERATIONS_DONE: 0.0}
         self._system = SystemMetrics(uri, enabled=system_metrics,
                                      interval_s=system_metrics_interval_s)
         self._closed = False
@@ -400,8 +410,8 @@ class Tracker:
 
     @property
     def history(self) -> dict[str, list[tuple[int, float]]]:
-        """``{"loss": [(step, value)], "mIoU": [...]}``: the points this tracker logged (for
-        :func:`trainer.visuals.learning_curve_png`)."""
+        """``{"loss": [(step, value)], "lr": [...], "mIoU": [...]}``: the points this tracker
+        logged (for :func:`trainer.visuals.learning_curve_png`)."""
         return self._history
 
     def pending(self) -> int:
@@ -511,7 +521,8 @@ class Tracker:
         return True
 
     def _remember(self, run) -> None:
-        """Continue ``gpu_hours`` and ``iterations_done`` from what ``run`` holds."""
+        """Continue ``gpu_hours``, ``core_hours`` and ``iterations_done`` from what ``run``
+        holds."""
         for key in self._previous:
             self._previous[key] = float(run.data.metrics.get(key, 0.0))
 
@@ -522,7 +533,7 @@ class Tracker:
         waiting = set(_lines(self.buffer_path))
         if self._inflight is not None:
             waiting.add(self._inflight)
-        complete, records = True, []
+        complete, records, gone = True, [], 0
         for line in _lines(self.journal_path):
             if line in waiting:
                 continue
@@ -533,12 +544,15 @@ class Tracker:
                 continue
             if record == JOURNAL_FULL:
                 complete = False
-            elif record.get("op") == "file" and not Path(record["local"]).is_file():
-                log.warning("journaled image %s is gone; the rebuilt run lacks it",
-                            record["local"])
+            elif record.get("op") == "file" and self._image_file(record) is None:
+                gone += 1  # removed by hand, or a run directory of an older segctl
                 complete = False
             else:
                 records.append(record)
+        if gone:
+            log.warning("%d journaled images are in neither %s nor %s; the rebuilt run lacks "
+                        "them", gone, self.layout.tracking_buffer_dir,
+                        self.layout.tracking_journal_dir)
         for record in _coalesced(records):
             self._send(record)
         self._send({"op": "tags", "items": {REBUILT_TAG: lost,
@@ -662,11 +676,56 @@ class Tracker:
         elif op == "text":
             client.log_text(self.run_id, record["text"], record["artifact_file"])
         elif op == "file":
-            client.log_artifact(self.run_id, record["local"], record.get("artifact_path"))
+            local = self._image_file(record)
+            if local is None:
+                log.warning("image %s is gone; not delivered", record["local"])
+                return
+            client.log_artifact(self.run_id, str(local), record.get("artifact_path"))
+            self._keep_delivered(local)
         elif op == "status":
             client.set_terminated(self.run_id, status=record["status"])
         else:
             log.warning("unknown tracking record %r ignored", op)
+
+    def _journal_copy(self, local: Path) -> Path | None:
+        """Where an image of ``tracking-buffer/`` goes once delivered (None for a file
+        elsewhere)."""
+        try:
+            return self.layout.tracking_journal_dir / local.relative_to(
+                self.layout.tracking_buffer_dir)
+        except ValueError:
+            return None
+
+    def _image_file(self, record: Mapping[str, Any]) -> Path | None:
+        """The file of an image record: in ``tracking-buffer/`` while undelivered, in
+        ``tracking-journal/`` once delivered (a rebuild sends it again from there); None where
+        it is in neither."""
+        local = Path(record["local"])
+        if local.is_file():
+            return local
+        kept = self._journal_copy(local)
+        return kept if kept is not None and kept.is_file() else None
+
+    def _keep_delivered(self, local: Path) -> None:
+        """Move a delivered image from ``RUN_DIR/tracking-buffer/`` to
+        ``RUN_DIR/tracking-journal/`` (same relative path), so that the buffer folder holds
+        only what is still to be delivered and the journal keeps every image for a rebuild.
+        The image's own folder (:meth:`log_image` gives each image one) is removed once empty;
+        the buffer folder itself stays (another process of the run may be writing into it). A
+        file that cannot be moved is left, with a warning."""
+        kept = self._journal_copy(local)
+        if kept is None:
+            return
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, kept)
+        except OSError as exc:
+            log.warning("delivered image %s not moved to %s: %s", local, kept.parent, exc)
+            return
+        try:
+            local.parent.rmdir()
+        except OSError:  # not empty: not a folder of ours alone
+            pass
 
     def flush(self) -> int:
         """Deliver everything buffered now (ignoring the cool-down). Returns the number of
@@ -709,8 +768,9 @@ class Tracker:
         self._record({"op": "text", "text": text, "artifact_file": artifact_file}, "log_text")
 
     def log_image(self, png: bytes, artifact_file: str) -> None:
-        """Store PNG bytes as the artifact ``artifact_file`` (kept under
-        ``RUN_DIR/tracking-buffer/`` until delivered)."""
+        """Store PNG bytes as the artifact ``artifact_file``. The bytes wait in a file under
+        ``RUN_DIR/tracking-buffer/`` until they are delivered (at once, by a later replay or
+        by ``segctl sync``), which moves the file to ``RUN_DIR/tracking-journal/``."""
         if not self.enabled:
             return
         folder, _, name = artifact_file.rpartition("/")
@@ -749,13 +809,15 @@ class Tracker:
     def _end_of_run_record(self) -> None:
         recipe = self.recipe
         cluster = recipe.cluster
-        gpus = cluster.nodes * cluster.gpus_per_node
+        gpus, cores = self.devices or (cluster.nodes * cluster.gpus_per_node, 0)
         hours = (time.monotonic() - self._started) / 3600.0
         summary = {
             names.GPU_HOURS: self._previous[names.GPU_HOURS] + hours * gpus,
             names.ITERATIONS_DONE: float(max(self._max_step,
                                              self._previous[names.ITERATIONS_DONE])),
         }
+        if gpus == 0 and cores:
+            summary[names.CORE_HOURS] = self._previous[names.CORE_HOURS] + hours * cores
         self._record({"op": "metrics", "items": [
             [k, v, int(time.time() * 1000), self._max_step] for k, v in summary.items()
         ]}, "log_metrics")
@@ -770,10 +832,31 @@ class Tracker:
             self.set_tags({names.FINAL_CHECKPOINT: where})
 
 
-def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:
+def devices_in_use(accelerator) -> tuple[int, int]:
+    """``(GPUs, CPU cores)`` a job computes on: one GPU per process on CUDA devices, else none;
+    the CPU cores each process may run on (its CPU affinity) times the processes."""
+    processes = int(accelerator.num_processes)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity where the platform lacks it
+        cores = os.cpu_count() or 1
+    gpus = processes if accelerator.device.type == "cuda" else 0
+    return gpus, processes * cores
+
+
+#: MLflow's bound on a tag value is 8,000 characters; overrides are cut well before.
+OVERRIDES_TAG_CHARS = 5000
+
+
+def run_tags(recipe: Recipe, *, executor: str, job_id: str, gpus: int | None = None,
+             run_dir: str | Path | None = None) -> dict[str, str]:
     """The ``segctl.*`` tags of a run: recipe hash, run id, executor, job id, placement
-    (nodes, GPUs, the Slurm job and node list when inside Slurm), git commit, version."""
+    (nodes; ``gpus``, the GPUs the job computes on, 0 on CPUs, by default the recipe's
+    ``cluster.nodes * cluster.gpus_per_node``; the Slurm job and node list when inside Slurm),
+    git commit, version, and the overrides in ``run_dir``'s ``overrides.json`` where there are
+    any (:mod:`segctl.recipe.overrides`)."""
     from segctl.recipe import recipe_hash, run_id
+    from segctl.recipe.overrides import read_overrides
 
     cluster = recipe.cluster
     tags = {
@@ -783,8 +866,11 @@ def run_tags(recipe: Recipe, *, executor: str, job_id: str) -> dict[str, str]:
         names.JOB_ID: job_id,
         names.VERSION: segctl_version(),
         names.NODES: str(cluster.nodes),
-        names.GPUS: str(cluster.nodes * cluster.gpus_per_node),
+        names.GPUS: str(cluster.nodes * cluster.gpus_per_node if gpus is None else gpus),
     }
+    overrides = " ".join(read_overrides(run_dir)) if run_dir is not None else ""
+    if overrides:
+        tags[names.OVERRIDES] = overrides[:OVERRIDES_TAG_CHARS]
     slurm = {names.SLURM_JOB_ID: "SLURM_JOB_ID", names.SLURM_NODELIST: "SLURM_JOB_NODELIST"}
     tags.update({tag: os.environ[var] for tag, var in slurm.items() if os.environ.get(var)})
     commit = git_commit()

@@ -96,7 +96,7 @@ def inspect(
     limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many pairs per split.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Parallel decoding processes.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    contact_sheet: Annotated[Optional[Path], typer.Option(help="Also write a PNG of images with coloured labels.")] = None,
+    contact_sheet: Annotated[Optional[Path], typer.Option(help="Also write a PNG of captioned images with their labels blended over them and a legend of the classes.")] = None,
 ) -> None:
     """Counts per split, image sizes, pixels per class, and problems (exit 1 if any)."""
     from trainer.data.inspect import contact_sheet as write_sheet
@@ -111,12 +111,12 @@ def inspect(
         preset.reduce_zero_label, limit=limit, workers=workers,
     )
     if contact_sheet is not None:
-        drawn = write_sheet(
-            preset.layout, root, splits, preset.palette, contact_sheet,
+        sheet = write_sheet(
+            preset.layout, root, splits, preset.palette, contact_sheet, classes=preset.classes,
             reduce_zero_label=preset.reduce_zero_label, ignore_index=preset.ignore_index,
         )
         if not as_json:
-            typer.echo(f"contact sheet: {contact_sheet} ({drawn} pairs)")
+            typer.echo(f"contact sheet: {contact_sheet} ({len(sheet.cells)} pairs)")
     if as_json:
         data = report.to_dict()
         data["classes"] = list(preset.classes)

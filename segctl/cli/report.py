@@ -25,8 +25,9 @@ from segctl.cli.common import UserError, user_errors
 if TYPE_CHECKING:  # the query module loads the recipe package: only when a report is made
     from segctl.tracking_query import ReportRow
 
-#: The Markdown columns (key, title); ``overrides`` is shown only in a table where some run
-#: has overrides. The dataset heads each table.
+#: The Markdown columns (key, title); ``overrides`` and ``curve`` (the published training curve
+#: the run was compared with, and whether it fell behind it) are shown only in a table where
+#: some run has them. The dataset heads each table.
 COLUMNS = (
     ("run_id", "Run"),
     ("overrides", "Overrides"),
@@ -38,6 +39,7 @@ COLUMNS = (
     ("published_ms_flip", "mIoU ms+flip (published)"),
     ("reproduced_ms_flip", "mIoU ms+flip (best reproduced)"),
     ("delta_ms_flip", "Δ ms+flip"),
+    ("curve", "Published curve"),
     ("schedule", "Iterations done/planned"),
     ("compute", "Compute"),
     ("link", "MLflow run"),
@@ -58,8 +60,18 @@ def _compute(row: ReportRow) -> str | None:
     return None
 
 
+def _curve(row: ReportRow) -> str | None:
+    """``final 43.00, fell behind`` / ``final 43.00, kept up``: the published training curve
+    the run was compared with, and how the run did against it."""
+    if row.curve_miou is None and row.fell_behind is None:
+        return None
+    final = "final ?" if row.curve_miou is None else f"final {row.curve_miou:.2f}"
+    return final + (", fell behind" if row.fell_behind else ", kept up")
+
+
 def _cell(row: ReportRow, key: str) -> str:
     value: Any = (row.schedule if key == "schedule" else _compute(row) if key == "compute"
+                  else _curve(row) if key == "curve"
                   else row.run_id or row.recipe if key == "run_id" else getattr(row, key))
     if value is None or value == "":
         return "–"
@@ -79,8 +91,9 @@ def render_markdown(rows: list[ReportRow]) -> str:
     for dataset in sorted({r.dataset for r in rows}):
         members = [r for r in rows if r.dataset == dataset]
         out.append(f"## {dataset}\n")
-        columns = [(k, t) for k, t in COLUMNS
-                   if k != "overrides" or any(r.overrides for r in members)]
+        shown = {"overrides": any(r.overrides for r in members),
+                 "curve": any(_curve(r) for r in members)}  # columns only where some run has it
+        columns = [(k, t) for k, t in COLUMNS if shown.get(k, True)]
         out.append("| " + " | ".join(t for _, t in columns) + " |")
         out.append("|" + "|".join("---" for _ in columns) + "|")
         for row in members:

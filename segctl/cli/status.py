@@ -63,11 +63,13 @@ def _render(rows: list[dict]) -> None:
         table.append(
             (
                 s["sweep"] or "-", s["run_id"], state, it, _number(s["loss"], "{:.4f}"),
-                _number(s["miou"], "{:.2f}"), s["requeues"] or "-", s["nodes"] or "-",
-                _duration(s["elapsed_seconds"]),
+                s.get("published") or _number(s["miou"], "{:.2f}"), s["requeues"] or "-",
+                s["nodes"] or "-", _duration(s["elapsed_seconds"]),
+                _duration(s["eta_seconds"]) if s["state"] in ACTIVE_STATES else "-",
             )
         )
-    headers = ("SWEEP", "RUN", "STATE", "ITER", "LOSS", "mIoU", "REQUEUES", "NODES", "ELAPSED")
+    headers = ("SWEEP", "RUN", "STATE", "ITER", "LOSS", "mIoU", "REQUEUES", "NODES", "ELAPSED",
+               "ETA")
     if any(s["overrides"] for s in rows):  # a column only where some run is a variant
         headers += ("OVERRIDES",)
         table = [(*row, shortened(s["overrides"]) or "-") for row, s in zip(table, rows)]

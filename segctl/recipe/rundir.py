@@ -17,7 +17,9 @@ Layout of ``<runs dir>/<run id>/``::
     mlflow_run_id               the MLflow run this run logs to
     tracking-buffer.jsonl       what a tracking outage held back (images under
                                 tracking-buffer/), replayed by the job or ``segctl sync``
-    tracking-journal.jsonl      every record logged, kept to rebuild a lost MLflow run
+    tracking-journal.jsonl      every record logged, kept to rebuild a lost MLflow run (the
+                                images delivered, moved from tracking-buffer/, under
+                                tracking-journal/)
     overrides.json              how the run differs from its recipe file (``--set``,
                                 ``--sweep``), secrets hidden: written once at registration,
                                 tagged in MLflow by the job (absent for older runs)
@@ -74,6 +76,7 @@ class RunDir:
     TRACKING_BUFFER = "tracking-buffer.jsonl"
     TRACKING_BUFFER_DIR = "tracking-buffer"
     TRACKING_JOURNAL = "tracking-journal.jsonl"
+    TRACKING_JOURNAL_DIR = "tracking-journal"
     OVERRIDES = "overrides.json"
 
     def __init__(self, path: str | Path) -> None:
@@ -145,6 +148,12 @@ class RunDir:
     def tracking_buffer_dir(self) -> Path:
         """``tracking-buffer/``: the images of buffered records."""
         return self.path / self.TRACKING_BUFFER_DIR
+
+    @property
+    def tracking_journal_dir(self) -> Path:
+        """``tracking-journal/``: delivered images, moved here from ``tracking-buffer/``, kept
+        with the journal to rebuild a lost MLflow run."""
+        return self.path / self.TRACKING_JOURNAL_DIR
 
     @property
     def tracking_journal(self) -> Path:

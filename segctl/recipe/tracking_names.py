@@ -28,9 +28,22 @@ EXECUTOR = "segctl.executor"
 JOB_ID = "segctl.job_id"
 #: The installed segctl version.
 VERSION = "segctl.version"
-#: Node count and GPU count of the job.
+#: Node count of the job, and the GPUs it computed on (``0`` for a job on CPUs, whatever the
+#: recipe's ``cluster.gpus_per_node`` asked for).
 NODES = "segctl.nodes"
 GPUS = "segctl.gpus"
+#: How the run differs from its recipe file (``--set``, ``--sweep``): ``a.b=value`` items
+#: separated by spaces, secrets hidden (:mod:`segctl.recipe.overrides`); absent for none.
+OVERRIDES = "segctl.overrides"
+#: The published training log a run is compared with (``reference.log``), and whether the run
+#: ever fell behind it (``true``/``false``; :mod:`trainer.published_guard`).
+PUBLISHED_CURVE = "segctl.published_curve"
+BEHIND_PUBLISHED = "segctl.behind_published"
+#: Prefix of the published curve's metrics (``published_curve/loss``, ``.../lr``,
+#: ``.../mIoU``), logged at the published iterations under the run's own.
+PUBLISHED_CURVE_PREFIX = "published_curve/"
+#: The published curve's mIoU at its evaluations; its latest value is the final one.
+PUBLISHED_CURVE_MIOU = f"{PUBLISHED_CURVE_PREFIX}mIoU"
 #: Inside Slurm: the job id and node list of the allocation.
 SLURM_JOB_ID = "segctl.slurm_job_id"
 SLURM_NODELIST = "segctl.slurm_nodelist"
@@ -51,6 +64,9 @@ JOURNAL_COMPLETE = "segctl.journal_complete"
 
 #: ``true`` when training starts without pretrained weights, else ``false``.
 FROM_SCRATCH = "segctl.from_scratch"
+#: Images per optimizer step over all processes: ``train.batch_size`` x processes x
+#: ``train.grad_accum_steps``.
+GLOBAL_BATCH_SIZE = "segctl.global_batch_size"
 NAME = "name"
 DATASET = "data.dataset"
 MODEL = "model.name"
@@ -73,8 +89,12 @@ SCORES = ("aAcc", "mIoU", "mAcc")
 CLASS_IOU_PREFIX = "IoU."
 #: The iterations a run has trained, at the end of each job.
 ITERATIONS_DONE = "iterations_done"
-#: GPU count times hours, summed over the jobs of the run.
+#: GPU count times hours, summed over the jobs of the run (0 for jobs on CPUs).
 GPU_HOURS = "gpu_hours"
+#: CPU cores times hours, summed over the jobs of the run that computed on CPUs (not logged
+#: for jobs on GPUs): the cores each process could run on (its CPU affinity) over all
+#: processes.
+CORE_HOURS = "core_hours"
 
 Mode = Literal["ss", "ms_flip"]
 #: The test modes: single scale, and multi-scale with flip.
@@ -117,3 +137,9 @@ def eval_table_artifact(label: str) -> str:
 def overlay_artifact(step: int, sample: int) -> str:
     """``overlays/iter_<step:07d>/sample_<sample>.png``: one prediction overlay."""
     return f"overlays/iter_{int(step):07d}/sample_{sample}.png"
+
+
+def eval_overlay_artifact(label: str, sample: int) -> str:
+    """``overlays/<label>/sample_<sample>.png``: one prediction overlay of the evaluation named
+    ``label`` (the evaluation request's label, as ``eval/<label>.txt``)."""
+    return f"overlays/{label}/sample_{int(sample)}.png"

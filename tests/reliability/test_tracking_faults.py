@@ -111,6 +111,10 @@ def test_sync_rebuilds_a_run_whose_store_was_deleted_mid_run(real_data, tmp_path
     assert run.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"recipe.json", "tables"} <= artifacts
+    # the charts the lost run had received come back from tracking-journal/
+    charts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"plots/per_class_iou_iter_0000005.png", "plots/per_class_iou_iter_0000010.png"} \
+        <= charts, charts
     assert not (run_dir / BUFFER_FILE).exists()
     again = subprocess.run([SEGCTL, "sync", str(run_dir)], capture_output=True, text=True,
                            timeout=180, cwd=tmp_path)

@@ -2,7 +2,9 @@
 
 :func:`inspect_dataset` decodes every pair (in parallel) and is what ``segctl data inspect``
 prints. :func:`quick_check` lists the splits and decodes only a handful of pairs, cheap
-enough for a pre-submission check on a login node.
+enough for a pre-submission check on a login node. :func:`contact_sheet` draws a few pairs
+of each split as one PNG a researcher can judge by eye: images at their own aspect ratio,
+labels blended over them, captions, and a legend of the classes present.
 """
 
 from __future__ import annotations
@@ -240,33 +242,74 @@ def colourise(label: np.ndarray, palette: Sequence[tuple[int, int, int]], ignore
     return lut[label.astype(np.int64)]
 
 
-def contact_sheet(
-    layout: str,
-    root: str | Path,
-    splits: Sequence[str],
-    palette: Sequence[tuple[int, int, int]],
-    out: str | Path,
-    per_split: int = 4,
-    cell: int = 256,
-    **kw: Any,
-) -> int:
-    """Write a PNG grid: per row, an image and its label blended over it, ``per_split`` pairs
-    of each split side by side.
+#: Contact sheet geometry in pixels: the margin around and between cells, and the gap between
+#: an image and its overlay.
+SHEET_PAD, SHEET_GAP = 8, 4
+#: Height of a pair's caption in pixels.
+CAPTION_ROW = 20
+#: Pairs per row of a contact sheet.
+SHEET_COLUMNS = 2
 
-    Args:
-        palette: RGB colour per class id.
-        out: PNG path (written atomically).
-        per_split: pairs shown per split (evenly spaced).
-        cell: width of each image in pixels (height follows the aspect ratio, max ``cell``).
-        **kw: passed to the dataset class.
 
-    Returns:
-        The number of pairs drawn.
+@dataclass(frozen=True)
+class SheetCell:
+    """Where one pair sits on a contact sheet.
+
+    Attributes:
+        split: the split it comes from.
+        file: the image's file name (no folder).
+        size: the image's ``(width, height)`` in pixels, as stored.
+        caption: the text above the pair: ``"<split>: <file>  <width>x<height> px"``.
+        image_box, overlay_box: ``(x, y, width, height)`` in sheet pixels of the image and of
+            the label blended over it; both keep the image's aspect ratio.
     """
-    from trainer.data.convert.common import write_png
 
-    tiles = []
-    ignore_index = kw.get("ignore_index", 255)
+    split: str
+    file: str
+    size: tuple[int, int]
+    caption: str
+    image_box: tuple[int, int, int, int]
+    overlay_box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ContactSheet:
+    """What :func:`contact_sheet` wrote.
+
+    Attributes:
+        path: the PNG file.
+        size: the sheet's ``(width, height)`` in pixels.
+        cells: one :class:`SheetCell` per pair drawn, in drawing order.
+        legend: ``(class id, name, RGB colour)`` of every class present in the drawn labels,
+            in id order, as the legend at the bottom shows them.
+    """
+
+    path: Path
+    size: tuple[int, int]
+    cells: list[SheetCell]
+    legend: list[tuple[int, str, tuple[int, int, int]]]
+
+
+def _thumb_size(width: int, height: int, cell: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so that the longer side is ``cell`` pixels (aspect kept)."""
+    scale = cell / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _nearest(label: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``label`` resized to ``(height, width)`` by nearest neighbour (ids stay ids, any dtype)."""
+    rows = np.minimum(((np.arange(height) + 0.5) * label.shape[0] / height).astype(np.int64),
+                      label.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * label.shape[1] / width).astype(np.int64),
+                      label.shape[1] - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+def _sheet_samples(layout: str, root: str | Path, splits: Sequence[str], per_split: int,
+                   **kw: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``(split, sample)`` of ``per_split`` evenly spaced pairs of each split that lists and
+    decodes; the others are left out (the report names their problems)."""
+    samples = []
     for split in splits:
         try:
             dataset = build_dataset(layout, root, split, **kw)
@@ -275,24 +318,143 @@ def contact_sheet(
         n = len(dataset)
         for i in sorted(set(np.linspace(0, n - 1, min(per_split, n)).round().astype(int).tolist())):
             try:
-                sample = dataset.load(i)
-            except Exception:
+                samples.append((split, dataset.load(i)))
+            except Exception:  # an unreadable pair is a problem of the report, not of the sheet
                 continue
-            image, label = sample["image"], sample["label"]
-            colours = colourise(label, palette, ignore_index)
-            blend = (0.5 * image + 0.5 * colours).astype(np.uint8)
-            pair = np.concatenate([image, blend], axis=1)
-            scale = cell * 2 / pair.shape[1]
-            h = min(int(round(pair.shape[0] * scale)), cell)
-            tiles.append(cv2.resize(pair, (cell * 2, h), interpolation=cv2.INTER_AREA))
-    if not tiles:
-        return 0
-    cols = 2
-    rows = (len(tiles) + cols - 1) // cols
-    sheet = np.zeros((rows * cell, cols * cell * 2, 3), np.uint8)
-    for k, tile in enumerate(tiles):
-        r, c = divmod(k, cols)
-        sheet[r * cell: r * cell + tile.shape[0], c * cell * 2: (c + 1) * cell * 2] = tile
+    return samples
+
+
+def _pair_thumbs(sample: dict[str, Any], palette: Sequence[tuple[int, int, int]],
+                 ignore_index: int, cell: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image and the label blended over it, both scaled to fit ``cell`` (aspect kept)."""
+    from trainer.visuals import blend_labels
+
+    image, label = sample["image"], sample["label"]
+    width, height = _thumb_size(image.shape[1], image.shape[0], cell)
+    thumb = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return thumb, blend_labels(thumb, _nearest(label, width, height), palette, ignore_index,
+                               alpha)
+
+
+def _present(label: np.ndarray, num_ids: int, ignore_index: int) -> set[int]:
+    """The ids ``0..num_ids-1`` other than ``ignore_index`` that ``label`` holds."""
+    counts = np.bincount(label.ravel().astype(np.int64), minlength=num_ids)[:num_ids]
+    return {i for i in np.flatnonzero(counts).tolist() if i != ignore_index}
+
+
+def contact_sheet(
+    layout: str,
+    root: str | Path,
+    splits: Sequence[str],
+    palette: Sequence[tuple[int, int, int]],
+    out: str | Path,
+    per_split: int = 4,
+    cell: int = 256,
+    classes: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    **kw: Any,
+) -> ContactSheet:
+    """Write a PNG grid of pairs, ``SHEET_COLUMNS`` per row: each pair is the image and, beside
+    it, its label blended over it semi-transparently (so that their alignment shows), under a
+    caption with the split, file name and size in pixels; a legend of the classes present
+    (palette swatch, id and name) closes the sheet.
+
+    Args:
+        layout: a key of :data:`trainer.data.DATASET_LAYOUTS`.
+        root: dataset root.
+        splits: split names; splits that do not list and pairs that do not decode are left out.
+        palette: RGB colour per class id.
+        out: PNG path (written atomically); its ``Description`` text chunk repeats the
+            captions and the legend, one line each.
+        per_split: pairs shown per split (evenly spaced).
+        cell: the longer side of each image in pixels (the aspect ratio is kept).
+        classes: class names for the legend (the dataset preset's); None: ``class <id>``.
+        alpha: the label colour's weight in the blend, in (0, 1]; ignored pixels (and ids
+            outside the palette) show the image unchanged.
+        **kw: passed to the dataset class (``ignore_index``, ``reduce_zero_label``).
+
+    Returns:
+        A :class:`ContactSheet` (``cells`` is empty and nothing is written when no pair
+        decodes).
+
+    Raises:
+        ValueError: ``alpha`` outside (0, 1] or ``cell`` < 16.
+        KeyError: unknown ``layout``.
+    """
+    from trainer.data.convert.common import atomic_write_bytes
+    from trainer.visuals import legend_entries, legend_strip, png_with_text
+
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    if cell < 16:
+        raise ValueError(f"cell must be at least 16 pixels, got {cell}")
+    if layout not in DATASET_LAYOUTS:
+        raise KeyError(f"unknown dataset layout {layout!r}; "
+                       f"known layouts: {sorted(DATASET_LAYOUTS)}")
+    ignore_index = kw.get("ignore_index", 255)
+    samples = _sheet_samples(layout, root, splits, per_split, **kw)
     out = Path(out)
-    write_png(out, sheet)
-    return len(tiles)
+    if not samples:
+        return ContactSheet(out, (0, 0), [], [])
+    thumbs = [_pair_thumbs(sample, palette, ignore_index, cell, alpha) for _, sample in samples]
+    cells, legend_top = _place_cells(samples, [image.shape[:2] for image, _ in thumbs], cell)
+    present = set().union(*(_present(s["label"], len(palette), ignore_index) for _, s in samples))
+    legend = legend_entries(present, palette, classes)
+    sheet = _draw_sheet(cells, thumbs, legend_strip(legend, _sheet_width(cell) - 2 * SHEET_PAD),
+                        legend_top, _sheet_width(cell))
+    atomic_write_bytes(out, png_with_text(sheet, {
+        "Title": f"contact sheet of {layout} at {root}",
+        "Description": "\n".join([c.caption for c in cells]
+                                 + [f"class {i}: {name} {colour}" for i, name, colour in legend]),
+    }))
+    return ContactSheet(out, (sheet.shape[1], sheet.shape[0]), cells, legend)
+
+
+def _sheet_width(cell: int) -> int:
+    """Pixels across a contact sheet of ``SHEET_COLUMNS`` pairs of ``cell``-pixel images."""
+    return SHEET_PAD + SHEET_COLUMNS * (2 * cell + SHEET_GAP + SHEET_PAD)
+
+
+def _place_cells(samples: Sequence[tuple[str, dict[str, Any]]],
+                 sizes: Sequence[tuple[int, int]], cell: int) -> tuple[list[SheetCell], int]:
+    """Where each pair goes: rows of ``SHEET_COLUMNS`` slots, each row as tall as its caption
+    and its tallest thumbnail. ``sizes`` are the thumbnails' ``(height, width)``.
+
+    Returns:
+        The cells, and the sheet row (pixels from the top) where the legend starts.
+    """
+    slot = 2 * cell + SHEET_GAP
+    cells, y = [], SHEET_PAD
+    for first in range(0, len(samples), SHEET_COLUMNS):
+        row = range(first, min(first + SHEET_COLUMNS, len(samples)))
+        for column, k in enumerate(row):
+            split, sample = samples[k]
+            (h, w), x = sizes[k], SHEET_PAD + column * (slot + SHEET_PAD)
+            size = (int(sample["image"].shape[1]), int(sample["image"].shape[0]))
+            file = Path(str(sample["path"])).name
+            caption = f"{split}: {file}  {size[0]}x{size[1]} px"
+            top = y + CAPTION_ROW
+            cells.append(SheetCell(split, file, size, caption, (x, top, w, h),
+                                   (x + w + SHEET_GAP, top, w, h)))
+        y += CAPTION_ROW + max(sizes[k][0] for k in row) + SHEET_PAD
+    return cells, y
+
+
+def _draw_sheet(cells: Sequence[SheetCell], thumbs: Sequence[tuple[np.ndarray, np.ndarray]],
+                legend: np.ndarray, legend_top: int, width: int) -> np.ndarray:
+    """Paint the captions, thumbnails (image, overlay) and legend onto paper:
+    ``np.uint8 (H, width, 3)`` RGB."""
+    from trainer.visuals import PAPER, text_strip
+
+    height = legend_top + legend.shape[0] + SHEET_PAD
+    sheet = np.empty((height, width, 3), np.uint8)
+    sheet[:] = PAPER
+    slot = (width - SHEET_PAD) // SHEET_COLUMNS - SHEET_PAD  # a pair's width: 2 cells and a gap
+    for cell, (image, overlay) in zip(cells, thumbs):
+        x, top, w, h = cell.image_box
+        sheet[top - CAPTION_ROW: top, x: x + slot] = text_strip(cell.caption, slot, CAPTION_ROW)
+        sheet[top: top + h, x: x + w] = image
+        ox = cell.overlay_box[0]
+        sheet[top: top + h, ox: ox + w] = overlay
+    sheet[legend_top: legend_top + legend.shape[0], SHEET_PAD: width - SHEET_PAD] = legend
+    return sheet
