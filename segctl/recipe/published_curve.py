@@ -237,3 +237,23 @@ def miou_gap(curve: PublishedCurve, iteration: int, miou: float) -> tuple[float,
     if point is None:
         return None
     return miou - point.miou, point
+
+
+def iterations_text(count: int) -> str:
+    """``80k`` for 80000, ``1500`` for 1500."""
+    return f"{count // 1000}k" if count >= 1000 and count % 1000 == 0 else str(count)
+
+
+def describe_progress(progress: dict[str, Any]) -> str | None:
+    """What ``segctl status`` shows of a run's place against its published curve, from its
+    ``progress.json`` (written by the trainer's guard): e.g. ``41.20 (published 43.00 at
+    80k)``, ending in ``, behind`` where the run is behind now; None where the run has not
+    been compared with a published evaluation yet."""
+    published = progress.get("published") or {}
+    miou = progress.get("miou")
+    if not isinstance(published, dict) or "miou" not in published or \
+            not isinstance(miou, (int, float)):
+        return None
+    text = (f"{miou:.2f} (published {published['miou']:.2f} at "
+            f"{iterations_text(int(published['iteration']))})")
+    return text + (", behind" if progress.get("behind") else "")
