@@ -400,10 +400,14 @@ def training_state(
         model_state: the unwrapped model's state dict (mmseg names).
         optimizer_state: ``optimizer.state_dict()``; its param groups carry ``base_lr``, from
             which the schedule (a pure function of the iteration) recomputes every rate.
-        iteration: optimizer steps completed.
+        iteration: optimizer steps completed. With gradient accumulation
+            (``train.grad_accum_steps``) a checkpoint is only written between optimizer steps,
+            so no accumulated gradient is pending: gradients are never stored, and a resumed
+            run starts step ``iteration + 1`` at its first micro-batch.
         rng_states: one :func:`capture_rng_state` per rank, indexed by rank.
-        data_state: what fixes the data order (seed, batch size, world size); the order is a
-            pure function of those and the iteration.
+        data_state: what fixes the data order (seed, batch size, world size, and
+            ``grad_accum_steps`` when not 1); the order is a pure function of those and the
+            iteration.
         ema_state: ``trainer.ema.ModelEMA.state_dict()`` when EMA is on (stored as ``"ema"``).
     """
     state = {

@@ -16,6 +16,9 @@ copies the weights. ``ramp_iters`` (recipe field ``train.ema_ramp_iters``) turns
 Integer buffers stay untouched there (``v.dtype.is_floating_point``); copying them here changes
 no weight used in evaluation.
 
+With gradient accumulation (``train.grad_accum_steps``) the update follows each optimizer
+step, not each micro-batch, so the ramp and :attr:`ModelEMA.updates` count optimizer steps.
+
 The averaged copy lives on the model's device, never requires gradients, stays in eval mode,
 and is saved into and restored from training checkpoints (:meth:`ModelEMA.state_dict`).
 """

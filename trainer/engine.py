@@ -2,24 +2,60 @@
 
 :func:`train` reads top to bottom: resolve the dataset's facts and the schedule once, build the
 model, optimizer and data; resume from the latest checkpoint; then for each iteration set the
-scheduled learning rates, take one batch, step, and on their intervals log, evaluate and
-checkpoint. The loop names no architecture: each segmentor computes its own training loss
+scheduled learning rates, take one batch (N micro-batches with gradient accumulation), step,
+and on their intervals log, evaluate and checkpoint. The loop names no architecture: each
+segmentor computes its own training loss
 (:meth:`~trainer.models.segmentor.EncoderDecoder.training_loss`). The only framework calls are
-``accelerator.prepare`` (model, optimizer), ``backward``, ``autocast``, ``reduce``,
-``gather_object`` and ``wait_for_everyone``; process groups and precision come from
+``accelerator.prepare`` (model, optimizer), ``backward``, ``autocast``, ``no_sync``,
+``reduce``, ``gather_object`` and ``wait_for_everyone``; process groups and precision come from
 :mod:`trainer.distributed`.
 
 Data order (:mod:`trainer.data.order`): sample ``k`` of the stream a rank reads is a pure
 function of (seed, iteration, rank), so a resumed run continues exactly; the loader is built
 with its own sampler instead of being passed through ``accelerator.prepare``.
+
+Gradient accumulation (``train.grad_accum_steps`` = N): an iteration stays one optimizer step,
+made of the next N loader batches (micro-batches) of the data order; W processes accumulating
+N micro-batches of ``batch_size`` train as W * N processes without accumulation would (the
+published global batch on fewer GPUs). Per item, what follows the step and what the
+micro-batch:
+
+- loss: each micro-batch's loss is divided by N before ``backward``, so the summed gradients
+  are the mean over the step's micro-batches (and DDP averages over processes): the mean over
+  W * N per-GPU losses. Equal to one batch of N times the images only where the loss is a mean
+  over a fixed number of pixels per image (mmseg's ``avg_non_ignore=False``) and nothing else
+  couples the images; MCIBI's loss averages over non-ignored pixels per micro-batch, as each
+  GPU of a larger run does.
+- DDP: the first N - 1 micro-batches run under ``accelerator.no_sync``, so gradients are
+  all-reduced once per step, in the last micro-batch's backward.
+- optimizer, learning rate, warm-up: the schedule is set once per step (``poly_lr`` of the
+  optimizer steps done), before its first micro-batch; one ``optimizer.step()`` per step.
+- gradient clipping: once per step, on the accumulated (all-reduced) gradients.
+- mixed precision: bf16 autocast per micro-batch needs no scaler; fp16's GradScaler scales each
+  micro-batch's loss by the same factor, unscales once before clipping, and steps and updates
+  once per step (a step whose accumulated gradients overflow is skipped whole).
+- EMA: updated once per optimizer step (its ramp counts steps).
+- OHEM: selects pixels per micro-batch: ``mmseg_sampler`` keeps ``ohem_min_kept`` per image
+  anyway; ``up_seg_ohem`` keeps them per micro-batch, as per GPU in a larger run.
+- MCIBI's memory: updated once per step, to the mean of the micro-batches' updates (each from
+  the memory as the step began) over micro-batches and processes, the larger run's all-reduced
+  update (:class:`AccumulatedMean`); its memory loss is the one item that differs (see
+  ``trainer.models.mcibi.MCIBISegmentor.training_loss``).
+- BatchNorm: statistics per micro-batch (as per GPU without SyncBN; SyncBN syncs only the W
+  processes of one micro-batch); running statistics move once per micro-batch.
+- epoch (MCIBI), logging, evaluation, checkpoints, preemption, progress: per optimizer step.
+  A checkpoint is written only between steps, never with gradients accumulated but not
+  applied; a preemption signal arriving mid-step is acted on after that step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,42 +104,125 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 # --- one step, checkpoints ------------------------------------------------------------------------
 
 
+class AccumulatedMean:
+    """The ``reduce`` (:data:`trainer.models.segmentor.Reduce`) of one optimizer step made of
+    ``micro_batches`` micro-batches: state a model keeps in sync over processes (MCIBI's
+    memory) is updated once per step, as by a run with ``micro_batches`` times the processes.
+
+    Called once per micro-batch with that micro-batch's updated state (computed from the state
+    as the step began, since nothing changes it before the last call): the first
+    ``micro_batches - 1`` calls keep a float32 running sum and return None (the caller keeps
+    its state); the last returns ``mean_over_processes(sum / micro_batches)``, i.e. the mean
+    over the step's micro-batches and all processes, as the larger run's all-reduce gives.
+    Every process must call it as often as the others (the last call is a collective).
+
+    Args:
+        micro_batches: N >= 1; with 1 every call is ``mean_over_processes``.
+        reduce: the cross-process mean; default
+            :func:`~trainer.models.segmentor.mean_over_processes`.
+
+    Raises:
+        RuntimeError: (call) more than ``micro_batches`` calls, or tensors of another shape.
+    """
+
+    def __init__(self, micro_batches: int,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = mean_over_processes) -> None:
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        self.micro_batches = micro_batches
+        self.reduce = reduce
+        self.calls = 0
+        self._sum: torch.Tensor | None = None
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        self.calls += 1
+        if self.calls > self.micro_batches:
+            raise RuntimeError(
+                f"called {self.calls} times in a step of {self.micro_batches} micro-batches: "
+                "a model may keep one tensor in sync per forward pass"
+            )
+        value = tensor.detach().float()
+        if self._sum is None:
+            self._sum = value.clone()
+        elif self._sum.shape != value.shape:
+            raise RuntimeError(f"shape {tuple(value.shape)} differs from the step's first "
+                               f"{tuple(self._sum.shape)}")
+        else:
+            self._sum += value
+        if self.calls < self.micro_batches:
+            return None
+        mean = self._sum / self.micro_batches
+        self._sum = None
+        return self.reduce(mean).to(tensor.dtype)
+
+
 def train_step(
     model, optimizer, batch, accelerator, recipe: Recipe, *,
     lr: float | None = None, epoch: int | None = None, spec: DatasetSpec | None = None,
 ) -> torch.Tensor:
-    """Forward, loss, backward, optional clipping, optimizer step. Returns the detached loss.
+    """One optimizer step: forward, loss and backward per micro-batch, then optional clipping
+    and the optimizer step. Returns the step's loss: the mean of its micro-batches' losses,
+    detached (a float scalar on the device).
 
     The loss is the segmentor's own ``training_loss`` (mmseg's, or MCIBI's), through the
     (wrapped) ``model``'s forward under autocast; ``train.loss: ohem`` (``ohem_thresh``,
     ``ohem_min_kept``, ``ohem_style``) selects OHEM terms; state the model keeps in sync over
-    ranks is averaged with :func:`~trainer.models.segmentor.mean_over_processes`.
+    ranks is averaged with :func:`~trainer.models.segmentor.mean_over_processes`, once per
+    step (:class:`AccumulatedMean`).
+
+    With ``train.grad_accum_steps`` N > 1 (see the module's docstring), each micro-batch's loss
+    is divided by N before ``backward``, the first N - 1 run under ``accelerator.no_sync`` (no
+    DDP all-reduce), and clipping and ``optimizer.step()`` follow the last one.
 
     Args:
+        batch: one batch ``{"image": float (B, 3, H, W), "label": int64 (B, H, W)}`` (N = 1),
+            or an iterable of exactly ``train.grad_accum_steps`` such micro-batches, taken one
+            at a time (the next is loaded after the previous one's backward).
         lr: the schedule's current base learning rate (before group multipliers); required
             for MCIBI models.
         epoch: the 1-based epoch of this step; used by MCIBI models.
         spec: the dataset's facts (its ignore index); default from the recipe.
+
+    Raises:
+        ValueError: an iterable yielding another number of micro-batches than
+            ``train.grad_accum_steps`` (the optimizer then has not stepped).
     """
-    images = batch["image"].to(accelerator.device, non_blocking=True)
-    labels = batch["label"].to(accelerator.device, non_blocking=True)
+    micro_batches: Iterable[Mapping[str, torch.Tensor]]
+    if isinstance(batch, Mapping):
+        n, micro_batches = 1, [batch]
+    else:
+        n, micro_batches = recipe.train.grad_accum_steps, batch
     net = accelerator.unwrap_model(model)
     train_cfg = recipe.train
     ohem = (train_cfg.ohem_thresh, train_cfg.ohem_min_kept) if train_cfg.loss == "ohem" else None
     ignore_index = (spec or DatasetSpec.from_recipe(recipe)).ignore_index
-    with accelerator.autocast():
-        loss = net.training_loss(
-            images, labels, ignore_index=ignore_index, ohem=ohem,
-            ohem_style=train_cfg.ohem_style, lr=lr, epoch=epoch,
-            reduce=mean_over_processes, forward=model,
-        )
+    reduce = mean_over_processes if n == 1 else AccumulatedMean(n)
     optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
+    loss_sum, taken = None, 0
+    for micro in micro_batches:
+        taken += 1
+        if taken > n:
+            raise ValueError(f"more than train.grad_accum_steps={n} micro-batches in one step")
+        images = micro["image"].to(accelerator.device, non_blocking=True)
+        labels = micro["label"].to(accelerator.device, non_blocking=True)
+        # DDP all-reduces in the backward of the step's last micro-batch only
+        sync = contextlib.nullcontext() if taken == n else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                loss = net.training_loss(
+                    images, labels, ignore_index=ignore_index, ohem=ohem,
+                    ohem_style=train_cfg.ohem_style, lr=lr, epoch=epoch,
+                    reduce=reduce, forward=model,
+                )
+            accelerator.backward(loss / n)  # exact for n = 1: x / 1 == x in floating point
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    if taken != n:
+        raise ValueError(f"a step of train.grad_accum_steps={n} micro-batches got {taken}")
     if recipe.optim.grad_clip is not None:
         # accelerate unscales fp16 gradients before clipping (no-op in fp32 and bf16)
         accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
     optimizer.step()
-    return loss.detach()
+    return loss_sum / n
 
 
 def build_ema(model: nn.Module, train_cfg: TrainConfig) -> ModelEMA | None:
@@ -118,7 +237,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, accelerator, iteration: int
                     ema: ModelEMA | None = None,
                     on_saved: Callable[[Path], None] | None = None) -> None:
     """Gather every rank's RNG state; rank 0 writes ``iter_{iteration:07d}.pt`` (with the EMA
-    state when ``ema`` is given), prunes, and calls ``on_saved`` with the file's path."""
+    state when ``ema`` is given), prunes, and calls ``on_saved`` with the file's path. Call it
+    between optimizer steps only (after :func:`train_step` returned): the file holds no
+    gradients, so micro-batches accumulated but not applied would be lost."""
     from accelerate.utils import gather_object
 
     rng = [ckpt.capture_rng_state()]
@@ -153,9 +274,11 @@ def resume(run_dir: Path, model, optimizer, accelerator, order: DataOrder,
     With ``ema`` and a checkpoint written without EMA, the average restarts from the restored
     weights (logged).
 
-    The learning rates need no state: the schedule is a function of the iteration. A change of
-    world size keeps the weights and optimizer but cannot replay the per-rank RNG streams; it
-    then reseeds from (seed, rank, iteration) and logs a warning.
+    The learning rates need no state: the schedule is a function of the iteration (optimizer
+    steps). Checkpoints hold no gradients: they are written between optimizer steps only. A
+    change of world size (or of ``train.grad_accum_steps``) keeps the weights and optimizer but
+    cannot replay the per-rank RNG streams; it then reseeds from (seed, rank, iteration) and
+    logs a warning.
 
     Raises:
         trainer.checkpoint.CorruptCheckpointError: the run has checkpoints but none is usable.
@@ -265,6 +388,8 @@ def train(
             ``schedule.max_iters``.
         stop_signal: asked after every iteration (all ranks agree); when set, the loop writes a
             checkpoint and stops there (:mod:`trainer.preemption`). None: never stops early.
+            With gradient accumulation it is asked after each optimizer step only, so a signal
+            arriving mid-step stops training after that step's last micro-batch.
         on_saved: called on rank 0 with the path of every checkpoint file right after it is
             written (``iter_*.pt`` after pruning, ``final.pt``, ``final_raw.pt``), e.g. to copy
             it to ``train.checkpoint_dir``; its exceptions are logged, never raised.
@@ -278,13 +403,19 @@ def train(
     train_set = build_train_dataset(recipe, spec, root=data_root)
     recipe = resolve_schedule(recipe, len(train_set), world)
     sched = recipe.schedule
+    accum = recipe.train.grad_accum_steps
+    global_batch = recipe.train.batch_size * world * accum
     if sched.max_epochs is not None:  # epoch-based: record the length it came to
         log.info("schedule: %d epochs of %d images at a global batch of %d = %d iterations",
-                 sched.max_epochs, len(train_set), recipe.train.batch_size * world,
-                 sched.max_iters)
+                 sched.max_epochs, len(train_set), global_batch, sched.max_iters)
         progress.state.update(max_iters=sched.max_iters, max_epochs=sched.max_epochs)
         progress.write()
-    tracker.log_params(recipe_params(recipe))
+    if accum > 1:
+        log.info("gradient accumulation: %d micro-batches of %d images on each of %d "
+                 "processes per optimizer step, a global batch of %d",
+                 accum, recipe.train.batch_size, world, global_batch)
+    tracker.log_params({**recipe_params(recipe),
+                        tracking_names.GLOBAL_BATCH_SIZE: str(global_batch)})
     seed_everything(recipe.train.seed + rank, recipe.train.deterministic)
 
     model = build_model(recipe, init_weights=init_weights)
@@ -295,8 +426,7 @@ def train(
     ema = build_ema(accelerator.unwrap_model(model), recipe.train)
     eval_model = ema.module if ema is not None else model
     order = DataOrder(len(train_set), recipe.train.batch_size, world, recipe.train.seed,
-                      sched.epoch_padding)
-    images_per_step = recipe.train.batch_size * world
+                      sched.epoch_padding, accum)
     start = resume(run_dir, model, optimizer, accelerator, order, ema, progress=progress,
                    tracker=tracker)
     stop = sched.max_iters if stop_after is None else min(stop_after, sched.max_iters)
@@ -313,11 +443,14 @@ def train(
     iteration, interrupted = start, False
     with stop_signal.blocked():  # loader workers start here; Slurm's signals are not theirs
         batches = iter(loader)
-    for iteration, batch in enumerate(batches, start=start + 1):  # iteration = steps done after
+    # iteration = optimizer steps done after this one; the loader holds exactly `accum`
+    # micro-batches for each step in [start, stop), taken lazily by train_step
+    for iteration in range(start + 1, stop + 1):
         lr = set_learning_rates(optimizer, iteration - 1, sched)
-        epoch = 1 + (iteration - 1) * images_per_step // order.epoch_positions
-        loss_sum += train_step(model, optimizer, batch, accelerator, recipe, lr=lr, epoch=epoch,
-                               spec=spec)
+        epoch = 1 + (iteration - 1) * order.images_per_step // order.epoch_positions
+        step_batches = next(batches) if accum == 1 else itertools.islice(batches, accum)
+        loss_sum += train_step(model, optimizer, step_batches, accelerator, recipe, lr=lr,
+                               epoch=epoch, spec=spec)
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         window += 1

@@ -196,6 +196,10 @@ def set_learning_rates(
 ) -> float:
     """Set every group's ``lr`` to :func:`poly_lr` of its ``base_lr`` (and ``lr_mult``).
 
+    ``iteration`` counts optimizer steps, not micro-batches: with gradient accumulation
+    (``train.grad_accum_steps``) the loop calls this once per step, before its first
+    micro-batch, so the rates (warm-up included) are those of a run without accumulation.
+
     Returns:
         The rate of a group with multiplier 1 (the recipe's ``optim.lr`` scheduled), for logs
         and for MCIBI's memory momentum (sssegmentation passes this ``target_lr`` to the model).
@@ -211,7 +215,9 @@ def iterations_for_epochs(
     epoch_padding: str = "none",
 ) -> int:
     """Optimizer steps of an epoch-based schedule, with ``batch_size`` per process (so the
-    global batch is ``batch_size * world_size``).
+    global batch is ``batch_size * world_size``). With gradient accumulation pass
+    ``world_size * grad_accum_steps``: each micro-batch counts as one process
+    (``trainer.data.order.resolve_schedule``).
 
     ``epoch_padding="none"``: ``ceil(max_epochs * dataset_size / (batch_size * world_size))``;
     the data order (``trainer.data.order.DataOrder``) is one stream of epochs, so the last step may

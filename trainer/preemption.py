@@ -13,10 +13,13 @@ The signal path inside a submitit Slurm job (N tasks, one process each):
    received it must not act; workers are also started with it blocked, see
    :meth:`StopSignal.blocked`).
 3. After each iteration the loop calls :meth:`StopSignal.should_stop`: every rank contributes
-   its flag to one all-reduce, so all ranks stop after the same iteration. The loop writes a
-   checkpoint (rank 0, to a temporary name then renamed: the SIGKILL that follows the grace
-   time may land mid-write) and leaves; the entry point closes the tracker and tears the
-   process group down (a barrier).
+   its flag to one all-reduce, so all ranks stop after the same iteration. An iteration is one
+   optimizer step: with gradient accumulation (``train.grad_accum_steps``) a signal that
+   arrives between two micro-batches of a step is acted on once the step is complete, so the
+   checkpoint never holds a half-accumulated step (none can: gradients are not stored). The
+   loop writes a checkpoint (rank 0, to a temporary name then renamed: the SIGKILL that
+   follows the grace time may land mid-write) and leaves; the entry point closes the tracker
+   and tears the process group down (a barrier).
 4. :meth:`StopSignal.hand_over` calls submitit's handler. On rank 0 it calls the job's
    ``checkpoint`` (``segctl.jobs.TrainJob``: the same call again), dumps it, runs
    ``scontrol requeue JOBID`` (so ``scontrol`` must be on the compute node's ``PATH``) and exits

@@ -421,6 +421,16 @@ class TrainConfig(Section):
     """Batch, seed and numerics."""
 
     batch_size: int = Field(gt=0, description="Images per GPU (per process on CPU).")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="Gradient accumulation: micro-batches of batch_size per GPU whose "
+        "gradients are summed (each loss divided by this) before one optimizer step, so the "
+        "global batch is batch_size x GPUs x grad_accum_steps. Iterations (schedule, warm-up, "
+        "evaluation and checkpoint intervals) count optimizer steps. Each micro-batch plays "
+        "one GPU of a run with grad_accum_steps times the GPUs (BatchNorm statistics, OHEM, "
+        "MCIBI's memory update per micro-batch). 1: off; other values get their own run ids.",
+    )
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32",

@@ -3,8 +3,12 @@
 Sample ``k`` of the stream a rank reads is a pure function of (seed, iteration, rank), see
 :class:`DataOrder`, and each sample's augmentation draws come from a generator seeded by (seed,
 epoch, position), so a resumed run continues exactly and results do not depend on the number
-of loader workers. :func:`build_train_loader` therefore builds the loader with its own sampler
-instead of passing it through ``accelerator.prepare``, which would re-shard it.
+of loader workers. With gradient accumulation (``train.grad_accum_steps`` = N) the N
+micro-batches of optimizer step ``k`` are the loader batches ``k * N`` to ``k * N + N - 1`` of
+that same order, so W processes accumulating N micro-batches read, step by step, the images
+W * N processes without accumulation read. :func:`build_train_loader` builds the loader with
+this order as its sampler instead of passing it through ``accelerator.prepare``, which would
+re-shard it.
 :func:`resolve_schedule` counts an epoch-based schedule in iterations of this order.
 """
 
@@ -31,10 +35,16 @@ class DataOrder:
     """Which sample, with which augmentation seed, each rank reads at each iteration.
 
     The global stream is the concatenation of per-epoch permutations of the dataset, epoch
-    ``e`` permuted by ``numpy.random.default_rng([seed, e])``. Iteration ``i`` gives rank ``r``
-    the stream positions ``(i * world_size + r) * batch_size + j`` for ``j < batch_size``; the
-    position's epoch and offset fix the dataset index and the augmentation seed
-    ``SeedSequence([seed, epoch, offset])``. Nothing here has state beyond a cache.
+    ``e`` permuted by ``numpy.random.default_rng([seed, e])``. Loader batch ``i`` gives rank
+    ``r`` the stream positions ``(i * world_size + r) * batch_size + j`` for ``j <
+    batch_size``; the position's epoch and offset fix the dataset index and the augmentation
+    seed ``SeedSequence([seed, epoch, offset])``. Nothing here has state beyond a cache.
+
+    Without accumulation a loader batch is an iteration (optimizer step). With
+    ``grad_accum_steps`` = N, step ``k`` is the N loader batches ``k * N + a`` (``a < N``):
+    rank ``r``'s micro-batch ``a`` reads what rank ``a * world_size + r`` of a run with
+    ``world_size * N`` processes reads at step ``k``, and an epoch is padded as for those
+    ``world_size * N`` processes.
 
     With ``epoch_padding="per_rank"`` (``schedule.epoch_padding``) an epoch has
     :attr:`epoch_positions` = ``world_size * batch_size *``
@@ -48,10 +58,11 @@ class DataOrder:
 
     Attributes:
         dataset_size: number of training samples (> 0).
-        batch_size: samples per rank and iteration.
+        batch_size: samples per rank and loader batch (micro-batch).
         world_size: number of ranks.
         seed: the recipe's ``train.seed``.
         epoch_padding: ``"none"``, ``"per_rank"`` or ``"per_rank_drop_last"``.
+        grad_accum_steps: loader batches per rank and optimizer step (``train.grad_accum_steps``).
     """
 
     dataset_size: int
@@ -59,6 +70,7 @@ class DataOrder:
     world_size: int
     seed: int
     epoch_padding: str = "none"
+    grad_accum_steps: int = 1
     _cache: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -73,15 +85,25 @@ class DataOrder:
 
     @property
     def epoch_positions(self) -> int:
-        """Stream positions (samples over all ranks) in one epoch."""
+        """Stream positions (samples over all ranks) in one epoch; padded for
+        ``world_size * grad_accum_steps`` ranks, a whole number of optimizer steps."""
         if self.epoch_padding == "none":
             return self.dataset_size
-        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, self.world_size,
+        ranks = self.world_size * self.grad_accum_steps
+        steps = padded_epoch_iterations(self.dataset_size, self.batch_size, ranks,
                                         drop_last=self.epoch_padding == "per_rank_drop_last")
-        return steps * self.world_size * self.batch_size
+        return steps * ranks * self.batch_size
+
+    @property
+    def images_per_step(self) -> int:
+        """Images of one optimizer step over all ranks: the global batch, ``batch_size *
+        world_size * grad_accum_steps``."""
+        return self.batch_size * self.world_size * self.grad_accum_steps
 
     def sample(self, iteration: int, rank: int, slot: int) -> tuple[int, int]:
-        """``(dataset index, augmentation seed)`` of ``slot`` in rank's batch at ``iteration``."""
+        """``(dataset index, augmentation seed)`` of ``slot`` in rank's loader batch
+        ``iteration`` (the optimizer step without accumulation; with it, micro-batch ``a`` of
+        step ``k`` is loader batch ``k * grad_accum_steps + a``)."""
         position = (iteration * self.world_size + rank) * self.batch_size + slot
         epoch, offset = divmod(position, self.epoch_positions)
         index = int(self.permutation(epoch)[offset % self.dataset_size])
@@ -98,22 +120,27 @@ class DataOrder:
         }
         if self.epoch_padding != "none":  # older checkpoints resume as before
             state["epoch_padding"] = self.epoch_padding
+        if self.grad_accum_steps != 1:  # likewise
+            state["grad_accum_steps"] = self.grad_accum_steps
         return state
 
 
 class IterationSampler(Sampler):
-    """Yields ``(index, aug_seed)`` for one rank, iterations ``start`` to ``stop`` (exclusive)."""
+    """Yields ``(index, aug_seed)`` for one rank, optimizer steps ``start`` to ``stop``
+    (exclusive): ``grad_accum_steps`` loader batches of ``batch_size`` per step."""
 
     def __init__(self, order: DataOrder, rank: int, start: int, stop: int) -> None:
         self.order, self.rank, self.start, self.stop = order, rank, start, stop
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for iteration in range(self.start, self.stop):
+        n = self.order.grad_accum_steps
+        for batch in range(self.start * n, self.stop * n):
             for slot in range(self.order.batch_size):
-                yield self.order.sample(iteration, self.rank, slot)
+                yield self.order.sample(batch, self.rank, slot)
 
     def __len__(self) -> int:
-        return max(self.stop - self.start, 0) * self.order.batch_size
+        steps = max(self.stop - self.start, 0)
+        return steps * self.order.grad_accum_steps * self.order.batch_size
 
 
 class AugmentedDataset(Dataset):
@@ -138,7 +165,8 @@ def build_train_loader(
     dataset: AugmentedDataset, order: DataOrder, *, rank: int, start: int, stop: int,
     num_workers: int, pin_memory: bool,
 ) -> DataLoader:
-    """One batch per iteration in ``[start, stop)`` for ``rank``, in :class:`DataOrder`.
+    """``order.grad_accum_steps`` batches (micro-batches) per optimizer step in ``[start,
+    stop)`` for ``rank``, in :class:`DataOrder`: one batch per step without accumulation.
 
     Workers are started with ``spawn``, not ``fork``: a forked worker inherits OpenCV's and
     OpenMP's thread pools in whatever state the parent left them, and deadlocks on its first
@@ -162,15 +190,19 @@ def build_train_loader(
 def resolve_schedule(recipe: Recipe, dataset_size: int, world_size: int) -> Recipe:
     """The recipe with ``schedule.max_iters`` filled from ``schedule.max_epochs``.
 
-    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size))``, or with
-    ``schedule.epoch_padding: per_rank`` ``max_epochs`` padded epochs
-    (:func:`trainer.optim.iterations_for_epochs`); ``max_epochs`` stays as the record of where
-    it came from. A recipe with ``max_iters`` is returned unchanged. The copy is not
-    re-validated (the schema wants exactly one of the two); use it in this process only.
+    ``max_iters = ceil(max_epochs * dataset_size / (train.batch_size * world_size *
+    train.grad_accum_steps))`` optimizer steps, or with ``schedule.epoch_padding: per_rank``
+    ``max_epochs`` padded epochs of ``world_size * grad_accum_steps`` ranks
+    (:func:`trainer.optim.iterations_for_epochs`; as :attr:`DataOrder.epoch_positions`):
+    the schedule of a run with ``grad_accum_steps`` times the processes. ``max_epochs`` stays
+    as the record of where it came from. A recipe with ``max_iters`` is returned unchanged.
+    The copy is not re-validated (the schema wants exactly one of the two); use it in this
+    process only.
     """
     sched = recipe.schedule
     if sched.max_iters is not None or sched.max_epochs is None:
         return recipe
+    ranks = world_size * recipe.train.grad_accum_steps  # each micro-batch plays one process
     iters = iterations_for_epochs(sched.max_epochs, dataset_size, recipe.train.batch_size,
-                                  world_size, sched.epoch_padding)
+                                  ranks, sched.epoch_padding)
     return recipe.model_copy(update={"schedule": sched.model_copy(update={"max_iters": iters})})

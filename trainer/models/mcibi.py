@@ -298,6 +298,11 @@ class FeaturesMemory(nn.Module):
         The updated memory then goes through ``reduce``, which in distributed training
         averages it over all ranks (``all_reduce`` SUM / world size), as the reference does
         after every update; every rank must therefore call this the same number of times.
+        A ``reduce`` that returns None leaves the memory unchanged: with gradient accumulation
+        (``train.grad_accum_steps``) the engine's ``trainer.engine.AccumulatedMean`` keeps the
+        step's micro-batch updates, each computed from the memory as the step began, and
+        returns their mean over micro-batches and ranks at the last micro-batch, the update a
+        run with that many times the GPUs makes once per step.
 
         Args:
             features: float (N, feats_channels, h, w), the ``memory_input`` features; resized
@@ -400,7 +405,8 @@ class FeaturesMemory(nn.Module):
         new_memory[update_slot] = moved[update_slot]
 
         new_memory = reduce(new_memory)
-        self.memory.copy_(new_memory.to(self.memory.dtype))
+        if new_memory is not None:  # None: deferred to the step's last micro-batch
+            self.memory.copy_(new_memory.to(self.memory.dtype))
 
 
 class MemoryNetHead(nn.Module):
@@ -684,6 +690,13 @@ class MCIBISegmentor(EncoderDecoder):
         :attr:`memory_loss_weight`. Arguments as :meth:`EncoderDecoder.training_loss`; ``lr``
         (the base learning rate, before group multipliers such as ViT-L's backbone 0.1) is
         required with ``adjust_momentum_by_lr``.
+
+        With gradient accumulation (``train.grad_accum_steps`` N > 1) the memory update is
+        deferred to the step's last micro-batch (see :meth:`FeaturesMemory.update`), so the
+        memory loss of the first N - 1 micro-batches reads the memory as the step began, the
+        last one's the updated memory; a run on N times the GPUs reads the updated memory on
+        every GPU. That lag of one step, for (N - 1) / N of the memory loss's gradient (which
+        reaches ``decoder_stage2`` only), is the one difference from such a run.
 
         Raises:
             ValueError: ``lr`` is None while ``adjust_momentum_by_lr`` is on.

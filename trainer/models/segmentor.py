@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 from trainer.models.losses import segmentation_loss
 
-#: Averages a tensor over the training processes and returns it (may work in place).
-Reduce = Callable[[Tensor], Tensor]
+#: Averages a tensor over the training processes and returns it (may work in place); may
+#: return None to defer: the caller then keeps its state unchanged (gradient accumulation
+#: averages the updates of a step's micro-batches first, ``trainer.engine.AccumulatedMean``).
+Reduce = Callable[[Tensor], "Tensor | None"]
 
 
 def mean_over_processes(tensor: Tensor) -> Tensor:
