@@ -197,3 +197,21 @@ def test_evaluation_overlays_are_captioned_and_filed_under_the_label(
     assert png.text["Title"] == overlay_caption(f"{FRAME}_leftImg8bit.png",
                                                 result["metrics"]["mIoU"])
     assert not [p for p in (run_dir / "tracking-buffer").rglob("*") if p.is_file()]
+
+
+def test_learning_curve_draws_the_published_curve_under_the_runs_own():
+    from trainer.visuals import PUBLISHED_COLOUR, learning_curve_figure
+
+    history = {"loss": [(1, 2.0), (2, 1.5)], "lr": [(1, 0.01), (2, 0.009)], "mIoU": [(2, 30.0)]}
+    published = {"loss": [(1, 2.1), (2, 1.4)], "mIoU": [(2, 33.0)]}
+    figure = learning_curve_figure(history, "run-1234abcd", published)
+    top, bottom = figure.axes[0], next(a for a in figure.axes if a.get_ylabel() == "val mIoU (%)")
+    labels = {line.get_label(): line for line in top.lines + bottom.lines}
+    assert labels["published training loss"].get_color() == PUBLISHED_COLOUR
+    assert list(labels["published val mIoU (%)"].get_ydata()) == [33.0]
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert legend[0] == "published training loss" and "training loss" in legend
+    assert "published val mIoU (%)" in [t.get_text() for t in bottom.get_legend().get_texts()]
+    # the run's own lines come after (over) the published ones
+    assert top.lines.index(labels["training loss"]) > top.lines.index(
+        labels["published training loss"])

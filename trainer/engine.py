@@ -66,6 +66,7 @@ from torch import nn
 
 from segctl.recipe import Recipe, tracking_names
 from segctl.recipe.dataset_spec import DatasetSpec
+from segctl.recipe.published_curve import PublishedCurve
 from segctl.recipe.schema import TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data.build import build_train_dataset, build_val_dataset
@@ -79,6 +80,7 @@ from trainer.models.segmentor import mean_over_processes
 from trainer.optim import build_optimizer, set_learning_rates
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
+from trainer.published_guard import CurveGuard, first_parameter_lr
 from trainer.tracking import Tracker, metrics_in_percent, recipe_params
 from trainer.visuals import per_class_iou_png
 
@@ -366,6 +368,7 @@ def train(
     stop_after: int | None = None,
     stop_signal: StopSignal | None = None,
     on_saved: Callable[[Path], None] | None = None,
+    curve: PublishedCurve | None = None,
 ) -> TrainResult:
     """Train (or continue training) the recipe's model in ``run_dir``.
 
@@ -393,6 +396,10 @@ def train(
         on_saved: called on rank 0 with the path of every checkpoint file right after it is
             written (``iter_*.pt`` after pruning, ``final.pt``, ``final_raw.pt``), e.g. to copy
             it to ``train.checkpoint_dir``; its exceptions are logged, never raised.
+        curve: the published training curve (``reference.log``) to compare the run with at
+            every logging window and validation (:class:`trainer.published_guard.CurveGuard`,
+            on every rank: a learning-rate mismatch on the published schedule stops all of
+            them); None: no comparison.
 
     Returns:
         A :class:`TrainResult`.
@@ -437,6 +444,11 @@ def train(
         num_workers=recipe.data.num_workers, pin_memory=accelerator.device.type == "cuda",
     )
     progress.start_training(start)  # never an older iteration than the file shows
+    guard = None
+    if curve is not None:
+        guard = CurveGuard(curve, max_iters=sched.max_iters, warmup_iters=sched.warmup_iters,
+                           progress=progress, tracker=tracker)
+        guard.start(start)
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     window, last_loss, metrics, lr = 0, None, None, 0.0
@@ -463,9 +475,13 @@ def train(
             loss_sum.zero_()
             window = 0
             log_training(tracker, progress, iteration, sched.max_iters, last_loss, lr)
+            if guard is not None:
+                guard.on_train_log(iteration, first_parameter_lr(model, optimizer), last_loss)
         if not interrupted and (iteration % sched.val_interval == 0 or iteration == sched.max_iters):
             metrics = run_validation(eval_model, val_set, recipe, spec, accelerator, tracker,
                                      progress, iteration)
+            if guard is not None and metrics.get("mIoU") is not None:
+                guard.on_validation(iteration, metrics["mIoU"])
         if iteration % sched.checkpoint_interval == 0 or iteration == stop or interrupted:
             save_checkpoint(run_dir, model, optimizer, accelerator, iteration, order, ema,
                             on_saved)
@@ -478,6 +494,8 @@ def train(
         if metrics is None:  # resumed after the last checkpoint, before the final evaluation
             metrics = run_validation(eval_model, val_set, recipe, spec, accelerator, tracker,
                                      progress, iteration)
+            if guard is not None and metrics.get("mIoU") is not None:
+                guard.on_validation(iteration, metrics["mIoU"])
         if accelerator.is_main_process:
             raw = accelerator.unwrap_model(model).state_dict()
             if ema is not None:

@@ -55,6 +55,7 @@ from trainer.models.converters.pretrained import load_pretrained
 from trainer import cityscapes_export
 from trainer.preemption import StopSignal
 from trainer.progress import Progress
+from trainer.published_guard import load_curve, published_history
 from trainer.tracking import (
     Tracker,
     devices_in_use,
@@ -138,7 +139,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
     devices = devices_in_use(accelerator)  # (GPUs, CPU cores): 0 GPUs on CPUs
     tracker = Tracker.for_recipe(run_dir, recipe, enabled=main, devices=devices)
     status = "FAILED"
-    uploader = None
+    uploader = curve = None
     try:
         progress.write()
         info = job_info()
@@ -148,13 +149,15 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         init_weights = with_cached_weights(
             recipe, weights_dir or default_weights_dir()).model.init_checkpoint
         data_root = stage_job_inputs(recipe, run_dir).data.root  # remote root -> local copy
+        # the published training curve, from the weights cache (jobs never download)
+        curve = load_curve(recipe, weights_dir or default_weights_dir())
         # each checkpoint goes to train.checkpoint_dir (rank 0, background) once written
         uploader = checkpoint_uploader(recipe, run_dir, enabled=main)
         result = train(
             recipe, run_dir, accelerator=accelerator, tracker=tracker, progress=progress,
             data_root=data_root, init_weights=init_weights,
             stop_after=stop_after, stop_signal=stop_signal,
-            on_saved=uploader.submit if uploader is not None else None,
+            on_saved=uploader.submit if uploader is not None else None, curve=curve,
         )
         status = "FINISHED" if result.finished else "KILLED"
     except BaseException as exc:
@@ -170,7 +173,7 @@ def run_training(run_dir: str | Path, stop_after: int | None = None, *,
         mirror_job_checkpoints(recipe, run_dir, enabled=main)
         tracker.close(status, images={
             tracking_names.LEARNING_CURVE_ARTIFACT: learning_curve_png(
-                tracker.history, recipe_run_id(recipe))})
+                tracker.history, recipe_run_id(recipe), published_history(curve))})
         teardown(accelerator, wait=status != "FAILED")
     if stop_signal.stopped:
         _requeue(stop_signal, progress, tracker, recipe.cluster.max_requeues)

@@ -4,7 +4,8 @@
 :meth:`segctl.recipe.rundir.RunDir.read_progress`). Fields:
 
 - ``phase``: ``"starting" | "training" | "evaluating" | "done" | "failed"``;
-- ``iteration``, ``max_iters``: optimizer steps done and planned;
+- ``iteration``, ``max_iters``: optimizer steps done and planned (with
+  ``train.grad_accum_steps`` N, a step is N micro-batches; ``seconds_per_iter`` covers all N);
 - ``loss``: the latest logged training loss (None before the first);
 - ``lr``: the latest learning rate of the base parameter group;
 - ``miou``: the latest evaluation mIoU in percent (None before the first);
@@ -16,11 +17,16 @@
   secrets of credentials inside URLs shown as ``***``);
 - ``resumed_from``, ``rejected_checkpoints``: present only when the job resumed from an older
   checkpoint because newer ones were damaged: the file used, and ``"<file>: <reason>"`` for
-  each one set aside (:func:`trainer.checkpoint.find_resume_state`).
+  each one set aside (:func:`trainer.checkpoint.find_resume_state`);
+- ``published``, ``behind``, ``behind_reasons``, ``fell_behind``: present only for a recipe
+  with a published training log (``reference.log``): the latest comparison with it (source,
+  the published mIoU and its iteration, the gap in points, the published loss), why the run
+  is behind it now (None where it is not), the reasons by kind (``loss``, ``miou``), and
+  whether it ever fell behind (:mod:`trainer.published_guard`).
 
-A job continues the file an earlier job of the run left: ``iteration``, ``loss``, ``lr`` and
-``miou`` are kept at start (``phase: "starting"``), so a requeued or resumed job never shows
-iteration 0, nor an older iteration than the file did before its first resumed iteration
+A job continues the file an earlier job of the run left: ``iteration``, ``loss``, ``lr``,
+``miou`` and the published-curve fields are kept at start (``phase: "starting"``), so a
+requeued or resumed job never shows iteration 0, nor an older iteration than the file did before its first resumed iteration
 (:meth:`Progress.start_training`), even when it fails first.
 """
 
@@ -38,7 +44,10 @@ from segctl.recipe.secrets import redact_url_credentials
 
 PHASES = ("starting", "training", "evaluating", "done", "failed")
 #: Fields a new job keeps from the run's existing ``progress.json``.
-CARRIED = ("iteration", "loss", "lr", "miou")
+CARRIED = ("iteration", "loss", "lr", "miou", "published", "behind", "behind_reasons",
+           "fell_behind")
+#: Written by the published-curve guard (:mod:`trainer.published_guard`).
+PUBLISHED_FIELDS = ("published", "behind", "behind_reasons", "fell_behind")
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +112,7 @@ class Progress:
             ValueError: unknown field or phase.
         """
         unknown = set(fields) - {"phase", "iteration", "loss", "lr", "miou", "reason",
-                                 "resumed_from", "rejected_checkpoints"}
+                                 "resumed_from", "rejected_checkpoints", *PUBLISHED_FIELDS}
         if unknown:
             raise ValueError(f"unknown progress fields {sorted(unknown)}")
         phase = fields.get("phase")

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 RGB = tuple[int, int, int]
 #: Chart colours: IoU bars, the mIoU line and curve, the loss and learning-rate curves.
 IOU_COLOUR, MIOU_COLOUR, LOSS_COLOUR, LR_COLOUR = "#4c72b0", "#c44e52", "#4c72b0", "#dd8452"
+#: The published training curve (reference.log), drawn under the run's own.
+PUBLISHED_COLOUR = "#9a9a9a"
 #: How a class without an IoU (NaN: absent from ground truth and prediction) is drawn.
 NA_LABEL, NA_FACE, NA_EDGE, NA_HATCH = "n/a", "#e6e6e6", "#8c8c8c", "///"
 #: Background and ink of captions and legends (RGB).
@@ -120,7 +122,9 @@ def per_class_iou_chart(iou: Mapping[str, float | None], title: str,
 
 
 def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]],
-                          run_id: str | None = None) -> Figure:
+                          run_id: str | None = None,
+                          published: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                          ) -> Figure:
     """The learning curve, not yet rendered.
 
     The upper axes show the training loss (left axis) and the learning rate (second, right
@@ -132,6 +136,9 @@ def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]],
             percent), as :attr:`trainer.tracking.Tracker.history` keeps it; missing keys or
             empty lists are left out; points need not be sorted.
         run_id: segctl's run id (``<recipe name>-<hash8>``) for the title; None: no id.
+        published: the published training curve the run is compared with (``reference.log``),
+            ``{"loss": [...], "mIoU": [...]}`` like ``history``, drawn in grey under the
+            run's own; None: none.
 
     Returns:
         A :class:`matplotlib.figure.Figure` with one or two axes plus the learning-rate twin
@@ -140,9 +147,14 @@ def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]],
     from matplotlib.figure import Figure
 
     loss, lr, miou = (sorted(history.get(key, ())) for key in (LOSS, LR, MIOU))
-    figure = Figure(figsize=(7, 5.5 if miou else 4))
-    top = figure.add_subplot(2, 1, 1) if miou else figure.add_subplot()
+    published = published or {}
+    published_loss, published_miou = (sorted(published.get(key, ())) for key in (LOSS, MIOU))
+    figure = Figure(figsize=(7, 5.5 if miou or published_miou else 4))
+    top = figure.add_subplot(2, 1, 1) if miou or published_miou else figure.add_subplot()
     lines = []
+    if published_loss:
+        lines += top.plot(*_xy(published_loss), color=PUBLISHED_COLOUR, linewidth=1.0,
+                          label="published training loss")
     if loss:
         lines += top.plot(*_xy(loss), color=LOSS_COLOUR, label="training loss")
     top.set_ylabel("training loss")
@@ -155,9 +167,13 @@ def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]],
         top.legend(handles=lines, loc="upper right", fontsize=8)
     top.set_title(f"learning curve: {run_id}" if run_id else "learning curve")
     bottom = top
-    if miou:
+    if miou or published_miou:
         bottom = figure.add_subplot(2, 1, 2, sharex=top)
-        bottom.plot(*_xy(miou), "o-", color=MIOU_COLOUR, label="val mIoU (%)")
+        if published_miou:
+            bottom.plot(*_xy(published_miou), "s--", color=PUBLISHED_COLOUR,
+                        label="published val mIoU (%)")
+        if miou:
+            bottom.plot(*_xy(miou), "o-", color=MIOU_COLOUR, label="val mIoU (%)")
         bottom.set_ylabel("val mIoU (%)")
         bottom.legend(loc="lower right", fontsize=8)
     bottom.set_xlabel("iteration")
@@ -166,9 +182,11 @@ def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]],
 
 
 def learning_curve_chart(history: Mapping[str, Sequence[tuple[int, float]]],
-                         run_id: str | None = None) -> bytes:
+                         run_id: str | None = None,
+                         published: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                         ) -> bytes:
     """:func:`learning_curve_figure` rendered as PNG bytes."""
-    return _png(learning_curve_figure(history, run_id))
+    return _png(learning_curve_figure(history, run_id, published))
 
 
 def _finite(value: float | None) -> float | None:
@@ -488,10 +506,14 @@ def per_class_iou_png(metrics: Mapping[str, float], iteration: int) -> bytes | N
 
 
 def learning_curve_png(history: Mapping[str, Sequence[tuple[int, float]]],
-                       run_id: str | None = None) -> bytes | None:
+                       run_id: str | None = None,
+                       published: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                       ) -> bytes | None:
     """The :func:`learning_curve_chart` of ``history`` (``{"loss": [(step, value)], "lr":
     [...], "mIoU": [...]}``, as :attr:`trainer.tracking.Tracker.history` keeps it) titled with
-    ``run_id``; None when it holds no point or the chart cannot be drawn."""
+    ``run_id``, with the ``published`` curve under it; None when it holds no point or the
+    chart cannot be drawn."""
     if not any(history.values()):
         return None
-    return _drawn(lambda: learning_curve_chart(history, run_id), LEARNING_CURVE_ARTIFACT)
+    return _drawn(lambda: learning_curve_chart(history, run_id, published),
+                  LEARNING_CURVE_ARTIFACT)
