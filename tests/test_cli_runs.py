@@ -230,3 +230,23 @@ def test_variants_of_one_recipe_read_well(segctl_env, cityscapes_frame_root, mon
     with sqlite3.connect(segctl_home() / "registry.db") as db:
         seen.append(json.dumps(db.execute("SELECT * FROM runs").fetchall()))
     assert not [text for text in seen if SECRET in text]
+
+
+def test_the_status_table_shows_the_time_left_and_the_published_curve(capsys):
+    """ETA comes from the run's own seconds per iteration (``progress.json``'s
+    ``eta_seconds``), shown while the job is active; the mIoU column carries the published
+    figure at the same point where the run is compared with a published curve."""
+    from segctl.cli.status import _render
+
+    base = {"sweep": None, "overrides": [], "reason": None, "loss": 0.5, "requeues": 0,
+            "nodes": 1, "elapsed_seconds": 60.0, "max_iters": 100}
+    _render([
+        dict(base, run_id="a-11111111", state="RUNNING", iteration=40, miou=41.2,
+             published="41.20 (published 43.00 at 40)", eta_seconds=3725.0),
+        dict(base, run_id="b-22222222", state="COMPLETED", iteration=100, miou=50.0,
+             published=None, eta_seconds=0.0),
+    ])
+    header, running, done = capsys.readouterr().out.splitlines()
+    assert header.split()[-1] == "ETA"
+    assert running.endswith("1:02:05") and "41.20 (published 43.00 at 40)" in running
+    assert done.split()[-1] == "-" and " 50.00 " in done
