@@ -140,16 +140,25 @@ def test_corrupt_label_fails_before_submission(segctl_env, cityscapes_frame_root
 
 def test_local_executor_warns_when_the_recipe_asks_for_many_processes(segctl_env):
     """The headline recipe (16 GPUs x 1 image) on the local executor: one process, so the
-    plan says the global batch shrinks from 16 to 1; a one-process recipe gets no such note."""
+    plan keeps the published global batch by accumulating 16 micro-batches and says so; with
+    --scale-lr linear the global batch shrinks to 1, and the note says that instead; a
+    one-process recipe gets no such note."""
     headline = REPO / "recipes" / "internimage_h_ade20k.yaml"
-    result = runner.invoke(app, ["submit", str(headline), "--dry-run", "--cluster", "local",
-                                 "--nodes", "2"])
+    result = runner.invoke(app, ["submit", str(headline), "--dry-run", "--cluster", "local"])
     assert result.exit_code == 0, result.output
     # the recipes' datasets are not here: the plans also list that a submit would refuse that
     notes = [n for n in json.loads(result.output)["notes"] if "data.root: dataset" not in n]
-    assert len(notes) == 1, notes
-    assert "2 node(s) x 8 GPU(s), 16 processes with a global batch of 16" in notes[0]
-    assert "the global batch is 1" in notes[0] and "--cluster slurm" in notes[0]
+    (placement,) = [n for n in notes if "the local executor runs 1 process" in n]
+    assert "published on 2 node(s) x 8 GPU(s), 16 processes" in placement
+    assert "gradient accumulation 16 keeps its global batch of 16" in placement
+    assert "--cluster slurm" in placement
+    assert "gradient accumulation 16: 1 process x 1 image x 16" in notes[0]
+    scaled = runner.invoke(app, ["submit", str(headline), "--dry-run", "--cluster", "local",
+                                 "--scale-lr", "linear"])
+    assert scaled.exit_code == 0, scaled.output
+    (placement,) = [n for n in json.loads(scaled.output)["notes"]
+                    if "the local executor runs 1 process" in n]
+    assert "the global batch is 1 instead of 16" in placement
     quick = runner.invoke(app, ["submit", str(REPO / "recipes" / "quickstart.yaml"), "--dry-run",
                                 "--cluster", "local"])
     assert quick.exit_code == 0, quick.output
