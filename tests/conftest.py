@@ -1,8 +1,15 @@
 """Shared pytest fixtures.
 
-Real sample files live in ``../shared/data/real`` beside the checkout (see that folder's
-README). Tests that need them take the ``real_data`` fixture, which skips with a clear reason
-only where that folder is absent.
+Sample files in the layouts of the public datasets ship in ``tests/data/samples``: real
+photographs with label maps made by ``tests/data/make_samples.py`` (sources and licences in
+``tests/data/README.md``). Tests that need them take the ``real_data`` fixture (or
+``cityscapes_frame_root``); they are always present.
+
+The datasets' own files are an optional extra: ``../shared/data/real`` beside the checkout, or
+the folder that the environment variable ``SEGCTL_TEST_SHARED_DATA`` names. Tests that need
+them take ``shared_real_data``, which skips with a clear reason where that folder is absent,
+and are marked ``real_data``. ``SEGCTL_TEST_SHARED_DATA=/nonexistent`` runs the suite as on a
+fresh clone with nothing beside it.
 """
 
 from __future__ import annotations
@@ -12,15 +19,29 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+SAMPLE_DATA = REPO_ROOT / "tests" / "data" / "samples"
+SHARED_REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+SHARED_REAL_DATA_VARIABLE = "SEGCTL_TEST_SHARED_DATA"
 
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    """Path of ``../shared/data/real``; skips the test where the folder is absent."""
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {REAL_DATA} (expected beside the checkout)")
-    return REAL_DATA
+    """Path of ``tests/data/samples``: one folder per dataset layout (``cityscapes/``,
+    ``ade20k/``, ``lip/``, ...; see ``tests/data/README.md``). Tests never write into it."""
+    return SAMPLE_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_real_data() -> Path:
+    """Path of the optional extra, the datasets' own sample files: ``$SEGCTL_TEST_SHARED_DATA``
+    if set, else ``../shared/data/real``; skips the test where that folder is absent."""
+    import os
+
+    path = Path(os.environ.get(SHARED_REAL_DATA_VARIABLE) or SHARED_REAL_DATA)
+    if not path.is_dir():
+        pytest.skip(f"optional real data not found at {path} (beside the checkout, or set "
+                    f"{SHARED_REAL_DATA_VARIABLE})")
+    return path
 
 
 @pytest.fixture
@@ -43,7 +64,7 @@ def segctl_env(tmp_path, monkeypatch, request) -> Path:
 
 @pytest.fixture(scope="session")
 def cityscapes_frame_root(real_data, tmp_path_factory) -> Path:
-    """A Cityscapes-layout root whose train and val splits both hold the one real frame
+    """A Cityscapes-layout root whose train and val splits both hold the one sample frame
     (copied once for the session; tests read it and never write into it)."""
     from tests.trainer_runs import one_frame_cityscapes
 
@@ -116,7 +137,7 @@ MARKER_OF_FIXTURE = {
     "mlflow_server": "server",
     "moto_server": "server",
     "range_server": "server",
-    "real_data": "real_data",
+    "shared_real_data": "real_data",
 }
 
 

@@ -13,7 +13,9 @@ CITY = "frankfurt"
 
 
 def one_frame_cityscapes(real_cityscapes: Path, root: Path) -> Path:
-    """A Cityscapes root whose train and val splits both hold the real sample frame (copied)."""
+    """A Cityscapes root whose train and val splits both hold the val frame of
+    ``real_cityscapes`` (copied): the shipped ``tests/data/samples/cityscapes`` (the
+    ``real_data`` fixture's) or another root with a ``frankfurt`` val frame."""
     for kind in ("leftImg8bit", "gtFine"):
         source = real_cityscapes / kind / "val" / CITY
         for split in ("train", "val"):
