@@ -71,6 +71,7 @@ from segctl.recipe.schema import TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data.build import build_train_dataset, build_val_dataset
 from trainer.data.order import DataOrder, build_train_loader, resolve_schedule
+from trainer.data.transforms import batch_normalize, to_device_batch
 from trainer.distributed import convert_sync_batchnorm
 from trainer.ema import ModelEMA
 from trainer.evaluate import InferenceSettings, evaluate, reference_for
@@ -178,12 +179,16 @@ def train_step(
 
     Args:
         batch: one batch ``{"image": float (B, 3, H, W), "label": int64 (B, H, W)}`` (N = 1),
-            or an iterable of exactly ``train.grad_accum_steps`` such micro-batches, taken one
-            at a time (the next is loaded after the previous one's backward).
+            or the training loader's uint8 batch ``{"image": uint8 (B, H, W, 3), "label":
+            uint8 | int64 (B, H, W), "valid_box": int64 (B, 4)}``, normalised with the
+            dataset's mean and std on the device (:func:`~trainer.data.transforms.
+            to_device_batch`); or an iterable of exactly ``train.grad_accum_steps`` such
+            micro-batches, taken one at a time (the next is loaded after the previous one's
+            backward).
         lr: the schedule's current base learning rate (before group multipliers); required
             for MCIBI models.
         epoch: the 1-based epoch of this step; used by MCIBI models.
-        spec: the dataset's facts (its ignore index); default from the recipe.
+        spec: the dataset's facts (ignore index, mean and std); default from the recipe.
 
     Raises:
         ValueError: an iterable yielding another number of micro-batches than
@@ -197,7 +202,9 @@ def train_step(
     net = accelerator.unwrap_model(model)
     train_cfg = recipe.train
     ohem = (train_cfg.ohem_thresh, train_cfg.ohem_min_kept) if train_cfg.loss == "ohem" else None
-    ignore_index = (spec or DatasetSpec.from_recipe(recipe)).ignore_index
+    spec = spec or DatasetSpec.from_recipe(recipe)
+    ignore_index = spec.ignore_index
+    normalize = batch_normalize(tuple(spec.mean), tuple(spec.std))
     reduce = mean_over_processes if n == 1 else AccumulatedMean(n)
     optimizer.zero_grad(set_to_none=True)
     loss_sum, taken = None, 0
@@ -205,8 +212,9 @@ def train_step(
         taken += 1
         if taken > n:
             raise ValueError(f"more than train.grad_accum_steps={n} micro-batches in one step")
-        images = micro["image"].to(accelerator.device, non_blocking=True)
-        labels = micro["label"].to(accelerator.device, non_blocking=True)
+        # uint8 batches are cast, normalised and padded on the device (mmseg 1.x's
+        # SegDataPreProcessor); float batches only move
+        images, labels = to_device_batch(micro, accelerator.device, normalize)
         # DDP all-reduces in the backward of the step's last micro-batch only
         sync = contextlib.nullcontext() if taken == n else accelerator.no_sync(model)
         with sync:

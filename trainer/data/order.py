@@ -145,8 +145,10 @@ class IterationSampler(Sampler):
 
 class AugmentedDataset(Dataset):
     """Indexed by ``(index, aug_seed)``: load sample ``index``, apply ``pipeline`` with a
-    generator seeded by ``aug_seed``. Items: ``image`` float32 (3, h, w), ``label`` int64
-    (h, w)."""
+    generator seeded by ``aug_seed``. Items: the pipeline's ``image`` and ``label`` and, where
+    it gives one, ``valid_box``: ``float32 (3, h, w)`` and ``int64 (h, w)`` from the float
+    pipeline; ``uint8 (h, w, 3)``, ``uint8 (h, w)`` and ``int64 (4,)`` from the uint8 one
+    (:func:`~trainer.data.transforms.train_pipeline` with ``normalize_on_device``)."""
 
     def __init__(self, dataset, pipeline: Compose) -> None:
         self.dataset = dataset
@@ -158,7 +160,7 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, aug_seed = key
         sample = self.pipeline(self.dataset.load(index), np.random.default_rng(aug_seed))
-        return {"image": sample["image"], "label": sample["label"]}
+        return {key: sample[key] for key in ("image", "label", "valid_box") if key in sample}
 
 
 def build_train_loader(

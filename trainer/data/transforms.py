@@ -5,6 +5,14 @@ A sample is the dict a :class:`~trainer.data.base.SegmentationDataset` yields: `
 leave a missing label missing), ``path``. Each transform is a small callable class
 ``t(sample, rng) -> sample`` that may modify the dict in place and returns it.
 
+Two ends: the float path (:class:`Normalize` -> :class:`Pad` -> :class:`ToTensor`, float32
+``(3, H, W)`` images, as mmseg 0.x) and the uint8 path training uses (:func:`train_pipeline`
+with ``normalize_on_device``: :class:`Pad` records the pad box, :class:`ToUint8Tensor` keeps
+the image uint8 ``(H, W, 3)``, and :class:`BatchNormalize` casts, normalises and fills the
+pad on the device, as mmseg 1.x's ``SegDataPreProcessor``). The two give the same labels and
+the same float32 images, bit for bit; the uint8 path spares the CPU the float work (about a
+third of the transforms' time on an ADE20K crop) and moves a quarter of the image bytes.
+
 Randomness: every random draw comes from the ``numpy.random.Generator`` passed as ``rng``;
 nothing touches numpy's or Python's global state. Training passes each sample a generator of
 its own, seeded from its place in the data order (:class:`trainer.data.order.AugmentedDataset`),
@@ -31,7 +39,8 @@ padding before the colour transforms (``pad_order="before_photometric"`` in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -54,8 +63,12 @@ __all__ = [
     "RandomBrightnessShift",
     "RandomRotation",
     "ToTensor",
+    "ToUint8Tensor",
     "UPColorJitter",
+    "BatchNormalize",
+    "batch_normalize",
     "eval_pipeline",
+    "to_device_batch",
     "train_pipeline",
 ]
 
@@ -88,6 +101,19 @@ class RandomResize:
     transform scales the image's own size, ``(int(w * r), int(h * r))``; with
     ``keep_ratio=False`` and ``scale`` equal to the image size (Cityscapes: every frame is
     2048x1024) :meth:`target_size` gives exactly that.
+
+    The whole image is resized and :class:`RandomCrop` then cuts its window, as mmseg does.
+    Resizing only the window the crop keeps (with a margin for the kernel's support) would
+    save most of the work at large ratios, but is not exact with OpenCV, so it is not done:
+    ``cv2.resize`` samples output pixel ``d`` at source ``(d + 0.5) * src / dst - 0.5``, the
+    scale taken from the two sizes and the coefficients quantised per ``d``, so a window's
+    output equals the whole image's only where the window starts on a whole source pixel and
+    keeps the scale exactly (offsets multiple of ``dst / gcd(src, dst)``), which a random crop
+    almost never does; any other window shifts every sample by a sub-pixel phase, whatever the
+    margin (measured on the ADE20K sample: 200 of 200 random 256x256 windows differed, up to
+    46 grey levels, in ~80% of their pixels). An exact window would need OpenCV's fixed-point
+    bilinear kernel re-implemented, slower in numpy than the whole resize; the label's
+    nearest-neighbour resize could be windowed exactly (an index gather) but is the cheap half.
 
     Args:
         scale: base scale in pixels, ``(width, height)`` (e.g. ``(2048, 1024)``).
@@ -204,12 +230,68 @@ class RandomCrop:
         return y, x
 
     def acceptable(self, label_crop: np.ndarray) -> bool:
-        """Whether a label crop has >1 class and no class above ``cat_max_ratio``."""
-        counts = np.bincount(label_crop.ravel())
+        """Whether a label crop has >1 class and no class above ``cat_max_ratio``.
+
+        The decision is mmseg's (class counts, ``ignore_index`` left out, ``max / sum <
+        cat_max_ratio`` in float64); a uint8 crop takes :meth:`_acceptable_uint8`, which
+        reaches the same decision counting a few classes instead of all.
+        """
+        if (label_crop.dtype == np.uint8 and label_crop.size < 2**24
+                and self.cat_max_ratio <= 1.0):
+            decided = self._acceptable_uint8(label_crop)
+            if decided is not None:
+                return decided
+            # float32 counts are exact integers below 2**24 pixels
+            counts = cv2.calcHist([label_crop], [0], None, [256], [0, 256]).ravel()
+            counts = counts.astype(np.int64)
+        else:
+            counts = np.bincount(label_crop.ravel())
         if self.ignore_index < counts.size:
             counts[self.ignore_index] = 0
         counts = counts[counts > 0]
         return counts.size > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    #: classes counted exactly by :meth:`_acceptable_uint8` before it gives up
+    max_candidates = 4
+
+    def _acceptable_uint8(self, label_crop: np.ndarray) -> bool | None:
+        """:meth:`acceptable` for a uint8 crop, exactly, or None when undecided.
+
+        A full histogram of a label crop is slow (long runs of one value make every count
+        wait on the previous one: ~0.8 ms for 512x512 on one core, against ~0.03 ms to count
+        one value with ``cv2.compare`` + ``cv2.countNonZero``). So: count the ignored pixels,
+        giving the total ``T``; rank the classes by a 1-in-16 subsample; count up to
+        ``max_candidates`` of them exactly, best first. A counted class with ``n / T >=
+        cat_max_ratio`` rejects (it is at most the max). Once the pixels not yet counted,
+        ``R``, give ``R / T < cat_max_ratio``, every uncounted class passes too (``n <= R``
+        and float division is monotonic), so the crop is accepted: the largest share is
+        then below ``cat_max_ratio <= 1``, so no class holds every pixel and there are at
+        least two. The subsample only orders the work; every decision rests on exact
+        counts, so it is the decision of a full count.
+        """
+        ratio = self.cat_max_ratio
+        ignore = self.ignore_index
+        size = label_crop.size
+        ignored = (cv2.countNonZero(cv2.compare(label_crop, ignore, cv2.CMP_EQ))
+                   if 0 <= ignore <= 255 else 0)
+        total = size - ignored
+        if total == 0:
+            return False  # no class at all
+        sample = np.ascontiguousarray(label_crop[::4, ::4])
+        ranked = cv2.calcHist([sample], [0], None, [256], [0, 256]).ravel()
+        if 0 <= ignore <= 255:
+            ranked[ignore] = 0
+        remaining = total
+        for value in np.argsort(-ranked, kind="stable")[:self.max_candidates]:
+            if ranked[value] == 0:
+                break
+            count = cv2.countNonZero(cv2.compare(label_crop, int(value), cv2.CMP_EQ))
+            if count / total >= ratio:
+                return False
+            remaining -= count
+            if remaining / total < ratio:
+                return True
+        return None
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         height, width = sample["image"].shape[:2]
@@ -573,23 +655,37 @@ class Pad:
     United-Perception's order (:func:`train_pipeline` with ``pad_order="before_photometric"``)
     it pads the uint8 image with 0 before the colour transform and Normalize.
 
+    With ``fill_on_device`` (the uint8 pipeline, :func:`train_pipeline` with
+    ``normalize_on_device``) the pad stands for ``pad_val`` in normalised units but the image is
+    still uint8: it is padded with 0 as a placeholder and the box of its own pixels is recorded
+    as ``sample["valid_box"] = (top, left, height, width)``; :class:`BatchNormalize` writes
+    ``pad_val`` outside that box after normalising on the device, so the tensor the model sees
+    is the one the float path gives. The label is padded with ``seg_pad_val`` either way.
+
     Args:
         size: ``(h, w)`` in pixels; an input larger than this raises ``ValueError``.
         pad_val: image fill value.
         seg_pad_val: label fill value (the ignore index).
         position: ``"bottom_right"`` (mmseg) or ``"center"`` (sssegmentation).
+        fill_on_device: record the box and leave the fill to :class:`BatchNormalize`
+            (``pad_val`` must then be 0, the fill the engine writes).
 
-    Effect: ``image -> (h, w, 3)``, ``label -> (h, w)``, dtypes unchanged.
+    Effect: ``image -> (h, w, 3)``, ``label -> (h, w)``, dtypes unchanged; with
+    ``fill_on_device`` also ``valid_box``: a tuple of 4 ints, pixels.
     """
 
     def __init__(self, size: tuple[int, int], pad_val: float = 0, seg_pad_val: int = 255,
-                 position: str = "bottom_right") -> None:
+                 position: str = "bottom_right", fill_on_device: bool = False) -> None:
         if position not in ("bottom_right", "center"):
             raise ValueError(f"position must be 'bottom_right' or 'center', got {position!r}")
         self.size = tuple(size)
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
         self.position = position
+        if fill_on_device and pad_val != 0:
+            raise ValueError(f"fill_on_device fills with 0 in normalised units (the engine's "
+                             f"BatchNormalize); got pad_val={pad_val}")
+        self.fill_on_device = fill_on_device
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         image = sample["image"]
@@ -602,9 +698,12 @@ class Pad:
         if self.position == "center":
             top, left = bottom // 2, right // 2
             bottom, right = bottom - top, right - left
+        if self.fill_on_device:
+            sample["valid_box"] = (top, left, height, width)
         if top or bottom or left or right:
+            fill = 0 if self.fill_on_device else self.pad_val  # 0: a placeholder, see above
             sample["image"] = cv2.copyMakeBorder(
-                image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(self.pad_val,) * 3
+                image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(fill,) * 3
             )
             if sample.get("label") is not None:
                 sample["label"] = cv2.copyMakeBorder(
@@ -615,7 +714,7 @@ class Pad:
 
     def __repr__(self) -> str:
         return (f"Pad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val}, "
-                f"position={self.position!r})")
+                f"position={self.position!r}, fill_on_device={self.fill_on_device})")
 
 
 class ToTensor:
@@ -633,6 +732,152 @@ class ToTensor:
 
     def __repr__(self) -> str:
         return "ToTensor()"
+
+
+class ToUint8Tensor:
+    """Convert to torch without normalising: the CPU end of the uint8 training pipeline.
+
+    The image stays as decoded and transformed, ``uint8 (H, W, 3)`` RGB, channels last (the
+    HWC -> CHW transpose, ~0.45 ms for a 512x512 crop on one core, is done on the device by
+    :class:`BatchNormalize`, in the same pass as the cast to float); a uint8 label stays
+    uint8 (values up to 255, the ignore index included; 8x less than int64 to copy and move)
+    and any other label becomes int64; ``valid_box`` (from :class:`Pad` with
+    ``fill_on_device``; the whole image when absent) becomes ``int64 (4,)``, ``(top, left,
+    height, width)`` in pixels. A dataset's label files share one bit depth, so a batch
+    collates to one label dtype. :func:`to_device_batch` moves such a batch (4x fewer image
+    bytes than float32) and normalises it there.
+
+    Reference: mmseg 1.x ``PackSegInputs`` (``mmseg/datasets/transforms/formatting.py``)
+    packs the uint8 image for ``SegDataPreProcessor`` to normalise on the device.
+
+    Effect: ``image -> torch.uint8 (H, W, 3)``, ``label -> torch.uint8 | torch.int64 (H, W)``,
+    ``valid_box -> torch.int64 (4,)``.
+    """
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        image = sample["image"]
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"ToUint8Tensor takes a uint8 (H, W, 3) image, got {image.dtype} "
+                             f"{image.shape}")
+        height, width = image.shape[:2]
+        sample["valid_box"] = torch.tensor(sample.get("valid_box", (0, 0, height, width)),
+                                           dtype=torch.int64)
+        sample["image"] = torch.from_numpy(np.ascontiguousarray(image))
+        label = sample.get("label")
+        if label is not None:
+            label = np.ascontiguousarray(label if label.dtype == np.uint8
+                                         else label.astype(np.int64))
+            sample["label"] = torch.from_numpy(label)
+        return sample
+
+    def __repr__(self) -> str:
+        return "ToUint8Tensor()"
+
+
+class BatchNormalize:
+    """The device end of the uint8 training pipeline: cast, normalise and fill the pad.
+
+    Reference: mmseg 1.x ``SegDataPreProcessor`` (``mmseg/models/data_preprocessor.py``): the
+    loader yields uint8 images; on the device each is cast to float and normalised, ``(x -
+    mean) / std``, and only then ``stack_batch`` pads it with ``pad_val=0`` (so 0 in
+    normalised units, as mmseg 0.x's ``Normalize`` -> ``Pad``) and the label with
+    ``seg_pad_val=255``. Here the CPU has padded already, so that the batch collates (labels
+    with their fill, images with a placeholder and their ``valid_box``: :class:`Pad` with
+    ``fill_on_device``); the device casts, transposes to channels first, normalises, and
+    writes ``pad_val`` outside each box. The result is the tensor :func:`train_pipeline`'s
+    float path gives (:class:`Normalize`, :class:`Pad`, :class:`ToTensor`), bit for bit.
+
+    Numerics: ``(x - mean) * inv_std`` in float32, ``mean`` and ``std`` rounded to float32
+    and ``inv_std = float32(1 / float64(std))``: the two roundings :class:`Normalize` does
+    with OpenCV, so every (channel, value) pair gives the same float32 (checked for all 3 x
+    256 in ``tests/test_uint8_pipeline.py``; IEEE float32 subtraction and multiplication round
+    the same on any device). mmseg divides by ``std``, which differs from this in the last bit
+    for a quarter to a half of the values (none when ``std`` is 1): segctl keeps its formula.
+
+    Constants are made once per device and cached (making them per batch would copy from
+    host memory and synchronise the stream every step); use :func:`batch_normalize` for a
+    shared instance.
+
+    Args:
+        mean, std: per-channel RGB, 0..255 scale.
+        pad_val: the image's fill outside ``valid_box``, in normalised units (0, as mmseg).
+
+    Call: ``images`` ``torch.uint8 (B, H, W, 3)`` on any device, ``valid_box`` ``int64 (B,
+    4)`` ``(top, left, height, width)`` on the CPU (None: no pad) -> ``float32 (B, 3, H, W)``
+    contiguous, on the images' device.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], pad_val: float = 0.0) -> None:
+        normalize = Normalize(mean, std)  # the same float32 rounding of the constants
+        self.mean = normalize.mean
+        self.inv_std = (1.0 / normalize.std.astype(np.float64)).astype(np.float32)
+        self.pad_val = float(pad_val)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, inv_std)``, float32 ``(1, 3, 1, 1)`` on ``device``, made once."""
+        device = torch.device(device)
+        if device not in self._constants:
+            self._constants[device] = (
+                torch.from_numpy(self.mean.copy()).view(1, 3, 1, 1).to(device),
+                torch.from_numpy(self.inv_std.copy()).view(1, 3, 1, 1).to(device),
+            )
+        return self._constants[device]
+
+    def __call__(self, images: torch.Tensor,
+                 valid_box: torch.Tensor | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[3] != 3:
+            raise ValueError(f"BatchNormalize takes uint8 (B, H, W, 3) images, got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        mean, inv_std = self.constants(images.device)
+        batch, height, width, _ = images.shape
+        out = torch.empty((batch, 3, height, width), dtype=torch.float32, device=images.device)
+        out.copy_(images.permute(0, 3, 1, 2))  # cast and transpose in one pass; exact
+        out.sub_(mean).mul_(inv_std)
+        if valid_box is not None:
+            for i, (top, left, h, w) in enumerate(valid_box.tolist()):
+                if (top, left, h, w) == (0, 0, height, width):
+                    continue
+                out[i, :, :top] = self.pad_val
+                out[i, :, top + h:] = self.pad_val
+                out[i, :, :, :left] = self.pad_val
+                out[i, :, :, left + w:] = self.pad_val
+        return out
+
+    def __repr__(self) -> str:
+        return (f"BatchNormalize(mean={self.mean.tolist()}, "
+                f"inv_std={self.inv_std.tolist()}, pad_val={self.pad_val})")
+
+
+@functools.lru_cache(maxsize=8)
+def batch_normalize(mean: tuple[float, ...], std: tuple[float, ...]) -> BatchNormalize:
+    """A shared :class:`BatchNormalize` (pad value 0) for ``(mean, std)`` (tuples: the cache
+    key), so its device constants are made once per process."""
+    return BatchNormalize(mean, std)
+
+
+def to_device_batch(batch: Mapping[str, torch.Tensor], device: torch.device | str,
+                    normalize: BatchNormalize) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch on ``device``: images ``float32 (B, 3, H, W)`` normalised, labels
+    ``int64 (B, H, W)``.
+
+    A uint8 batch (the training loader's, :class:`ToUint8Tensor`) moves as uint8 and its
+    labels in their own dtype, ``non_blocking`` (from pinned memory the copy overlaps), and is
+    cast, normalised and padded there by ``normalize``; ``valid_box`` stays on the CPU (read
+    there, no synchronisation). A float batch (already normalised on the CPU: the float path,
+    tests, step timing) only moves. Labels become int64 on the device.
+
+    Args:
+        batch: ``{"image": uint8 (B, H, W, 3) | float32 (B, 3, H, W), "label": (B, H, W),
+            "valid_box": int64 (B, 4), optional}``.
+        device: where the model runs.
+        normalize: the dataset's :class:`BatchNormalize` (used for uint8 batches only).
+    """
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True).long()
+    if images.dtype == torch.uint8:
+        images = normalize(images, batch.get("valid_box"))
+    return images, labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,6 +926,7 @@ def train_pipeline(
     ratio_sampling: str = "uniform",
     photometric: str | None = "mmseg",
     pad_order: str = "after_normalize",
+    normalize_on_device: bool = False,
 ) -> Compose:
     """The standard mmseg training pipeline, with sssegmentation's and United-Perception's
     options.
@@ -698,6 +944,17 @@ def train_pipeline(
     flips before it pads and crops; flipping after the crop gives the same distribution, the
     crop offset being uniform and the padding at the bottom and right.) Output: image
     ``float32 (3, h, w)``, label ``int64 (h, w)`` with ``(h, w) = crop_size``.
+
+    With ``normalize_on_device`` (what training uses, :func:`trainer.data.build.
+    build_train_dataset`) the image stays uint8 to the end: the pipeline stops at
+    ``... -> photometric -> Pad(fill_on_device) -> ToUint8Tensor`` (UP's order: ``... -> Pad
+    -> photometric -> ToUint8Tensor``) and the engine's :class:`BatchNormalize` casts,
+    normalises and fills the pad on the device, as mmseg 1.x's ``SegDataPreProcessor``. Output:
+    image ``uint8 (h, w, 3)``, label ``uint8 (h, w)`` (int64 for wider label files),
+    ``valid_box`` ``int64 (4,)``. Same draws, same labels bit for bit, and after
+    :class:`BatchNormalize` the same float32 images bit for bit: the photometric transforms
+    already work on uint8 (lookup tables and HSV round trips), and nothing before Normalize
+    changes.
 
     Args:
         scale: base resize scale ``(width, height)`` in pixels, e.g. ``(2048, 1024)``.
@@ -717,6 +974,8 @@ def train_pipeline(
             ``"up_brightness"``: :class:`RandomBrightnessShift`), or None for none.
         pad_order: ``"after_normalize"`` (mmseg: pad value 0 in normalized units) or
             ``"before_photometric"`` (United-Perception: raw 0 before the colour transform).
+        normalize_on_device: end with uint8 tensors for :class:`BatchNormalize` instead of
+            normalising on the CPU (see above).
 
     Raises:
         ValueError: an unknown ``photometric`` or ``pad_order``, or a transform's own check.
@@ -727,7 +986,8 @@ def train_pipeline(
     if pad_order not in ("after_normalize", "before_photometric"):
         raise ValueError(f"pad_order must be 'after_normalize' or 'before_photometric', "
                          f"got {pad_order!r}")
-    pad = Pad(crop_size, pad_val=0, seg_pad_val=ignore_index, position=pad_position)
+    pad = Pad(crop_size, pad_val=0, seg_pad_val=ignore_index, position=pad_position,
+              fill_on_device=normalize_on_device and pad_order == "after_normalize")
     transforms = [
         RandomResize(scale, ratio_range, keep_ratio=keep_ratio, match_orientation=not keep_ratio,
                      ratio_sampling=ratio_sampling),
@@ -740,6 +1000,11 @@ def train_pipeline(
         transforms.append(pad)
     if photometric is not None:
         transforms.append(PHOTOMETRIC_TRANSFORMS[photometric]())
+    if normalize_on_device:
+        if pad_order == "after_normalize":
+            transforms.append(pad)
+        transforms.append(ToUint8Tensor())
+        return Compose(transforms, seed=seed)
     transforms.append(Normalize(mean, std))
     if pad_order == "after_normalize":
         transforms.append(pad)
