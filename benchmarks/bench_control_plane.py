@@ -18,12 +18,14 @@ Then it prints, in seconds:
   measured in the same run, and the ratio of the two;
 - ``report`` after one more run was logged (only new and changed runs are read).
 
-    python benchmarks/bench_control_plane.py [--runs 2000] [--repeats 5]
+    python -m benchmarks.bench_control_plane [--quick] [--runs 2000] [--repeats 5]
+
+``--quick``: 20 runs, 1 repeat. The default in ``python -m benchmarks`` is 500 runs (writing
+2,000 MLflow runs takes minutes on a loaded machine); ``--runs 2000`` gives the target's size.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +36,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file: python benchmarks/bench_control_plane.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.table import Row, row, script_main
+
+NAME = "control_plane"
 RECIPES_PER_SEED = 5
 
 
@@ -149,12 +157,33 @@ def cli(args: list[str], env: dict[str, str], cwd: Path) -> Callable[[], None]:
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
-    options = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+class _restored:
+    """Put the environment variables of ``saved`` back (or remove them) on exit."""
+
+    def __init__(self, saved: dict[str, str | None]) -> None:
+        self.saved = saved
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def rows(quick: bool = False, runs: int | None = None, repeats: int | None = None) -> list[Row]:
+    """status and report, in process and as CLI processes, each against its reference
+    (seconds, medians)."""
+    import argparse
+
+    options = argparse.Namespace(runs=runs or (20 if quick else 500),
+                                 repeats=repeats or (1 if quick else 5))
+    saved = {k: os.environ.get(k) for k in ("SEGCTL_HOME", "SEGCTL_RUNS_DIR",
+                                            "MLFLOW_TRACKING_URI")}
+    with tempfile.TemporaryDirectory() as tmp, _restored(saved):
         root = Path(tmp)
         env = {**os.environ, "SEGCTL_HOME": str(root / "home"),
                "SEGCTL_RUNS_DIR": str(root / "runs")}
@@ -178,6 +207,16 @@ def main() -> None:
         assert indexed == scanned, "the index gives another report than MLflow"
         index_in = seconds(lambda: collect(uri), options.repeats)
         index_cli = seconds(cli(["report"], env, root), options.repeats)
+        report_rows = len(indexed)
+        if quick:  # the CLI scans import MLflow: seconds each
+            return [
+                row(NAME, f"status in process, {options.runs} runs", status_in, "s",
+                    "segctl status (CLI)", status_cli, notes="quick: 1 repeat"),
+                row(NAME, f"report from the index, in process, {options.runs} runs", index_in,
+                    "s", "report scanning MLflow, in process", scan_in, notes="quick: 1 repeat"),
+                row(NAME, f"segctl report from the index (CLI), {options.runs} runs", index_cli,
+                    "s", "segctl status (CLI)", status_cli, notes="quick: 1 repeat"),
+            ]
         scan_cli = seconds(cli(["report", "--rebuild-index"], env, root),
                            max(1, options.repeats // 2))
 
@@ -189,19 +228,27 @@ def main() -> None:
         client.log_metric(extra.info.run_id, "mIoU", 71.0)
         client.set_terminated(extra.info.run_id)
         changed_cli = seconds(cli(["report"], env, root), 1)  # reads the new run, then indexes it
-        rows = len(indexed)
 
-    print(f"{options.runs} runs, {rows} report rows; seconds (median):")
-    print(f"  status, in process (summaries of every run):  {status_in:.3f}")
-    print(f"  segctl status (CLI process):                  {status_cli:.3f}")
-    print(f"  report from the index, in process:            {index_in:.3f}")
-    print(f"  segctl report from the index (CLI):           {index_cli:.3f}")
-    print(f"  report scanning MLflow, in process:           {scan_in:.3f}")
-    print(f"  segctl report --rebuild-index (CLI, a scan):  {scan_cli:.3f}")
-    print(f"  segctl report after one new run (CLI):        {changed_cli:.3f}")
-    print(f"  scan / index: {scan_in / index_in:.0f}x in process, "
-          f"{scan_cli / index_cli:.1f}x as CLI processes")
+
+    size = f"{options.runs} runs ({report_rows} report rows)"
+    notes = f"median of {options.repeats}"
+    return [
+        row(NAME, f"status in process, {size}", status_in, "s", "segctl status (CLI)",
+            status_cli, notes=notes),
+        row(NAME, f"report from the index, in process, {size}", index_in, "s",
+            "report scanning MLflow, in process", scan_in, notes=notes),
+        row(NAME, f"segctl report from the index (CLI), {size}", index_cli, "s",
+            "segctl report --rebuild-index (CLI, a scan)", scan_cli, target="< 1 s",
+            passed=index_cli < 1.0, notes=notes),
+        row(NAME, f"segctl report after one new run (CLI), {size}", changed_cli, "s",
+            "segctl report from the index (CLI)", index_cli, notes="once"),
+    ]
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--runs", type=int, default=None, help="default 500 (--quick 20)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (--quick 1)")
 
 
 if __name__ == "__main__":
-    main()
+    script_main(rows, __doc__, _arguments)

@@ -3,8 +3,8 @@ the Triton kernels (``dcnv3_core_triton``).
 
 Usage::
 
-    python benchmarks/bench_dcnv3.py [--repeats 7] [--threads N] [--stages 1 3]
-    python benchmarks/bench_dcnv3.py --device cuda [--dtype bfloat16] [--batch 2] [--stages 1 2 3 4]
+    python -m benchmarks.bench_dcnv3 [--quick] [--repeats 7] [--threads N] [--stages 1 3]
+    python -m benchmarks.bench_dcnv3 --device cuda [--dtype bfloat16] [--batch 2] [--stages 1 2 3 4]
 
 Shapes are InternImage-T stages at a 512x512 crop (batch ``--batch``, default 1, kernel 3, 16
 channels per group): stage 1 is 128x128 with C=64, G=4; stage 2 64x64, C=128, G=8; stage 3
@@ -14,17 +14,24 @@ of ``--repeats`` timings (milliseconds) after one warm-up (which also compiles t
 kernels); on CUDA every timing is bracketed by ``torch.cuda.synchronize``. Forward runs under
 ``torch.no_grad``; forward+backward backpropagates a random output gradient into input, offsets
 and mask. Ratios are grid_sample's time over each implementation's (above 1: faster than the
-reference). On the CPU the Triton rows are skipped with a note.
+reference). On the CPU the Triton rows are skipped with a note. ``--quick``: stage 4 only,
+2 repeats.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/bench_dcnv3.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+
+from benchmarks.table import Row, row, script_main
 
 from trainer.models.dcnv3 import dcnv3_core, dcnv3_core_grid_sample
 
@@ -36,6 +43,7 @@ STAGES: dict[int, tuple[int, int, int]] = {
     4: (16, 512, 32),
 }
 KERNEL = 3
+NAME = "dcnv3"
 
 
 def make_inputs(
@@ -84,13 +92,14 @@ def bench_stage(
     batch: int,
     device: torch.device,
     dtype: torch.dtype,
-) -> None:
-    """Print one stage's forward and forward+backward medians; ``cores`` must hold
-    ``grid_sample`` (the ratios' reference); ``skipped`` names implementations not run, with
-    the reason."""
+) -> list[Row]:
+    """One stage's forward and forward+backward medians (ms) of every implementation but
+    ``grid_sample``, each against ``grid_sample`` (the reference, which ``cores`` must hold);
+    ``skipped`` names implementations not run, with the reason (in the notes)."""
     size, channels, groups = STAGES[stage]
     inputs = make_inputs(size, channels, groups, batch, device, dtype)
-    print(f"stage {stage}: N={batch} {size}x{size} C={channels} G={groups} K={KERNEL * KERNEL}")
+    shape = f"stage {stage} N={batch} {size}x{size} C={channels} G={groups}"
+    out = []
     for backward in (False, True):
         times: dict[str, list[float]] = {name: [] for name in cores}
         for core in cores.values():  # warm-up (and Triton compilation)
@@ -98,15 +107,17 @@ def bench_stage(
         for _ in range(repeats):
             for name, core in cores.items():
                 times[name].append(run_once(core, inputs, groups, backward))
-        median = {name: statistics.median(t) for name, t in times.items()}
-        reference = median["grid_sample"]
-        label = "fwd+bwd" if backward else "fwd    "
-        cells = [
-            f"{name} {seconds * 1e3:8.3f} ms ({reference / seconds:5.2f}x)"
-            for name, seconds in median.items()
-        ]
-        cells += [f"{name} skipped ({why})" for name, why in skipped.items()]
-        print(f"  {label}  " + "   ".join(cells))
+        median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        label = "fwd+bwd" if backward else "fwd"
+        notes = f"{device.type} {str(dtype).removeprefix('torch.')}, median of {repeats}"
+        notes += "".join(f"; {name} skipped: {why}" for name, why in skipped.items())
+        for name, ms in median.items():
+            if name == "grid_sample":
+                continue
+            out.append(row(NAME, f"{name} {label}, {shape}", ms, "ms", "grid_sample core",
+                           median["grid_sample"], target="<= 1x", passed=ms <= median["grid_sample"],
+                           notes=notes))
+    return out
 
 
 def _cores(device: torch.device) -> tuple[dict[str, Callable[..., torch.Tensor]], dict[str, str]]:
@@ -125,29 +136,36 @@ def _cores(device: torch.device) -> tuple[dict[str, Callable[..., torch.Tensor]]
     return cores, {}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+def rows(quick: bool = False, repeats: int | None = None, threads: int | None = None,
+         stages: list[int] | None = None, device: str = "cpu", dtype: str = "float32",
+         batch: int = 1) -> list[Row]:
+    """Every stage's rows (:func:`bench_stage`); quick: stage 4, 2 repeats."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+        cores, skipped = _cores(dev)
+        out = []
+        for stage in stages or ([4] if quick else [1, 3]):
+            out += bench_stage(stage, repeats or (2 if quick else 7), cores, skipped, batch, dev,
+                               getattr(torch, dtype))
+        return out
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _arguments(parser) -> None:
+    parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--stages", type=int, nargs="+", default=[1, 3], choices=sorted(STAGES))
+    parser.add_argument("--stages", type=int, nargs="+", default=None, choices=sorted(STAGES))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="dtype of input, offsets and mask")
     parser.add_argument("--batch", type=int, default=1)
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"cpu, {torch.get_num_threads()} threads"
-    )
-    print(f"torch {torch.__version__}, {where}, {args.dtype}")
-    cores, skipped = _cores(device)
-    for stage in args.stages:
-        bench_stage(stage, args.repeats, cores, skipped, args.batch, device,
-                    getattr(torch, args.dtype))
+
 
 if __name__ == "__main__":
-    main()
+    script_main(rows, __doc__, _arguments)

@@ -485,6 +485,67 @@ def dataset_key(recipe: Recipe) -> tuple:
     return (data.dataset, data.root, data.train_split, data.val_split)
 
 
+#: How long a passed :func:`preflight` of an unchanged dataset is remembered (seconds).
+PREFLIGHT_MEMORY_S = 24 * 3600.0
+
+
+def _dataset_fingerprint(root: Path, depth: int = 4, limit: int = 5000) -> list | None:
+    """The modification times of ``root`` and the folders below it, ``depth`` levels deep (a
+    file added, removed or renamed in any of them changes one); None past ``limit`` folders
+    or where a folder cannot be read."""
+    marks, level = [], [root]
+    try:
+        for _ in range(depth + 1):
+            below = []
+            for folder in level:
+                marks.append((str(folder), folder.stat().st_mtime_ns))
+                below += [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+            if len(marks) + len(below) > limit:
+                return None
+            level = sorted(below)
+    except OSError:
+        return None
+    return marks
+
+
+def preflight_remembered(loaded: LoadedRecipe, recipe: Recipe) -> list[RecipeIssue]:
+    """:func:`preflight`, skipped when the same dataset (:func:`dataset_key`) passed it within
+    :data:`PREFLIGHT_MEMORY_S` and no file was added, removed or renamed in its folders
+    since (:func:`_dataset_fingerprint`; a file rewritten in place is not noticed). The check
+    imports torch (seconds on a login node); a sweep resubmitted over the same dataset need
+    not pay that again. Passes are kept in ``$SEGCTL_HOME/preflight.json``; problems are
+    never remembered."""
+    import hashlib
+    import json
+
+    from segctl.io.home import segctl_home
+
+    root = recipe.data.root
+    marks = None if is_url(root) else _dataset_fingerprint(Path(root))
+    if marks is None:
+        return preflight(loaded, recipe)
+    key = hashlib.sha256(json.dumps([dataset_key(recipe), marks]).encode()).hexdigest()
+    memory = segctl_home() / "preflight.json"
+    now = time.time()
+    try:
+        passed = {k: float(t) for k, t in json.loads(memory.read_text()).items()
+                  if now - float(t) < PREFLIGHT_MEMORY_S}
+    except (OSError, ValueError, TypeError, AttributeError):  # none yet, or unreadable
+        passed = {}
+    if key in passed:
+        return []
+    issues = preflight(loaded, recipe)
+    if not issues:
+        try:
+            memory.parent.mkdir(parents=True, exist_ok=True)
+            partial = memory.with_name(f".{memory.name}.{os.getpid()}")
+            partial.write_text(json.dumps({**passed, key: now}))
+            os.replace(partial, memory)
+        except OSError:
+            pass  # remembering is an optimisation only
+    return issues
+
+
 def refusals(loaded: LoadedRecipe, plan: SubmitPlan, datasets: dict | None = None) -> list[str]:
     """Everything a submit of the training ``plan`` would refuse, as notes, raising nothing
     (``--dry-run`` lists them): the dataset checks of :func:`preflight` (each with the recipe

@@ -38,6 +38,10 @@ class StepTiming:
         batch, crop: per-process batch (images) and crop (height, width) in pixels.
         iters, warmup: timed and untimed iterations.
         threads: CPU threads torch used.
+        flops_per_iter: floating-point operations of one step (forward, loss, backward) as
+            ``torch.utils.flop_counter.FlopCounterMode`` counts them (matmuls, convolutions,
+            attention; gathers and element-wise work are not counted), when asked for
+            (``count_flops``); else None.
     """
 
     seconds_per_iter: float
@@ -50,6 +54,7 @@ class StepTiming:
     iters: int
     warmup: int
     threads: int
+    flops_per_iter: float | None = None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -66,7 +71,9 @@ def _peak_memory_gib(device: torch.device) -> float:
 def time_training_steps(recipe: Recipe, *, iters: int, warmup: int = 2,
                         batch: int | None = None, crop: tuple[int, int] | None = None,
                         configure: Callable[[torch.nn.Module], None] | None = None,
-                        seed: int = 0) -> StepTiming:
+                        configure_optimizer: Callable[[torch.optim.Optimizer],
+                                                      torch.optim.Optimizer] | None = None,
+                        count_flops: bool = False, seed: int = 0) -> StepTiming:
     """Time ``iters`` training steps of ``recipe`` after ``warmup`` untimed ones.
 
     Args:
@@ -76,7 +83,11 @@ def time_training_steps(recipe: Recipe, *, iters: int, warmup: int = 2,
         batch: per-process images (default ``train.batch_size``).
         crop: (height, width) in pixels (default ``data.crop_size``).
         configure: called with the model before the optimizer is built (e.g. to choose a
-            DCNv3 core).
+            DCNv3 core, ``model.compile()``, channels-last).
+        configure_optimizer: given the recipe's optimizer, returns the one to use (e.g. the
+            same groups in a fused AdamW).
+        count_flops: count one more (untimed) step's operations after the timed ones
+            (:attr:`StepTiming.flops_per_iter`); a compiled model's count is not meaningful.
         seed: of the random images and labels.
 
     Raises:
@@ -97,6 +108,8 @@ def time_training_steps(recipe: Recipe, *, iters: int, warmup: int = 2,
     if configure is not None:
         configure(model)
     optimizer = build_optimizer(model, recipe.optim)
+    if configure_optimizer is not None:
+        optimizer = configure_optimizer(optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     device = accelerator.device
@@ -117,6 +130,14 @@ def time_training_steps(recipe: Recipe, *, iters: int, warmup: int = 2,
         if i >= warmup:
             times.append(time.perf_counter() - started)
     peak = _peak_memory_gib(device)
+    flops = None
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            train_step(model, optimizer, data, accelerator, recipe, lr=recipe.optim.lr,
+                       epoch=1, spec=spec)
+        flops = float(counter.get_total_flops())
     name = f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
     total = (torch.cuda.get_device_properties(device).total_memory / 2**30
              if device.type == "cuda" else None)
@@ -127,5 +148,5 @@ def time_training_steps(recipe: Recipe, *, iters: int, warmup: int = 2,
         seconds_per_iter=statistics.median(times), peak_memory_gib=peak, device=name,
         gpu_memory_gib=total, precision=str(accelerator.mixed_precision), batch=batch,
         crop=(int(height), int(width)), iters=iters, warmup=warmup,
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads(), flops_per_iter=flops,
     )

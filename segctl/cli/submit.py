@@ -172,7 +172,8 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
     ``scale_lr``: see :func:`segctl.submission.plan_training`."""
     from segctl.recipe import RecipeError, load_recipe
     from segctl.submission import (
-        SubmittedJob, apply_sweep, dataset_key, plan_training, preflight, why_not_submitted,
+        SubmittedJob, apply_sweep, dataset_key, plan_training, preflight_remembered,
+        why_not_submitted,
     )
     from segctl.sweeps import expand_grid, refuse_shared_runs, sweep_id
 
@@ -232,7 +233,7 @@ def submit_sweep(recipe: Path, overrides: list[str], sweeps: list[str], site, dr
         key = dataset_key(plan.recipe)
         if key not in checked_data:  # members usually share their dataset: check it once
             checked_data.add(key)
-            issues.extend(preflight(loaded, plan.recipe))
+            issues.extend(preflight_remembered(loaded, plan.recipe))
     if issues:
         raise RecipeError(issues)
     to_submit = [plan for _, plan in members]
