@@ -1,46 +1,70 @@
 #!/usr/bin/env bash
 # A real Slurm cluster on this machine for development and tests.
 #
-#   slurm/dev-cluster.sh up              start munge, MariaDB, slurmdbd, slurmctld and the
-#                                        compute nodes n1, n2 (partition "dev"); idempotent
-#   slurm/dev-cluster.sh down [--purge]  cancel every job, stop the daemons started by `up`;
-#                                        --purge also deletes the state directory
-#   slurm/dev-cluster.sh status          daemon table and sinfo; exit 0 when all is up, 3 if not
-#   slurm/dev-cluster.sh restart-ctld    stop slurmctld (SIGTERM: it saves its state) and start it
-#                                        again; running jobs go on; returns once the nodes are ready
+#   slurm/dev-cluster.sh [--state-dir DIR] COMMAND
 #
-# Everything written (configs, munge key and socket, MariaDB datadir, spool, state, logs, pid
-# files) lives under one directory: ${SEGCTL_SLURM_DIR:-$HOME/.local/state/segctl/slurm-dev}.
-# Daemons listen on 127.0.0.1 only: slurmctld 17000, slurmd n1/n2 17001/17002, slurmdbd 17019,
-# MariaDB 3307. Run as root (slurmd must be able to start jobs as any user).
+#   up              start munge, MariaDB, slurmdbd, slurmctld and the compute nodes n1, n2
+#                   (partition "dev"); idempotent
+#   down [--purge]  cancel every job, stop the daemons started by `up`; --purge also deletes the
+#                   state directory
+#   status          state directory, ports, daemon table and sinfo; exit 0 when all is up, 3 if not
+#   restart-ctld    stop slurmctld (SIGTERM: it saves its state) and start it again; running jobs
+#                   go on; returns once the nodes are ready
+#
+# Everything written (configs, ports, munge key and socket, MariaDB datadir, spool, state, logs,
+# pid files) lives under one state directory: --state-dir DIR, else $SEGCTL_SLURM_DIR, else
+# $HOME/.local/state/segctl/slurm-dev. Daemons listen on 127.0.0.1 only, on ports chosen free
+# when `up` first creates the state directory and recorded in its etc/ports, so that every
+# command on that directory finds the same cluster and clusters of other state directories
+# (each with its own munge daemon and key) run beside it without sharing anything. A state
+# directory created before ports were recorded keeps the former fixed ports (slurmctld 17000,
+# slurmd n1/n2 17001/17002, slurmdbd 17019, MariaDB 3307). Run as root (slurmd must be able to
+# start jobs as any user).
 #
 # Exit codes: 0 ok; 1 error; 2 usage; 3 `status` found the cluster not (fully) up;
 # 4 the Slurm packages are missing and apt-get is not available to install them.
 set -euo pipefail
 
-readonly STATE_DIR="${SEGCTL_SLURM_DIR:-$HOME/.local/state/segctl/slurm-dev}"
-readonly ETC_DIR="$STATE_DIR/etc"
-readonly RUN_DIR="$STATE_DIR/run"
-readonly LOG_DIR="$STATE_DIR/log"
-readonly SPOOL_DIR="$STATE_DIR/spool"
-readonly MUNGE_DIR="$STATE_DIR/munge"
-readonly MYSQL_DIR="$STATE_DIR/mysql"
-readonly SLURM_CONF_FILE="$ETC_DIR/slurm.conf"
-readonly SLURMDBD_CONF_FILE="$ETC_DIR/slurmdbd.conf"
-readonly MUNGE_SOCKET="$MUNGE_DIR/munge.socket"
-readonly MUNGE_KEY="$MUNGE_DIR/munge.key"
-readonly MYSQL_SOCKET="$MYSQL_DIR/mysqld.sock"
-readonly DB_PASSWORD_FILE="$ETC_DIR/db.password"
+readonly DEFAULT_STATE_DIR="$HOME/.local/state/segctl/slurm-dev"
 
 readonly CLUSTER_NAME="segctldev"
 readonly PARTITION="dev"
 readonly NODES=(n1 n2)
 readonly NODE_CPUS=2
-readonly SLURMCTLD_PORT=17000
-readonly SLURMD_BASE_PORT=17000 # n1 -> 17001, n2 -> 17002
-readonly SLURMDBD_PORT=17019
-readonly MYSQL_PORT=3307
 readonly SLURM_DB="slurm_acct_db"
+
+# Ports of a state directory created before they were recorded in etc/ports.
+readonly FORMER_PORTS="SLURMCTLD_PORT=17000 SLURMD_PORTS=17001,17002 SLURMDBD_PORT=17019 MYSQL_PORT=3307"
+# New state directories draw their ports at random from [PORT_LOW, PORT_HIGH), below the usual
+# ephemeral range (32768-60999) where outgoing connections take theirs.
+readonly PORT_LOW=20000
+readonly PORT_HIGH=32000
+# A Unix socket path holds at most 107 bytes; the longest one is a job step's socket in a
+# node's spool directory, <spool>/slurmd.<node>/<node>_<job id>.<step id>.
+readonly MAX_SOCKET_PATH=107
+
+# set_state_dir DIR: the state directory and every path under it (absolute).
+set_state_dir() {
+  local dir="$1"
+  [[ -n "$dir" ]] || die "the state directory is an empty string"
+  [[ "$dir" == /* ]] || dir="$PWD/$dir"
+  dir="$(realpath -m -- "$dir")"
+  declare -gr STATE_DIR="$dir"
+  declare -gr ETC_DIR="$STATE_DIR/etc"
+  declare -gr RUN_DIR="$STATE_DIR/run"
+  declare -gr LOG_DIR="$STATE_DIR/log"
+  declare -gr SPOOL_DIR="$STATE_DIR/spool"
+  declare -gr MUNGE_DIR="$STATE_DIR/munge"
+  declare -gr MYSQL_DIR="$STATE_DIR/mysql"
+  declare -gr SLURM_CONF_FILE="$ETC_DIR/slurm.conf"
+  declare -gr SLURMDBD_CONF_FILE="$ETC_DIR/slurmdbd.conf"
+  declare -gr PORTS_FILE="$ETC_DIR/ports"
+  declare -gr MUNGE_SOCKET="$MUNGE_DIR/munge.socket"
+  declare -gr MUNGE_KEY="$MUNGE_DIR/munge.key"
+  declare -gr MYSQL_SOCKET="$MYSQL_DIR/mysqld.sock"
+  declare -gr DB_PASSWORD_FILE="$ETC_DIR/db.password"
+  export SLURM_CONF="$SLURM_CONF_FILE"
+}
 
 readonly PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 readonly REQUIRED_BINARIES=(munged mungekey munge unmunge slurmctld slurmd slurmdbd sinfo sbatch sacct sacctmgr
@@ -49,8 +73,6 @@ readonly REQUIRED_BINARIES=(munged mungekey munge unmunge slurmctld slurmd slurm
 # Seconds to wait for each readiness condition.
 readonly START_TIMEOUT="${SEGCTL_SLURM_START_TIMEOUT:-60}"
 readonly STOP_TIMEOUT="${SEGCTL_SLURM_STOP_TIMEOUT:-30}"
-
-export SLURM_CONF="$SLURM_CONF_FILE"
 
 # --- messages ----------------------------------------------------------------------------------
 
@@ -173,6 +195,112 @@ ensure_packages() {
   [[ -z "$missing" ]] || die "still missing after install: ${missing% }"
 }
 
+# --- ports -------------------------------------------------------------------------------------
+
+# ports_in_use: the local port of every TCP socket of this machine (any state, IPv4 and IPv6).
+ports_in_use() {
+  local file local_address rest
+  for file in /proc/net/tcp /proc/net/tcp6; do
+    [[ -r "$file" ]] || continue
+    while read -r _ local_address rest; do
+      [[ "$local_address" == *:* ]] || continue # the header line
+      printf '%d\n' "$((16#${local_address##*:}))"
+    done <"$file"
+  done
+}
+
+# choose_ports: a ports file's assignments (one per line) of distinct ports drawn at random in
+# [PORT_LOW, PORT_HIGH) that no socket of this machine holds now, nor a former fixed port.
+choose_ports() {
+  local -A taken=()
+  local port assignment
+  for port in $(ports_in_use); do
+    taken[$port]=1
+  done
+  for assignment in $FORMER_PORTS; do
+    assignment="${assignment#*=}"
+    for port in ${assignment//,/ }; do # SLURMD_PORTS holds one per node, comma-separated
+      taken[$port]=1
+    done
+  done
+  local -a chosen=()
+  local tries=0
+  while ((${#chosen[@]} < 3 + ${#NODES[@]})); do
+    ((tries++ < 1000)) || die "no ${#NODES[@]}+3 free ports found in [$PORT_LOW, $PORT_HIGH)"
+    port=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (PORT_HIGH - PORT_LOW)))
+    [[ -z "${taken[$port]:-}" ]] || continue
+    taken[$port]=1
+    chosen+=("$port")
+  done
+  local IFS=,
+  printf 'SLURMCTLD_PORT=%s\nSLURMDBD_PORT=%s\nMYSQL_PORT=%s\nSLURMD_PORTS=%s\n' \
+    "${chosen[0]}" "${chosen[1]}" "${chosen[2]}" "${chosen[*]:3}"
+}
+
+# parse_ports: read a ports file's assignments from stdin into SLURMCTLD_PORT, SLURMDBD_PORT,
+# MYSQL_PORT and SLURMD_PORTS (an array, one port per node of NODES, in order).
+parse_ports() {
+  local line key value
+  SLURMCTLD_PORT="" SLURMDBD_PORT="" MYSQL_PORT="" SLURMD_PORTS=()
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+    [[ "$line" =~ ^([A-Z_]+)=([0-9,]+)$ ]] || die "$PORTS_FILE: unexpected line: $line"
+    key="${BASH_REMATCH[1]}" value="${BASH_REMATCH[2]}"
+    case "$key" in
+      SLURMCTLD_PORT) SLURMCTLD_PORT="$value" ;;
+      SLURMDBD_PORT) SLURMDBD_PORT="$value" ;;
+      MYSQL_PORT) MYSQL_PORT="$value" ;;
+      SLURMD_PORTS) IFS=, read -r -a SLURMD_PORTS <<<"$value" ;;
+      *) die "$PORTS_FILE: unknown key $key" ;;
+    esac
+  done
+  local port
+  for port in "$SLURMCTLD_PORT" "$SLURMDBD_PORT" "$MYSQL_PORT" "${SLURMD_PORTS[@]}"; do
+    [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) ||
+      die "$PORTS_FILE: a port is missing or out of range (delete the state directory, or fix the file)"
+  done
+  ((${#SLURMD_PORTS[@]} == ${#NODES[@]})) ||
+    die "$PORTS_FILE: SLURMD_PORTS needs ${#NODES[@]} ports (one per node: ${NODES[*]})"
+}
+
+# load_ports: the ports of this state directory, where it has any. A directory laid out before
+# ports were recorded (a slurm.conf and no ports file) has the former fixed ones.
+load_ports() {
+  if [[ -f "$PORTS_FILE" ]]; then
+    parse_ports <"$PORTS_FILE"
+  elif [[ -f "$SLURM_CONF_FILE" ]]; then
+    parse_ports < <(tr ' ' '\n' <<<"$FORMER_PORTS")
+  fi
+}
+
+# record_ports: make sure the state directory has its ports file (for `up`, after make_layout).
+record_ports() {
+  [[ -f "$PORTS_FILE" ]] && return 0
+  {
+    printf '# Ports of the dev cluster of this state directory, recorded by slurm/dev-cluster.sh\n'
+    printf '# when the directory was created. Every command on this directory uses them.\n'
+    if [[ -f "$SLURM_CONF_FILE" ]]; then
+      tr ' ' '\n' <<<"$FORMER_PORTS"
+    else
+      choose_ports
+    fi
+  } | write_if_changed "$PORTS_FILE" 644
+  log "ports recorded in $PORTS_FILE"
+}
+
+# check_path_lengths: every Unix socket under the state directory fits in a socket address.
+check_path_lengths() {
+  local node path
+  local -a paths=("$MUNGE_SOCKET" "$MYSQL_SOCKET")
+  for node in "${NODES[@]}"; do
+    paths+=("$SPOOL_DIR/slurmd.$node/${node}_4294967294.4294967294")
+  done
+  for path in "${paths[@]}"; do
+    ((${#path} <= MAX_SOCKET_PATH)) ||
+      die "state directory $STATE_DIR is too long: the socket path $path has ${#path} bytes, at most $MAX_SOCKET_PATH fit; choose a shorter --state-dir"
+  done
+}
+
 # --- layout and configuration ------------------------------------------------------------------
 
 make_layout() {
@@ -265,9 +393,9 @@ JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 EOF
     for node in "${NODES[@]}"; do
-      i=$((i + 1))
       printf 'NodeName=%s NodeHostname=localhost NodeAddr=127.0.0.1 Port=%s CPUs=%s RealMemory=%s State=UNKNOWN\n' \
-        "$node" "$((SLURMD_BASE_PORT + i))" "$NODE_CPUS" "$memory"
+        "$node" "${SLURMD_PORTS[$i]}" "$NODE_CPUS" "$memory"
+      i=$((i + 1))
     done
     local IFS=,
     printf 'PartitionName=%s Nodes=%s Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO\n' \
@@ -477,7 +605,10 @@ cluster_registered() { dbd_answers | grep -x "$CLUSTER_NAME" >/dev/null; }
 cmd_up() {
   [[ "$(id -u)" -eq 0 ]] || die "run as root: slurmd must start jobs as any user (SlurmUser=root)"
   ensure_packages
+  check_path_lengths
   make_layout
+  record_ports
+  load_ports
   write_configs
   start_munge
   start_mariadb
@@ -490,7 +621,7 @@ cmd_up() {
   done
   wait_nodes_ready
   wait_accounting
-  log "cluster $CLUSTER_NAME is up: partition $PARTITION, nodes ${NODES[*]}; state in $STATE_DIR"
+  log "cluster $CLUSTER_NAME is up: partition $PARTITION, nodes ${NODES[*]}; state in $STATE_DIR; slurmctld on 127.0.0.1:$SLURMCTLD_PORT"
   printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
 }
 
@@ -500,6 +631,7 @@ cmd_up() {
 cmd_restart_ctld() {
   [[ "$(id -u)" -eq 0 ]] || die "run as root: slurmctld runs as root here (SlurmUser=root)"
   pid_alive "$RUN_DIR/slurmctld.pid" slurmctld >/dev/null || die "slurmctld is not running: use up"
+  load_ports
   stop_daemon slurmctld "$RUN_DIR/slurmctld.pid" slurmctld
   start_slurmctld
   wait_nodes_ready
@@ -584,6 +716,13 @@ cmd_status() {
     rows+=("slurmd $node|$RUN_DIR/slurmd.$node.pid|slurmd")
   done
   printf 'state dir: %s\n' "$STATE_DIR"
+  load_ports
+  if [[ -n "${SLURMCTLD_PORT:-}" ]]; then
+    printf 'ports: slurmctld %s, slurmd %s, slurmdbd %s, MariaDB %s\n' "$SLURMCTLD_PORT" \
+      "$(IFS=/ && printf '%s' "${SLURMD_PORTS[*]}")" "$SLURMDBD_PORT" "$MYSQL_PORT"
+  else
+    printf 'ports: none recorded (no cluster was set up in this state dir)\n'
+  fi
   local row
   for row in "${rows[@]}"; do
     IFS='|' read -r name pidfile comm <<<"$row"
@@ -603,11 +742,27 @@ cmd_status() {
 }
 
 usage() {
-  printf 'usage: %s up | down [--purge] | status | restart-ctld\n' "$(basename "$0")" >&2
+  printf 'usage: %s [--state-dir DIR] up | down [--purge] | status | restart-ctld\n' "$(basename "$0")" >&2
   exit 2
 }
 
 main() {
+  local state_dir="${SEGCTL_SLURM_DIR:-$DEFAULT_STATE_DIR}"
+  while (($#)); do
+    case "$1" in
+      --state-dir)
+        (($# >= 2)) || usage
+        state_dir="$2"
+        shift 2
+        ;;
+      --state-dir=*)
+        state_dir="${1#*=}"
+        shift
+        ;;
+      *) break ;;
+    esac
+  done
+  set_state_dir "$state_dir"
   local cmd="${1:-}"
   shift || true
   case "$cmd" in

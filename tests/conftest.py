@@ -84,49 +84,65 @@ _EXIT_NO_APT = 4  # dev-cluster.sh: packages missing and apt-get unavailable
 _SLURM_UP_TIMEOUT_S = 900  # seconds; includes a first-time apt-get install
 
 
-def _dev_cluster(*args: str, timeout: float):
+def _dev_cluster(state_dir: Path, *args: str, timeout: float):
+    """``slurm/dev-cluster.sh --state-dir STATE_DIR ARGS``; the completed process (not checked)."""
     import subprocess
 
     return subprocess.run(
-        ["bash", str(SLURM_DEV_CLUSTER), *args], capture_output=True, text=True,
-        timeout=timeout, check=False,
+        ["bash", str(SLURM_DEV_CLUSTER), "--state-dir", str(state_dir), *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
     )
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """A running dev cluster for the session; yields the path of its slurm.conf.
-
-    ``SLURM_CONF`` is set to it in ``os.environ`` for the session (the previous value is put
-    back afterwards; monkeypatch is function-scoped). A cluster that was already up before the
-    session is left running; one started here is taken down at the end. Skips where the Slurm
-    packages are missing and apt-get is not there to install them.
-    """
-    import os
+def _slurm_conf_of(up_stdout: str) -> Path:
+    """The path of the ``export SLURM_CONF=...`` line that ``dev-cluster.sh up`` prints."""
     import re
 
-    was_up = _dev_cluster("status", timeout=60).returncode == 0
-    up = _dev_cluster("up", timeout=_SLURM_UP_TIMEOUT_S)
-    if up.returncode == _EXIT_NO_APT:
-        pytest.skip(f"Slurm packages missing and apt-get unavailable: {up.stderr.strip()}")
-    if up.returncode != 0:
-        pytest.fail(f"dev-cluster.sh up failed (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
-    match = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.MULTILINE)
-    assert match, f"no export SLURM_CONF line in the output of up:\n{up.stdout}"
-    slurm_conf = Path(match.group(1))
-    assert slurm_conf.is_file()
-    saved = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(slurm_conf)
+    match = re.search(r"^export SLURM_CONF=(\S+)$", up_stdout, re.MULTILINE)
+    assert match, f"no export SLURM_CONF line in the output of up:\n{up_stdout}"
+    return Path(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A dev cluster of the session's own; yields the path of its slurm.conf.
+
+    It lives in a fresh state directory under the session's temporary folder, so its ports are
+    chosen free when it starts (``slurm/dev-cluster.sh`` records them there): a cluster that
+    someone else left running (the default state directory's, another session's) is never
+    reused and keeps running untouched beside it. The cluster is started here and always
+    taken down at the end, also when ``up`` failed half-way. ``SLURM_CONF`` and
+    ``SEGCTL_SLURM_DIR`` (so that ``dev-cluster.sh status`` or ``restart-ctld`` act on this
+    cluster) are set in ``os.environ`` for the session and put back afterwards (monkeypatch is
+    function-scoped). Skips where the Slurm packages are missing and apt-get is not there to
+    install them.
+    """
+    import os
+
+    state_dir = tmp_path_factory.mktemp("slurm")
+    assert not any(state_dir.iterdir()), f"{state_dir} is not a fresh state directory"
+    saved = {name: os.environ.get(name) for name in ("SLURM_CONF", "SEGCTL_SLURM_DIR")}
     try:
+        up = _dev_cluster(state_dir, "up", timeout=_SLURM_UP_TIMEOUT_S)
+        if up.returncode == _EXIT_NO_APT:
+            pytest.skip(f"Slurm packages missing and apt-get unavailable: {up.stderr.strip()}")
+        if up.returncode != 0:
+            pytest.fail(f"dev-cluster.sh up failed (exit {up.returncode}):\n{up.stdout}\n{up.stderr}")
+        slurm_conf = _slurm_conf_of(up.stdout)
+        own = (state_dir / "etc" / "slurm.conf").resolve()
+        assert slurm_conf.is_file() and slurm_conf.resolve() == own, (
+            f"up printed {slurm_conf}, not the slurm.conf of the state directory {state_dir}")
+        os.environ["SLURM_CONF"] = str(slurm_conf)
+        os.environ["SEGCTL_SLURM_DIR"] = str(state_dir)
         yield slurm_conf
     finally:
-        if saved is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = saved
-        if not was_up:
-            down = _dev_cluster("down", timeout=120)
-            assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        down = _dev_cluster(state_dir, "down", timeout=120)
+        assert down.returncode == 0, f"dev-cluster.sh down failed:\n{down.stdout}\n{down.stderr}"
 
 
 # --- markers by need: `pytest -m "not slurm and not server and not slow"` is the fast tier ---

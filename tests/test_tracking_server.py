@@ -168,6 +168,8 @@ def test_outage_mid_run_loses_nothing(real_data, tmp_path, mlflow_server):
     synced = runner.invoke(app, ["sync", str(run_dir)])
     assert synced.exit_code == 0, synced.output
     assert not (run_dir / BUFFER_FILE).exists()
+    # the images the outage held back were delivered: their files are gone
+    assert not [p for p in (run_dir / "tracking-buffer").rglob("*") if p.is_file()]
     client = MlflowClient(mlflow_server.url)
     run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     assert _steps(client, run_id, "loss") == list(range(1, max_iters + 1))  # every step
@@ -204,7 +206,13 @@ def test_system_metrics_stop_quietly_in_an_outage_and_start_again(tmp_path, mlfl
 
             mlflow_server.stop(hard=True)
             tracker.log_metrics({"loss": 0.9}, step=2)  # buffered
-            time.sleep(1.5)  # the monitor meets the dead server: one warning, then it ends
+
+            def monitor_failures() -> list[str]:
+                return [m for m in monitor_log.messages(logging.WARNING) if "Failed to" in m]
+
+            # the monitor meets the dead server: one warning, then it ends
+            wait_until(monitor_failures, timeout_s=30, what="the monitor's warning about the "
+                       "dead server", interval_s=0.1)
             tracker.log_metrics({"loss": 0.8}, step=3)  # buffered
             time.sleep(1.0)
             failures = [m for m in monitor_log.messages(logging.WARNING) if "Failed to" in m]
@@ -214,7 +222,9 @@ def test_system_metrics_stop_quietly_in_an_outage_and_start_again(tmp_path, mlfl
             time.sleep(0.6)  # past the tracker's cool-down
             restarted = int(time.time() * 1000)
             tracker.log_metrics({"loss": 0.7}, step=4)  # replays the buffer, starts a monitor
-            time.sleep(1.5)
+            wait_until(lambda: [m for m in client.get_metric_history(tracker.run_id, key)
+                                if m.timestamp >= restarted], timeout_s=30,
+                       what="system metrics sampled after the outage", interval_s=0.2)
         finally:
             tracker.close()
     assert tracker.pending() == 0
@@ -264,19 +274,27 @@ def test_system_metrics_switched_off_log_none(tmp_path, mlflow_server, monkeypat
                       tracking={"system_metrics_interval_s": 0.1})
     monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
     runs = []
-    for recipe, env in ((off, None), (on, "false"), (on, None)):
+    settle_s = 0.8  # how long a run stays open: twice what the control took to log a sample
+    # the control first: it measures how long a monitor takes to log on this machine now
+    for recipe, env in ((on, None), (off, None), (on, "false")):
         if env is not None:
             monkeypatch.setenv(SYSTEM_METRICS_ENV, env)
         else:
             monkeypatch.delenv(SYSTEM_METRICS_ENV, raising=False)
         tracker = Tracker.for_recipe(tmp_path / f"run-{len(runs)}", recipe)
+        opened = time.monotonic()
         tracker.log_metrics({"loss": 1.0}, step=1)
-        time.sleep(0.8)
+        if not runs:
+            wait_until(lambda: _system_keys(client, tracker.run_id), timeout_s=30,
+                       what="the control run's first system metrics", interval_s=0.1)
+            settle_s = max(settle_s, 2 * (time.monotonic() - opened))
+        else:
+            time.sleep(settle_s)
         tracker.close()
         runs.append(tracker.run_id)
-    assert _system_keys(client, runs[0]) == []
+    assert "system/cpu_utilization_percentage" in _system_keys(client, runs[0])  # the control
     assert _system_keys(client, runs[1]) == []
-    assert "system/cpu_utilization_percentage" in _system_keys(client, runs[2])  # the control
+    assert _system_keys(client, runs[2]) == []
 
 
 @pytest.mark.slow
