@@ -70,7 +70,9 @@ ACTIVE_STATES = frozenset({
 def refresh_states(registry: Registry, jobs: list[JobRecord]) -> dict[int, str]:
     """Ask the executors about every unfinished job of ``jobs`` at once (one sacct call for
     all Slurm jobs), record what changed, and return row id → state. Terminal states are never
-    asked again; an unreachable scheduler leaves the recorded states as they were.
+    asked again, except a Slurm job's FAILED reason read from its exit status alone, for
+    :data:`REASON_SETTLE_S` seconds; an unreachable scheduler leaves the recorded states as
+    they were.
 
     Each change is recorded only if the row still holds the state read in ``jobs``
     (:meth:`Registry.set_state` with ``expected``): where another process recorded something
@@ -78,7 +80,8 @@ def refresh_states(registry: Registry, jobs: list[JobRecord]) -> dict[int, str]:
     from segctl.executors import job_statuses
 
     states = {job.id: job.state for job in jobs}
-    active = [job for job in jobs if job.job_id and job.state not in TERMINAL_STATES]
+    active = [job for job in jobs if job.job_id and
+              (job.state not in TERMINAL_STATES or _reason_may_settle(job))]
     if not active:
         return states
     try:
@@ -99,6 +102,20 @@ def refresh_states(registry: Registry, jobs: list[JobRecord]) -> dict[int, str]:
             continue
         states[job.id] = status.state
     return states
+
+
+#: Seconds after a Slurm job was seen FAILED during which a reason read from its exit status
+#: alone (``exit code N``) is asked again: sacct may record the job's end before the step
+#: whose task a signal killed (``DerivedExitCode`` ``0:9``), so a first look can read the batch
+#: script's status where the signal is the cause.
+REASON_SETTLE_S = 120.0
+
+
+def _reason_may_settle(job: JobRecord) -> bool:
+    """Whether a FAILED Slurm job's reason may still change (see :data:`REASON_SETTLE_S`)."""
+    return (job.executor == "slurm" and job.state == JobState.FAILED
+            and (job.reason or "").startswith("exit code")
+            and job.finished_at is not None and time.time() - job.finished_at < REASON_SETTLE_S)
 
 
 def refresh_state(registry: Registry, job: JobRecord) -> str:

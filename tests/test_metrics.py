@@ -152,3 +152,32 @@ def test_table_has_names_percent_nan_and_reference_difference():
     assert "published" not in plain
     with pytest.raises(ValueError):
         format_metrics_table(m, ["road"])
+
+
+@pytest.mark.parametrize("classes", [19, 150])  # int16 cells, and int32 (150 x 256 > 2**15)
+def test_the_direct_update_counts_as_the_masked_one(classes):
+    """The update without a mask (label * C + pred of every pixel, the first C x C bins kept)
+    counts what masking the ignored and out-of-range labels first counts, for 8-bit maps with
+    255 ignored and labels between C and 255; negative or huge labels take the masked path."""
+    gen = torch.Generator().manual_seed(classes)
+    pred = torch.randint(0, classes, (2, 37, 53), generator=gen)
+    label = torch.randint(0, 256, (2, 37, 53), generator=gen)  # many >= C, some 255
+    label[0, :5] = 255
+    keep = (label != 255) & (label < classes)
+    expected = torch.bincount(label[keep] * classes + pred[keep],
+                              minlength=classes * classes).reshape(classes, classes)
+    direct = ConfusionMatrix(classes)
+    direct.update(pred, label)
+    direct.update(pred[:1], label[:1])  # a smaller batch reuses the buffers
+    first = torch.bincount(label[:1][keep[:1]] * classes + pred[:1][keep[:1]],
+                           minlength=classes * classes).reshape(classes, classes)
+    assert torch.equal(direct.matrix, expected + first)
+    for odd in (-1, 1 << 40):
+        masked = ConfusionMatrix(classes)
+        weird = label.clone()
+        weird[1, 0, 0] = odd
+        masked.update(pred, weird)
+        keep_w = (weird != 255) & (weird >= 0) & (weird < classes)
+        assert torch.equal(masked.matrix, torch.bincount(
+            weird[keep_w] * classes + pred[keep_w],
+            minlength=classes * classes).reshape(classes, classes))

@@ -174,3 +174,25 @@ def test_forget_drops_finished_runs_and_refuses_live_ones(segctl_env):
     finally:
         controller.kill()
         controller.wait()
+
+
+def test_a_failed_slurm_jobs_bare_exit_status_is_asked_again_for_a_while():
+    """sacct may record a job's end before the step a signal killed: a reason read from the
+    exit status alone (``exit code 9``) is asked again for REASON_SETTLE_S seconds, only for
+    Slurm jobs, and never a reason that already names the cause."""
+    import time
+    from dataclasses import replace
+
+    from segctl.registry import JobRecord
+    from segctl.status import REASON_SETTLE_S, _reason_may_settle
+
+    now = time.time()
+    failed = JobRecord(id=1, run_id="r", kind="train", executor="slurm", job_id="7", folder="f",
+                       state="FAILED", submitted_at=now - 60, finished_at=now - 5,
+                       label=None, reason="exit code 9")
+    assert _reason_may_settle(failed)
+    assert not _reason_may_settle(replace(failed, finished_at=now - REASON_SETTLE_S - 1))
+    assert not _reason_may_settle(replace(failed, executor="local"))
+    assert not _reason_may_settle(
+        replace(failed, reason="a task was killed by signal 9 (SIGKILL)"))
+    assert not _reason_may_settle(replace(failed, state="COMPLETED", reason=None))

@@ -63,11 +63,19 @@ class SegMetrics:
         return out
 
 
+#: The most bins the direct update counts into (``(max label + 1) * C``: 8-bit label maps
+#: always stay under it); beyond, pixels are masked first.
+_MAX_DIRECT_BINS = 1 << 20
+
+
 class ConfusionMatrix:
     """A (C, C) int64 pixel-count matrix, rows = ground truth, columns = prediction.
 
     Counts are accumulated on ``device`` with one ``torch.bincount`` per update, so evaluation
-    on a GPU never copies label maps to the host. Pixels whose label equals ``ignore_index``,
+    on a GPU never copies label maps to the host. Where the labels are non-negative and small
+    (8-bit maps) and the ignore index is not a class, the update counts ``label * C + pred``
+    of every pixel and keeps the first C x C bins: no mask, no gather (the ignored and
+    out-of-range labels fall past them). Pixels whose label equals ``ignore_index``,
     or lies outside ``[0, num_classes)``, are skipped. (mmsegmentation drops only
     ``ignore_index`` pixels and still counts the prediction of a pixel with any other
     out-of-range label in the prediction area; well-formed datasets contain no such labels.)
@@ -89,6 +97,7 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(
             (num_classes, num_classes), dtype=torch.int64, device=device
         )
+        self._scratch: torch.Tensor | None = None
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """Add one batch of predictions.
@@ -109,11 +118,34 @@ class ConfusionMatrix:
         pred = pred.to(device=device, dtype=torch.int64).reshape(-1)
         label = label.to(device=device, dtype=torch.int64).reshape(-1)
         c = self.num_classes
-        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= c):
+        if not pred.numel():
+            return
+        low, high = (int(v) for v in torch.aminmax(pred))
+        if low < 0 or high >= c:
             raise ValueError(f"predictions must lie in [0, {c}), got values outside")
+        low, high = (int(v) for v in torch.aminmax(label))
+        if low >= 0 and (high + 1) * c <= _MAX_DIRECT_BINS and not 0 <= self.ignore_index < c:
+            # label * C + pred of every pixel in 16 (or 32) bits, in buffers kept between
+            # updates (a fresh 32 MB tensor costs more in page faults than the arithmetic), one
+            # bincount: a label >= C (the ignore index among them) lands past the first
+            # C * C bins, which are the matrix
+            dtype = torch.int16 if (high + 1) * c <= 1 << 15 else torch.int32
+            cell, other = self._buffers(pred.numel(), dtype)
+            torch.mul(other.copy_(label), c, out=cell).add_(other.copy_(pred))
+            counts = torch.bincount(cell, minlength=c * c)
+            self.matrix += counts[: c * c].reshape(c, c)
+            return
         keep = (label != self.ignore_index) & (label >= 0) & (label < c)
         cell = label[keep] * c + pred[keep]
         self.matrix += torch.bincount(cell, minlength=c * c).reshape(c, c)
+
+    def _buffers(self, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two ``dtype`` buffers of ``n`` elements on the matrix's device, kept for the next
+        update of the same size or smaller and dtype."""
+        scratch = self._scratch
+        if scratch is None or scratch.shape[1] < n or scratch.dtype != dtype:
+            scratch = self._scratch = torch.empty((2, n), dtype=dtype, device=self.matrix.device)
+        return scratch[0, :n], scratch[1, :n]
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks in place; a no-op without a process group.
