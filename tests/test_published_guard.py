@@ -142,3 +142,21 @@ def _mlflow(env: Path, run_dir: Path) -> tuple[dict, dict]:
     client = MlflowClient(f"sqlite:///{env / 'mlflow.db'}")
     run = client.get_run(RunDir(run_dir).mlflow_run_id.read_text().strip())
     return run.data.tags, run.data.metrics
+
+
+def test_weights_fetch_gets_the_published_log_and_a_missing_one_is_not_fatal(
+        segctl_env, cityscapes_frame_root, range_server):
+    (range_server.root / "fetched.log.json").write_text(
+        '{"mode": "train", "epoch": 1, "iter": 2, "lr": 0.01, "loss": 1.5, "time": 0.3}\n'
+        '{"mode": "val", "epoch": 1, "iter": 1, "mIoU": 0.25}\n')
+    outputs = {}
+    for name in ("fetched", "missing"):
+        recipe = segctl_env / f"{name}.yaml"
+        recipe.write_text(_recipe(cityscapes_frame_root, f"{range_server.url}/{name}.log.json"))
+        result = runner.invoke(app, ["weights", "fetch", "--quiet", str(recipe)])
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+    assert ("reference.log: fetched.log.json" in outputs["fetched"]
+            and "1 training lines to iteration 2, 1 evaluations, final mIoU 25.00"
+            in outputs["fetched"]), outputs["fetched"]
+    assert "reference.log not fetched (" in outputs["missing"], outputs["missing"]

@@ -76,6 +76,7 @@ def _fetch_recipe(path: Path, cache: Path, options: dict[str, str], quiet: bool)
     from segctl.recipe import load_recipe
     from segctl.weights import fetch_and_check, recipe_weights
 
+    from segctl.io.weights_cache import WeightsError
     from segctl.reproduction import fetch_published_log
 
     recipe = load_recipe(path).recipe
@@ -83,7 +84,12 @@ def _fetch_recipe(path: Path, cache: Path, options: dict[str, str], quiet: bool)
     lines = (fetch_and_check(files, recipe, cache, check_local=True, progress=not quiet,
                              storage_options=options) if files else
              ["names no weights (model.init_checkpoint, reference.checkpoint): nothing to fetch"])
-    log_line = fetch_published_log(recipe, cache, storage_options=options, progress=not quiet)
+    try:  # the published log serves a comparison: one that cannot be fetched is said, not fatal
+        log_line = fetch_published_log(recipe, cache, storage_options=options,
+                                       progress=not quiet)
+    except WeightsError as exc:
+        log_line = (f"reference.log not fetched ({exc}): runs of this recipe train without the "
+                    "comparison with the published curve")
     return lines + ([log_line] if log_line else [])
 
 
