@@ -602,7 +602,13 @@ def _local_controller_alive(job_id: str) -> bool:
         status = Path(f"/proc/{int(job_id)}/stat").read_text()
     except (OSError, ValueError):
         return False
-    zombie = status.rsplit(")", 1)[-1].split()[0] == "Z"
+    state, ppid = status.rsplit(")", 1)[-1].split()[:2]
+    if state == "Z":
+        return False
+    if not cmdline:  # reads empty while an execve is under way (the controller starts through
+        # two: segctl.local_session, then submitit's); kernel threads (children of kthreadd,
+        # pid 2) have none either
+        return ppid != "2"
     # while segctl.local_session starts the controller, its command line names that module
     names = (local_session.SUBMITIT_CONTROLLER, local_session.MODULE)
-    return any(name.encode() in cmdline for name in names) and not zombie
+    return any(name.encode() in cmdline for name in names)

@@ -147,3 +147,31 @@ def test_ctrl_c_at_the_terminal_stops_the_wait_and_never_the_local_job(
     assert reference.keys() == interrupted.keys()
     different = [key for key in reference if not torch.equal(reference[key], interrupted[key])]
     assert not different, f"final weights differ from an uninterrupted run's: {different[:5]}"
+
+
+def _sleep_briefly() -> int:
+    import time
+
+    time.sleep(1.5)
+    return 1
+
+
+@pytest.mark.slow  # a real local job of 1.5 s
+def test_a_starting_local_controller_is_never_taken_for_a_dead_one(tmp_path):
+    """The controller starts through two execve calls (segctl.local_session, then submitit's
+    entry point), during which its command line reads empty: ``segctl status`` polling then
+    must not call the job FAILED. Every read in its first second says alive."""
+    import time
+
+    from segctl import executors
+
+    executor = executors.make_executor("local", tmp_path / "jobs",
+                                       executors.LocalParams(timeout_min=5, gpus_per_node=0))
+    with executors.interruptible_children():
+        job = executor.submit(_sleep_briefly)
+    dead_reads, started = 0, time.monotonic()
+    while time.monotonic() - started < 1.0:
+        dead_reads += not executors._local_controller_alive(job.job_id)
+    assert job.result() == 1
+    assert dead_reads == 0
+    assert not executors._local_controller_alive(job.job_id)  # and it is gone once it ended
